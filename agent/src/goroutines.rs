@@ -1,0 +1,234 @@
+//! Reads the runtime's list of all goroutines (`runtime.allgs`) from the target's memory.
+//!
+//! The target keeps running while we read, so this is a racy snapshot: each `g` is read in one
+//! piece and sanity-checked, and callers that act on a goroutine re-read it first.
+
+use gobinary::layout::RuntimeLayout;
+
+use crate::procmem::{MemError, ProcessMemory};
+
+pub const STATUS_WAITING: u32 = 4;
+const STATUS_SYSCALL: u32 = 3;
+const STATUS_RUNNING: u32 = 2;
+const STATUS_DEAD: u32 = 6;
+/// Go 1.26+ `_Gdeadextra`: a dead g kept for cgo callbacks. Never used as a status before 1.26.
+const STATUS_DEAD_EXTRA: u32 = 11;
+/// Go 1.26+ `_Gleaked`: a waiting goroutine the GC proved unreachable.
+pub const STATUS_LEAKED: u32 = 10;
+const STATUS_SCAN_BIT: u32 = 0x1000;
+
+/// More goroutines than any real process has: a larger `allglen` means we read garbage.
+const MAX_GOROUTINES: u64 = 50_000_000;
+
+/// One goroutine's header fields, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawG {
+    /// Address of the `runtime.g`: stable for the goroutine's life (g structs are reused only
+    /// after the goroutine exits, with a new goid).
+    pub addr: u64,
+    pub goid: u64,
+    /// `atomicstatus` with the GC's `_Gscan` bit removed.
+    pub status: u32,
+    pub wait_reason: u8,
+    /// Target `nanotime` the GC first saw this goroutine blocked, 0 if not yet.
+    pub waitsince: i64,
+    pub tracking_seq: u8,
+    pub stack_lo: u64,
+    pub stack_hi: u64,
+    pub sched_sp: u64,
+    pub sched_pc: u64,
+    pub sched_bp: u64,
+    pub syscallsp: u64,
+    pub syscallpc: u64,
+    pub syscallbp: Option<u64>,
+    pub m: u64,
+    pub gopc: u64,
+    pub startpc: u64,
+    pub parent_goid: Option<u64>,
+}
+
+impl RawG {
+    pub fn is_waiting(&self) -> bool {
+        self.status == STATUS_WAITING || self.status == STATUS_LEAKED
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.status == STATUS_RUNNING
+    }
+
+    pub fn is_syscall(&self) -> bool {
+        self.status == STATUS_SYSCALL
+    }
+
+    /// The same park as `other`: same goroutine, still parked at the same place, and it has not
+    /// run in between (`trackingSeq` moves on every transition out of running).
+    pub fn same_park_as(&self, other: &RawG) -> bool {
+        self.goid == other.goid
+            && self.tracking_seq == other.tracking_seq
+            && self.wait_reason == other.wait_reason
+            && self.sched_sp == other.sched_sp
+            && self.sched_pc == other.sched_pc
+    }
+}
+
+pub struct GoroutineReader<'a> {
+    mem: &'a ProcessMemory,
+    layout: &'a RuntimeLayout,
+    /// Runtime addresses (load bias applied).
+    allgs_addr: u64,
+    allglen_addr: u64,
+    /// Bytes of each g to read: up to the last field we use.
+    window: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    #[error("the goroutine list looks corrupt ({0}); is the Go version detection right?")]
+    Corrupt(String),
+}
+
+impl<'a> GoroutineReader<'a> {
+    pub fn new(
+        mem: &'a ProcessMemory,
+        layout: &'a RuntimeLayout,
+        allgs_addr: u64,
+        allglen_addr: u64,
+    ) -> Self {
+        let l = layout;
+        let last = [
+            l.g_stack_hi,
+            l.g_m,
+            l.g_sched_sp,
+            l.g_sched_pc,
+            l.g_sched_bp,
+            l.g_syscallsp,
+            l.g_syscallpc,
+            l.g_syscallbp.unwrap_or(0),
+            l.g_atomicstatus,
+            l.g_goid,
+            l.g_waitsince,
+            l.g_waitreason,
+            l.g_tracking_seq,
+            l.g_gopc,
+            l.g_startpc,
+            l.g_parent_goid.unwrap_or(0),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+        GoroutineReader {
+            mem,
+            layout,
+            allgs_addr,
+            allglen_addr,
+            window: last as usize + 8,
+        }
+    }
+
+    /// Addresses of every `g` the runtime has ever allocated (dead ones included).
+    pub fn g_addresses(&self) -> Result<Vec<u64>, ReadError> {
+        // allglen is published after the backing array: read it first (as atomicAllG does).
+        let allglen = self.mem.read_u64(self.allglen_addr)?;
+        let header = self.mem.read_vec(self.allgs_addr, 24)?;
+        let ptr = le_u64(&header, 0);
+        let len = le_u64(&header, 8);
+        let cap = le_u64(&header, 16);
+        if len > cap || cap > MAX_GOROUTINES || allglen > MAX_GOROUTINES {
+            return Err(ReadError::Corrupt(format!(
+                "allgs len {len} cap {cap} allglen {allglen}"
+            )));
+        }
+        let n = allglen.min(len) as usize;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if ptr == 0 {
+            return Err(ReadError::Corrupt("allgs has a nil array".into()));
+        }
+        let raw = self.mem.read_vec(ptr, n * 8)?;
+        Ok(raw
+            .chunks_exact(8)
+            .map(|c| le_u64(c, 0))
+            .filter(|&a| a != 0)
+            .collect())
+    }
+
+    /// Every live goroutine (dead and idle ones skipped), in `allgs` order.
+    pub fn read_all(&self) -> Result<Vec<RawG>, ReadError> {
+        let addrs = self.g_addresses()?;
+        self.read_gs(&addrs)
+    }
+
+    /// Reads the given g addresses; unreadable or implausible ones are skipped.
+    pub fn read_gs(&self, addrs: &[u64]) -> Result<Vec<RawG>, ReadError> {
+        let (buf, ok) = self.mem.read_many(addrs, self.window)?;
+        let mut out = Vec::with_capacity(addrs.len());
+        for (i, &addr) in addrs.iter().enumerate() {
+            if !ok[i] {
+                continue;
+            }
+            let g = &buf[i * self.window..(i + 1) * self.window];
+            if let Some(raw) = self.decode(addr, g) {
+                out.push(raw);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-reads one goroutine (to confirm it did not change while we read its stack).
+    pub fn reread(&self, addr: u64) -> Option<RawG> {
+        let buf = self.mem.read_vec(addr, self.window).ok()?;
+        self.decode(addr, &buf)
+    }
+
+    fn decode(&self, addr: u64, g: &[u8]) -> Option<RawG> {
+        let l = self.layout;
+        let status = le_u32(g, l.g_atomicstatus as usize) & !STATUS_SCAN_BIT;
+        if status == STATUS_DEAD || status == STATUS_DEAD_EXTRA || status == 0 {
+            return None;
+        }
+        let raw = RawG {
+            addr,
+            goid: le_u64(g, l.g_goid as usize),
+            status,
+            wait_reason: *g.get(l.g_waitreason as usize)?,
+            waitsince: le_u64(g, l.g_waitsince as usize) as i64,
+            tracking_seq: *g.get(l.g_tracking_seq as usize)?,
+            stack_lo: le_u64(g, l.g_stack_lo as usize),
+            stack_hi: le_u64(g, l.g_stack_hi as usize),
+            sched_sp: le_u64(g, l.g_sched_sp as usize),
+            sched_pc: le_u64(g, l.g_sched_pc as usize),
+            sched_bp: le_u64(g, l.g_sched_bp as usize),
+            syscallsp: le_u64(g, l.g_syscallsp as usize),
+            syscallpc: le_u64(g, l.g_syscallpc as usize),
+            syscallbp: l.g_syscallbp.map(|o| le_u64(g, o as usize)),
+            m: le_u64(g, l.g_m as usize),
+            gopc: le_u64(g, l.g_gopc as usize),
+            startpc: le_u64(g, l.g_startpc as usize),
+            parent_goid: l.g_parent_goid.map(|o| le_u64(g, o as usize)),
+        };
+        // A g whose stack bounds are nonsense is garbage (or being torn down): skip it.
+        if raw.goid == 0 || raw.stack_lo >= raw.stack_hi {
+            return None;
+        }
+        Some(raw)
+    }
+}
+
+/// Little-endian u64 at `off`, 0 if out of range (the window always covers our fields; this
+/// only guards against a layout that does not).
+fn le_u64(b: &[u8], off: usize) -> u64 {
+    b.get(off..off + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+fn le_u32(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4)
+        .and_then(|s| s.try_into().ok())
+        .map(u32::from_le_bytes)
+        .unwrap_or(0)
+}

@@ -1,0 +1,157 @@
+//! Reads another process's memory without stopping it.
+//!
+//! `process_vm_readv` reads many scattered ranges in one syscall (up to `IOV_MAX` of them), which
+//! is what walking a million goroutines needs; everything read is a racy snapshot of memory the
+//! target keeps changing, so callers validate what they get.
+
+use std::io;
+
+/// Largest number of iovecs one `process_vm_readv` call takes (`IOV_MAX` on Linux).
+const MAX_IOVECS: usize = 1024;
+
+pub struct ProcessMemory {
+    pid: libc::pid_t,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    #[error("the target process has exited")]
+    Gone,
+    #[error("not permitted to read the target's memory (run as root, or with CAP_SYS_PTRACE)")]
+    Permission,
+    #[error("cannot read target memory at {addr:#x} ({len} bytes): {source}")]
+    Fault {
+        addr: u64,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ProcessMemory {
+    pub fn new(pid: u32) -> ProcessMemory {
+        ProcessMemory {
+            pid: pid as libc::pid_t,
+        }
+    }
+
+    /// Fills `buf` from `addr`; a partial read is an error.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` points into `buf`, which outlives the call; the kernel checks `remote`.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        if n < 0 {
+            return Err(self.classify(addr, buf.len(), io::Error::last_os_error()));
+        }
+        if n as usize != buf.len() {
+            return Err(MemError::Fault {
+                addr,
+                len: buf.len(),
+                source: io::Error::new(io::ErrorKind::UnexpectedEof, "short read"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn read_vec(&self, addr: u64, len: usize) -> Result<Vec<u8>, MemError> {
+        let mut v = vec![0u8; len];
+        self.read(addr, &mut v)?;
+        Ok(v)
+    }
+
+    /// Reads `len` bytes at each address into consecutive slots of the returned buffer.
+    /// A range that cannot be read leaves its slot zeroed and is reported `false` in the mask,
+    /// so one freed or unmapped object does not lose the whole batch.
+    pub fn read_many(&self, addrs: &[u64], len: usize) -> Result<(Vec<u8>, Vec<bool>), MemError> {
+        let total = addrs.len().checked_mul(len).ok_or(MemError::Fault {
+            addr: 0,
+            len: usize::MAX,
+            source: io::Error::new(io::ErrorKind::InvalidInput, "batch too large"),
+        })?;
+        let mut out = vec![0u8; total];
+        let mut ok = vec![false; addrs.len()];
+        for (chunk_idx, chunk) in addrs.chunks(MAX_IOVECS).enumerate() {
+            let base = chunk_idx * MAX_IOVECS;
+            let dest = &mut out[base * len..(base + chunk.len()) * len];
+            let locals: Vec<libc::iovec> = dest
+                .chunks_mut(len)
+                .map(|c| libc::iovec {
+                    iov_base: c.as_mut_ptr().cast(),
+                    iov_len: len,
+                })
+                .collect();
+            let remotes: Vec<libc::iovec> = chunk
+                .iter()
+                .map(|&a| libc::iovec {
+                    iov_base: a as *mut libc::c_void,
+                    iov_len: len,
+                })
+                .collect();
+            // SAFETY: every local iovec points into `out`, alive for the call.
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.pid,
+                    locals.as_ptr(),
+                    locals.len() as libc::c_ulong,
+                    remotes.as_ptr(),
+                    remotes.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            let done = if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::ESRCH) => return Err(MemError::Gone),
+                    Some(libc::EPERM) => return Err(MemError::Permission),
+                    _ => 0,
+                }
+            } else {
+                n as usize / len
+            };
+            // process_vm_readv stops at the first faulting remote range: mark what arrived
+            // and retry the rest one by one.
+            for (i, flag) in ok[base..base + chunk.len()].iter_mut().enumerate() {
+                if i < done {
+                    *flag = true;
+                } else {
+                    let slot = &mut out[(base + i) * len..(base + i + 1) * len];
+                    match self.read(chunk[i], slot) {
+                        Ok(()) => *flag = true,
+                        Err(MemError::Gone) => return Err(MemError::Gone),
+                        Err(MemError::Permission) => return Err(MemError::Permission),
+                        Err(_) => slot.fill(0),
+                    }
+                }
+            }
+        }
+        Ok((out, ok))
+    }
+
+    fn classify(&self, addr: u64, len: usize, err: io::Error) -> MemError {
+        match err.raw_os_error() {
+            Some(libc::ESRCH) => MemError::Gone,
+            Some(libc::EPERM) => MemError::Permission,
+            _ => MemError::Fault {
+                addr,
+                len,
+                source: err,
+            },
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! What ctxprobe prints: the JSON lines contract (version 1, see README) and a text rendering
+//! of the same events for a human at a terminal.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::stack::SourceFrame;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+/// How a blocked duration was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinceSource {
+    /// The park was seen by the uprobe on `runtime.gopark`: exact.
+    Probe,
+    /// From the runtime's own `g.waitsince`, stamped by a GC stack scan: accurate to about one
+    /// GC cycle (the runtime's own "N minutes" comes from it).
+    Runtime,
+    /// Since ctxprobe first saw the goroutine parked: a strict lower bound.
+    Observed,
+    /// Nothing known (a single snapshot with no GC stamp yet).
+    Unknown,
+}
+
+/// One goroutine, as `goroutine` (from `--once`) and `blocked` records carry it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoroutineReport {
+    pub goid: u64,
+    pub state: String,
+    pub wait_reason: Option<String>,
+    pub blocked_ns: Option<u64>,
+    pub since_exact: bool,
+    pub since_source: SinceSource,
+    pub stack: Vec<SourceFrame>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_error: Option<String>,
+    pub created_by: Option<SourceFrame>,
+    pub parent_goid: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreationSiteCount {
+    #[serde(flatten)]
+    pub site: SourceFrame,
+    pub goroutines: u64,
+    /// Change since the previous summary.
+    pub delta: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub mode: &'static str,
+    /// Is the park probe attached right now.
+    pub park_probe_attached: bool,
+    /// Park probe hits per second over the last interval while attached.
+    pub parks_per_sec: f64,
+    /// Fraction of the interval the park probe was attached.
+    pub attached_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Attach {
+        exe: String,
+        go_version: String,
+        arch: String,
+        goroutines: u64,
+        mode: &'static str,
+        threshold_ns: u64,
+        layout_source: String,
+    },
+    Goroutine(GoroutineReport),
+    Blocked {
+        #[serde(flatten)]
+        g: GoroutineReport,
+        threshold_ns: u64,
+    },
+    Unblocked {
+        goid: u64,
+        wait_reason: Option<String>,
+        blocked_ns: u64,
+        /// True when both ends of the wait were seen by probes.
+        exact: bool,
+    },
+    Summary {
+        goroutines: u64,
+        by_state: BTreeMap<String, u64>,
+        by_wait_reason: BTreeMap<String, u64>,
+        blocked: u64,
+        lost_events: u64,
+        system_goroutines: u64,
+        top_creation_sites: Vec<CreationSiteCount>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        probe: Option<ProbeStatus>,
+        snapshot_ms: f64,
+    },
+    Detach {
+        reason: &'static str,
+        lost_events: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+pub struct Reporter {
+    out: Box<dyn Write>,
+    format: Format,
+    pid: u32,
+}
+
+impl Reporter {
+    pub fn new(out: Box<dyn Write>, format: Format, pid: u32) -> Reporter {
+        Reporter { out, format, pid }
+    }
+
+    pub fn emit(&mut self, event: &Event) -> std::io::Result<()> {
+        let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+        match self.format {
+            Format::Json => {
+                let mut obj = serde_json::Map::new();
+                let body = serde_json::to_value(event).map_err(std::io::Error::other)?;
+                let serde_json::Value::Object(body) = body else {
+                    return Err(std::io::Error::other("event is not an object"));
+                };
+                // `type`, `time`, `pid` first, for people reading the raw lines.
+                if let Some(t) = body.get("type") {
+                    obj.insert("type".into(), t.clone());
+                }
+                obj.insert("time".into(), time.into());
+                obj.insert("pid".into(), self.pid.into());
+                for (k, v) in body {
+                    if k != "type" {
+                        obj.insert(k, v);
+                    }
+                }
+                serde_json::to_writer(&mut self.out, &obj).map_err(std::io::Error::other)?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Text => {
+                let text = render_text(event, self.pid);
+                self.out.write_all(text.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `4m12s`, `1h2m3s`, `12.3s`, `350ms`, `12µs`.
+pub fn human_duration(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    if s >= 3600 {
+        format!("{}h{}m{}s", s / 3600, s % 3600 / 60, s % 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else if s >= 10 {
+        format!("{s}s")
+    } else if ns >= 1_000_000_000 {
+        format!("{:.1}s", ns as f64 / 1e9)
+    } else if ns >= 1_000_000 {
+        format!("{}ms", ns / 1_000_000)
+    } else {
+        format!("{}µs", ns / 1_000)
+    }
+}
+
+fn since_text(source: SinceSource) -> &'static str {
+    match source {
+        SinceSource::Probe => "exact",
+        SinceSource::Runtime => "at least, per the runtime's GC stamp",
+        SinceSource::Observed => "at least, since first seen",
+        SinceSource::Unknown => "unknown",
+    }
+}
+
+fn render_goroutine(out: &mut String, g: &GoroutineReport) {
+    use std::fmt::Write as _;
+    let what = g.wait_reason.clone().unwrap_or_else(|| g.state.clone());
+    let _ = write!(out, "goroutine {} [{what}]", g.goid);
+    if let Some(ns) = g.blocked_ns {
+        let _ = write!(
+            out,
+            " for {} ({})",
+            human_duration(ns),
+            since_text(g.since_source)
+        );
+    }
+    out.push('\n');
+    for f in &g.stack {
+        let _ = writeln!(out, "    {}\n        {}:{}", f.func, f.file, f.line);
+    }
+    if let Some(e) = &g.stack_error {
+        let _ = writeln!(out, "    ({e})");
+    }
+    if let Some(c) = &g.created_by {
+        let parent = g
+            .parent_goid
+            .map(|p| format!(" in goroutine {p}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    created by {}{parent}\n        {}:{}",
+            c.func, c.file, c.line
+        );
+    }
+}
+
+fn render_text(event: &Event, pid: u32) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match event {
+        Event::Attach {
+            exe,
+            go_version,
+            arch,
+            goroutines,
+            mode,
+            threshold_ns,
+            ..
+        } => {
+            let _ = writeln!(
+                out,
+                "attached to pid {pid} ({exe}, {go_version} {arch}): {goroutines} goroutines; \
+                 mode {mode}, reporting goroutines blocked over {}",
+                human_duration(*threshold_ns)
+            );
+        }
+        Event::Goroutine(g) => {
+            render_goroutine(&mut out, g);
+            out.push('\n');
+        }
+        Event::Blocked { g, .. } => {
+            out.push_str("BLOCKED ");
+            render_goroutine(&mut out, g);
+            out.push('\n');
+        }
+        Event::Unblocked {
+            goid,
+            wait_reason,
+            blocked_ns,
+            exact,
+        } => {
+            let _ = writeln!(
+                out,
+                "unblocked goroutine {goid} [{}] after {}{}\n",
+                wait_reason.as_deref().unwrap_or("?"),
+                if *exact { "" } else { "at least " },
+                human_duration(*blocked_ns)
+            );
+        }
+        Event::Summary {
+            goroutines,
+            by_state,
+            by_wait_reason,
+            blocked,
+            lost_events,
+            top_creation_sites,
+            ..
+        } => {
+            let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let mut reasons: Vec<(&String, &u64)> = by_wait_reason.iter().collect();
+            reasons.sort_by(|a, b| b.1.cmp(a.1));
+            let reasons: Vec<String> = reasons
+                .iter()
+                .take(6)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "summary: {goroutines} goroutines ({}); waiting on: {}; {blocked} blocked over threshold; {lost_events} events lost",
+                states.join(", "),
+                if reasons.is_empty() { "-".into() } else { reasons.join(", ") }
+            );
+            for s in top_creation_sites.iter().take(3) {
+                let _ = writeln!(
+                    out,
+                    "    {:>8} goroutines ({:+}) created at {} {}:{}",
+                    s.goroutines, s.delta, s.site.func, s.site.file, s.site.line
+                );
+            }
+            out.push('\n');
+        }
+        Event::Detach {
+            reason,
+            lost_events,
+        } => {
+            let _ = writeln!(out, "detached ({reason}); {lost_events} events lost");
+        }
+        Event::Error { message } => {
+            let _ = writeln!(out, "error: {message}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(human_duration(252 * 1_000_000_000), "4m12s");
+        assert_eq!(human_duration(3723 * 1_000_000_000), "1h2m3s");
+        assert_eq!(human_duration(1_500_000_000), "1.5s");
+        assert_eq!(human_duration(350_000_000), "350ms");
+    }
+
+    #[test]
+    fn json_lines_have_the_common_fields_first() {
+        let path = std::env::temp_dir().join(format!("ctxprobe-report-{}", std::process::id()));
+        {
+            let w: Box<dyn Write> = Box::new(std::fs::File::create(&path).unwrap());
+            let mut r = Reporter::new(w, Format::Json, 42);
+            r.emit(&Event::Detach {
+                reason: "duration",
+                lost_events: 0,
+            })
+            .unwrap();
+        }
+        let line = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(line.starts_with(r#"{"type":"detach","time":""#), "{line}");
+        assert!(line.contains(r#""pid":42"#));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let t = v["time"].as_str().unwrap();
+        assert!(t.ends_with('Z') && t.contains('.'), "{t}");
+    }
+}

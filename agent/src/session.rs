@@ -1,0 +1,364 @@
+//! One inspection of one process: attach, snapshot, report, detach.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gobinary::waitreason::status_name;
+use gobinary::GoBinary;
+
+use crate::goroutines::{GoroutineReader, RawG, ReadError};
+use crate::probes::ProbeController;
+use crate::procmem::{MemError, ProcessMemory};
+use crate::report::{CreationSiteCount, Event, GoroutineReport, Reporter, SinceSource};
+use crate::stack::{self, Symbolizer};
+use crate::target::{monotonic_ns, TargetProcess};
+use crate::tracker::{Park, ParkTracker};
+
+/// Most probe-map look-ups per snapshot (each is a syscall on our side).
+const MAX_RECORD_LOOKUPS: usize = 50_000;
+/// How many creation sites a summary lists.
+const TOP_SITES: usize = 5;
+
+pub struct Settings {
+    pub threshold: Duration,
+    pub include_system: bool,
+}
+
+pub struct Session<'a> {
+    pub target: &'a TargetProcess,
+    pub bin: &'a GoBinary,
+    pub mem: &'a ProcessMemory,
+    pub bias: u64,
+    pub reporter: Reporter,
+    pub settings: Settings,
+    reader: GoroutineReader<'a>,
+    sym: Symbolizer<'a>,
+    tracker: ParkTracker,
+    pub probes: Option<ProbeController>,
+    system_by_startpc: HashMap<u64, bool>,
+    last_snapshot: Vec<RawG>,
+    pub last_snapshot_ns: i64,
+    prev_site_counts: HashMap<u64, u64>,
+}
+
+/// Why the loop ended.
+pub enum End {
+    Duration,
+    Signal,
+    TargetExited,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        target: &'a TargetProcess,
+        bin: &'a GoBinary,
+        mem: &'a ProcessMemory,
+        bias: u64,
+        reporter: Reporter,
+        settings: Settings,
+    ) -> Session<'a> {
+        let reader = GoroutineReader::new(
+            mem,
+            &bin.layout,
+            bin.vars.allgs.wrapping_add(bias),
+            bin.vars.allglen.wrapping_add(bias),
+        );
+        Session {
+            target,
+            bin,
+            mem,
+            bias,
+            reporter,
+            settings,
+            reader,
+            sym: Symbolizer::new(&bin.pclntab, bias),
+            tracker: ParkTracker::default(),
+            probes: None,
+            system_by_startpc: HashMap::new(),
+            last_snapshot: Vec::new(),
+            last_snapshot_ns: 0,
+            prev_site_counts: HashMap::new(),
+        }
+    }
+
+    /// Reads the goroutine list; `Ok(None)` when the target has gone.
+    pub fn snapshot(&mut self) -> Result<Option<Vec<RawG>>> {
+        let start = monotonic_ns();
+        match self.reader.read_all() {
+            Ok(gs) => {
+                self.last_snapshot_ns = monotonic_ns() - start;
+                Ok(Some(gs))
+            }
+            Err(ReadError::Mem(MemError::Gone)) => Ok(None),
+            Err(e) if !self.target.is_alive() => {
+                let _ = e;
+                Ok(None)
+            }
+            Err(e) => Err(e).context("cannot read the goroutine list"),
+        }
+    }
+
+    fn is_system(&mut self, g: &RawG) -> bool {
+        if let Some(&s) = self.system_by_startpc.get(&g.startpc) {
+            return s;
+        }
+        let name = self.sym.func_name(g.startpc);
+        let s = stack::is_system_goroutine(name.as_deref());
+        self.system_by_startpc.insert(g.startpc, s);
+        s
+    }
+
+    fn wait_reason_name(&self, g: &RawG) -> Option<String> {
+        if !g.is_waiting() || g.wait_reason == 0 {
+            return None;
+        }
+        Some(
+            self.bin
+                .wait_reasons
+                .get(g.wait_reason as usize)
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .unwrap_or_else(|| format!("waitreason({})", g.wait_reason)),
+        )
+    }
+
+    /// A full report of one goroutine: stack read now, symbolized.
+    fn describe(&mut self, g: &RawG, blocked: Option<(u64, SinceSource)>) -> GoroutineReport {
+        let (stack, stack_error) = match stack::unwind(self.mem, &self.bin.pclntab, self.bias, g) {
+            Ok(pcs) => (stack::symbolize(&self.sym, &pcs), None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
+        let system = self.is_system(g);
+        GoroutineReport {
+            goid: g.goid,
+            state: status_name(g.status),
+            wait_reason: self.wait_reason_name(g),
+            blocked_ns: blocked.map(|b| b.0),
+            since_exact: blocked.is_some_and(|b| b.1 == SinceSource::Probe),
+            since_source: blocked.map(|b| b.1).unwrap_or(SinceSource::Unknown),
+            stack,
+            stack_error,
+            created_by: self.sym.creation_site(g.gopc),
+            parent_goid: g.parent_goid.filter(|&p| p != 0),
+            system,
+        }
+    }
+
+    /// `--once`: every goroutine, one record each.
+    pub fn dump_all(&mut self) -> Result<u64> {
+        let gs = self.snapshot()?.context("the target process exited")?;
+        let target_now = self.target.monotonic_now_ns();
+        let mut n = 0;
+        for g in &gs {
+            if !self.settings.include_system && self.is_system(g) {
+                continue;
+            }
+            let blocked = if g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now {
+                Some(((target_now - g.waitsince) as u64, SinceSource::Runtime))
+            } else {
+                None
+            };
+            let report = self.describe(g, blocked);
+            self.reporter.emit(&Event::Goroutine(report))?;
+            n += 1;
+        }
+        self.last_snapshot = gs;
+        Ok(n)
+    }
+
+    /// Counts non-system goroutines in a snapshot (what `runtime.NumGoroutine` would say).
+    pub fn count_user(&mut self, gs: &[RawG]) -> u64 {
+        gs.iter().filter(|g| !self.is_system(g)).count() as u64
+    }
+
+    /// One streaming step: snapshot, track parks, report what crossed the threshold or ended.
+    /// `Ok(false)` when the target has gone.
+    pub fn poll(&mut self) -> Result<bool> {
+        let Some(gs) = self.snapshot()? else {
+            return Ok(false);
+        };
+        let now = monotonic_ns();
+        let changes = self.tracker.observe(&gs, now);
+        let target_now = self.target.monotonic_now_ns();
+
+        for park in changes.ended_flagged {
+            self.report_unblocked(&park, now, target_now)?;
+        }
+        if let Some(probes) = &self.probes {
+            for &addr in changes.new_parks.iter().take(MAX_RECORD_LOOKUPS) {
+                let Some(park) = self.tracker.get_mut(addr) else {
+                    continue;
+                };
+                if let Some(rec) = probes.park_record(addr) {
+                    // The record is this park's if it is the same goroutine and it has left
+                    // `_Grunning` exactly once since (trackingSeq moves on that transition).
+                    if rec.goid == park.g.goid
+                        && rec.seq.wrapping_add(1) == park.g.tracking_seq
+                        && rec.reason == park.g.wait_reason
+                        && rec.wake_ns == 0
+                    {
+                        park.exact_park_ns = Some(rec.park_ns as i64);
+                    }
+                }
+            }
+        }
+
+        let threshold = self.settings.threshold.as_nanos() as u64;
+        let candidates: Vec<u64> = self
+            .tracker
+            .parks()
+            .filter(|p| !p.flagged && !p.ignored && p.blocked(now, target_now).0 >= threshold)
+            .map(|p| p.g.addr)
+            .collect();
+        for addr in candidates {
+            let Some(park) = self.tracker.get_mut(addr) else {
+                continue;
+            };
+            let g = park.g.clone();
+            let blocked = park.blocked(now, target_now);
+            if !self.settings.include_system && self.is_system(&g) {
+                if let Some(p) = self.tracker.get_mut(addr) {
+                    // Remember the decision so it is not revisited every snapshot.
+                    p.ignored = true;
+                }
+                continue;
+            }
+            let report = self.describe(&g, Some(blocked));
+            // The goroutine may have woken while we read its stack: then the stack is not
+            // this park's and the next snapshot will tell.
+            match self.reader.reread(addr) {
+                Some(again) if again.same_park_as(&g) && again.is_waiting() => {}
+                _ => continue,
+            }
+            if let Some(p) = self.tracker.get_mut(addr) {
+                p.flagged = true;
+            }
+            if let Some(probes) = &mut self.probes {
+                probes.watch(addr);
+            }
+            self.reporter.emit(&Event::Blocked {
+                g: report,
+                threshold_ns: threshold,
+            })?;
+        }
+        self.last_snapshot = gs;
+        Ok(true)
+    }
+
+    fn report_unblocked(&mut self, park: &Park, now: i64, target_now: i64) -> Result<()> {
+        if let Some(probes) = &mut self.probes {
+            probes.unwatch(park.g.addr);
+        }
+        if !self.settings.include_system && self.is_system(&park.g) {
+            return Ok(());
+        }
+        // It woke somewhere between the last snapshot that saw it parked and now: report the
+        // part we know it was blocked for.
+        let seen_ago = now - park.last_seen_ns;
+        let (blocked_ns, _) = park.blocked(park.last_seen_ns, target_now - seen_ago);
+        self.reporter.emit(&Event::Unblocked {
+            goid: park.g.goid,
+            wait_reason: self.wait_reason_name(&park.g),
+            blocked_ns,
+            exact: false,
+        })?;
+        Ok(())
+    }
+
+    /// Exact wake-ups from the wake probe (precise mode).
+    pub fn drain_wake_events(&mut self) -> Result<()> {
+        let Some(probes) = &mut self.probes else {
+            return Ok(());
+        };
+        let events = probes.take_wake_events();
+        for ev in events {
+            let Some(park) = self.tracker.remove(ev.g) else {
+                continue;
+            };
+            if !park.flagged || park.g.goid != ev.goid {
+                continue;
+            }
+            if let Some(p) = &mut self.probes {
+                p.unwatch(ev.g);
+            }
+            let start = park.exact_park_ns.unwrap_or(ev.park_ns as i64);
+            let exact = park.exact_park_ns.is_some();
+            let blocked_ns = if exact {
+                (ev.wake_ns as i64 - start).max(0) as u64
+            } else {
+                let target_offset = self.target.monotonic_offset_ns;
+                park.blocked(ev.wake_ns as i64, ev.wake_ns as i64 + target_offset)
+                    .0
+            };
+            self.reporter.emit(&Event::Unblocked {
+                goid: park.g.goid,
+                wait_reason: self.wait_reason_name(&park.g),
+                blocked_ns,
+                exact,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn summary(&mut self, lost_events: u64) -> Result<()> {
+        let gs = std::mem::take(&mut self.last_snapshot);
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+        let mut sites: HashMap<u64, u64> = HashMap::new();
+        let mut user = 0;
+        let mut system = 0;
+        for g in &gs {
+            if self.is_system(g) {
+                system += 1;
+                if !self.settings.include_system {
+                    continue;
+                }
+            } else {
+                user += 1;
+            }
+            *by_state.entry(status_name(g.status)).or_default() += 1;
+            if let Some(r) = self.wait_reason_name(g) {
+                *by_reason.entry(r).or_default() += 1;
+            }
+            *sites.entry(g.gopc).or_default() += 1;
+        }
+        let mut top: Vec<(u64, u64)> = sites.iter().map(|(&pc, &n)| (pc, n)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut top_sites = Vec::new();
+        for (pc, n) in top {
+            if top_sites.len() == TOP_SITES {
+                break;
+            }
+            let Some(site) = self.sym.creation_site(pc) else {
+                continue;
+            };
+            let before = self.prev_site_counts.get(&pc).copied().unwrap_or(0);
+            top_sites.push(CreationSiteCount {
+                site,
+                goroutines: n,
+                delta: n as i64 - before as i64,
+            });
+        }
+        self.prev_site_counts = sites;
+        let now = monotonic_ns();
+        let probe = self.probes.as_mut().map(|p| p.status(now));
+        self.reporter.emit(&Event::Summary {
+            goroutines: if self.settings.include_system {
+                user + system
+            } else {
+                user
+            },
+            by_state,
+            by_wait_reason: by_reason,
+            blocked: self.tracker.flagged_count(),
+            lost_events,
+            system_goroutines: system,
+            top_creation_sites: top_sites,
+            probe,
+            snapshot_ms: self.last_snapshot_ns as f64 / 1e6,
+        })?;
+        self.last_snapshot = gs;
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The target process: does it exist, what is its executable, where is it loaded, what clock
+//! does it see.
+
+use std::fs;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+pub struct TargetProcess {
+    pub pid: u32,
+    /// `/proc/PID/exe`: opens the very file the process runs, even if it was replaced on disk.
+    pub exe_link: PathBuf,
+    /// What the link points to, for messages.
+    pub exe_path: String,
+    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat): tells a reused pid.
+    start_ticks: u64,
+    /// Add to our CLOCK_MONOTONIC to get the target's (time namespaces shift it).
+    pub monotonic_offset_ns: i64,
+}
+
+impl TargetProcess {
+    pub fn open(pid: u32) -> Result<TargetProcess> {
+        if pid == 0 {
+            bail!("--pid 0 is not a process id");
+        }
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        let stat = match fs::read_to_string(proc_dir.join("stat")) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("no process with pid {pid}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read /proc/{pid}/stat")),
+        };
+        let start_ticks =
+            parse_start_ticks(&stat).with_context(|| format!("cannot parse /proc/{pid}/stat"))?;
+        let exe_link = proc_dir.join("exe");
+        let exe_path = match fs::read_link(&exe_link) {
+            Ok(p) => p.display().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "not permitted to inspect process {pid}: run ctxprobe as root (sudo ctxprobe --pid {pid})"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("process {pid} has no executable (a kernel thread or a zombie)")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read /proc/{pid}/exe")),
+        };
+        let monotonic_offset_ns = timens_monotonic_offset(&format!("/proc/{pid}/timens_offsets"))
+            .unwrap_or(0)
+            - timens_monotonic_offset("/proc/self/timens_offsets").unwrap_or(0);
+        Ok(TargetProcess {
+            pid,
+            exe_link,
+            exe_path,
+            start_ticks,
+            monotonic_offset_ns,
+        })
+    }
+
+    /// False once the process has exited (or its pid now names another process).
+    pub fn is_alive(&self) -> bool {
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => parse_start_ticks(&stat) == Some(self.start_ticks) && !is_zombie(&stat),
+            Err(_) => false,
+        }
+    }
+
+    /// The load bias of the executable: runtime address − link-time address. Found from the
+    /// mapping of the executable's first `PT_LOAD` segment in /proc/PID/maps.
+    pub fn load_bias(&self, elf: &gobinary::elf::ElfFile) -> Result<u64> {
+        if !elf.is_pie() {
+            return Ok(0);
+        }
+        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid))
+            .with_context(|| format!("cannot read /proc/{}/maps", self.pid))?;
+        let seg = elf
+            .segments()
+            .iter()
+            .filter(|s| s.filesz > 0)
+            .min_by_key(|s| s.vaddr)
+            .context("the executable has no loadable segment")?;
+        let want_off = seg.file_offset & !0xfff;
+        for line in maps.lines() {
+            let mut cols = line.split_whitespace();
+            let (Some(range), Some(_perms), Some(off), Some(_dev), Some(_inode), Some(path)) = (
+                cols.next(),
+                cols.next(),
+                cols.next(),
+                cols.next(),
+                cols.next(),
+                cols.next(),
+            ) else {
+                continue;
+            };
+            if path != self.exe_path {
+                continue;
+            }
+            let start = range
+                .split('-')
+                .next()
+                .and_then(|s| u64::from_str_radix(s, 16).ok());
+            let off = u64::from_str_radix(off, 16).ok();
+            if let (Some(start), Some(off)) = (start, off) {
+                if off == want_off {
+                    return Ok(start.wrapping_sub(seg.vaddr & !0xfff));
+                }
+            }
+        }
+        bail!(
+            "cannot find the executable's mapping in /proc/{}/maps",
+            self.pid
+        )
+    }
+
+    /// The target's CLOCK_MONOTONIC now, in nanoseconds (Go's `nanotime`).
+    pub fn monotonic_now_ns(&self) -> i64 {
+        monotonic_ns() + self.monotonic_offset_ns
+    }
+}
+
+/// Our CLOCK_MONOTONIC in nanoseconds (the clock `bpf_ktime_get_ns` uses, outside namespaces).
+pub fn monotonic_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(stat: &str) -> bool {
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|s| s == "Z" || s == "X")
+}
+
+fn timens_monotonic_offset(path: &str) -> Option<i64> {
+    let text = fs::read_to_string(path).ok()?;
+    for line in text.lines() {
+        let mut cols = line.split_whitespace();
+        if cols.next()? == "monotonic" {
+            let secs: i64 = cols.next()?.parse().ok()?;
+            let nsecs: i64 = cols.next()?.parse().ok()?;
+            return Some(secs * 1_000_000_000 + nsecs);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_survives_odd_names() {
+        let stat = "123 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 999 20";
+        assert_eq!(parse_start_ticks(stat), Some(999));
+        assert!(!is_zombie(stat));
+        assert_eq!(parse_start_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn self_is_alive() {
+        let me = TargetProcess::open(std::process::id()).unwrap();
+        assert!(me.is_alive());
+    }
+}

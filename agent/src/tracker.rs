@@ -1,0 +1,187 @@
+//! Which goroutines have stayed parked, since when, and which have crossed the threshold.
+//!
+//! Works from successive snapshots of the goroutine list: a goroutine seen waiting in two
+//! snapshots with the same `trackingSeq` (and the same saved SP/PC) did not run in between.
+//! Where the park probe saw the park, its timestamp makes the duration exact.
+
+use std::collections::HashMap;
+
+use crate::goroutines::RawG;
+use crate::report::SinceSource;
+
+/// One ongoing park of one goroutine.
+#[derive(Debug, Clone)]
+pub struct Park {
+    /// The goroutine as first seen in this park.
+    pub g: RawG,
+    /// Our CLOCK_MONOTONIC at the first snapshot that saw this park.
+    pub first_seen_ns: i64,
+    /// ... and at the latest one.
+    pub last_seen_ns: i64,
+    /// CLOCK_MONOTONIC of the park itself, when the park probe saw it.
+    pub exact_park_ns: Option<i64>,
+    /// The runtime's GC stamp (`g.waitsince`, target clock), once it has one.
+    pub waitsince: i64,
+    /// Reported as blocked.
+    pub flagged: bool,
+    /// Decided not to report (a runtime-internal goroutine): not looked at again.
+    pub ignored: bool,
+}
+
+impl Park {
+    /// How long it has been parked at `now` (ours) / `target_now` (the target's clock).
+    pub fn blocked(&self, now: i64, target_now: i64) -> (u64, SinceSource) {
+        if let Some(p) = self.exact_park_ns {
+            return (now.saturating_sub(p).max(0) as u64, SinceSource::Probe);
+        }
+        let observed = now.saturating_sub(self.first_seen_ns).max(0) as u64;
+        let runtime = if self.waitsince > 0 && self.waitsince <= target_now {
+            (target_now - self.waitsince) as u64
+        } else {
+            0
+        };
+        if runtime > observed {
+            (runtime, SinceSource::Runtime)
+        } else {
+            (observed, SinceSource::Observed)
+        }
+    }
+}
+
+/// What one snapshot changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// g addresses whose park started (as far as we can tell) with this snapshot.
+    pub new_parks: Vec<u64>,
+    /// Parks that ended since the previous snapshot and had been flagged.
+    pub ended_flagged: Vec<Park>,
+}
+
+#[derive(Default)]
+pub struct ParkTracker {
+    parks: HashMap<u64, Park>,
+}
+
+impl ParkTracker {
+    pub fn observe(&mut self, gs: &[RawG], now: i64) -> Changes {
+        let mut changes = Changes::default();
+        let mut still_parked = HashMap::with_capacity(self.parks.len());
+        for g in gs.iter().filter(|g| g.is_waiting()) {
+            match self.parks.remove(&g.addr) {
+                Some(mut park) if park.g.same_park_as(g) => {
+                    park.last_seen_ns = now;
+                    if g.waitsince != 0 {
+                        park.waitsince = g.waitsince;
+                    }
+                    still_parked.insert(g.addr, park);
+                }
+                previous => {
+                    if let Some(old) = previous.filter(|p| p.flagged) {
+                        changes.ended_flagged.push(old);
+                    }
+                    changes.new_parks.push(g.addr);
+                    still_parked.insert(
+                        g.addr,
+                        Park {
+                            g: g.clone(),
+                            first_seen_ns: now,
+                            last_seen_ns: now,
+                            exact_park_ns: None,
+                            waitsince: g.waitsince,
+                            flagged: false,
+                            ignored: false,
+                        },
+                    );
+                }
+            }
+        }
+        // Whatever is left stopped waiting (or vanished) since the last snapshot.
+        changes
+            .ended_flagged
+            .extend(self.parks.drain().map(|(_, p)| p).filter(|p| p.flagged));
+        self.parks = still_parked;
+        changes
+    }
+
+    pub fn get_mut(&mut self, addr: u64) -> Option<&mut Park> {
+        self.parks.get_mut(&addr)
+    }
+
+    pub fn remove(&mut self, addr: u64) -> Option<Park> {
+        self.parks.remove(&addr)
+    }
+
+    pub fn parks(&self) -> impl Iterator<Item = &Park> {
+        self.parks.values()
+    }
+
+    pub fn flagged_count(&self) -> u64 {
+        self.parks.values().filter(|p| p.flagged).count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(addr: u64, goid: u64, status: u32, seq: u8) -> RawG {
+        RawG {
+            addr,
+            goid,
+            status,
+            wait_reason: 14,
+            waitsince: 0,
+            tracking_seq: seq,
+            stack_lo: 0x1000,
+            stack_hi: 0x2000,
+            sched_sp: 0x1800,
+            sched_pc: 0x401000,
+            sched_bp: 0x1900,
+            syscallsp: 0,
+            syscallpc: 0,
+            syscallbp: None,
+            m: 0,
+            gopc: 0,
+            startpc: 0,
+            parent_goid: None,
+        }
+    }
+
+    #[test]
+    fn a_goroutine_that_ran_in_between_starts_a_new_park() {
+        let mut t = ParkTracker::default();
+        let c = t.observe(&[g(1, 7, 4, 3)], 100);
+        assert_eq!(c.new_parks, vec![1]);
+        t.get_mut(1).unwrap().flagged = true;
+        let c = t.observe(&[g(1, 7, 4, 3)], 200);
+        assert!(c.new_parks.is_empty() && c.ended_flagged.is_empty());
+        // Ran once and parked again at the same place: trackingSeq moved on.
+        let c = t.observe(&[g(1, 7, 4, 4)], 300);
+        assert_eq!(c.new_parks, vec![1]);
+        assert_eq!(c.ended_flagged.len(), 1);
+        assert_eq!(c.ended_flagged[0].first_seen_ns, 100);
+        // Not waiting any more: the (unflagged) park just ends.
+        let c = t.observe(&[g(1, 7, 1, 5)], 400);
+        assert!(c.new_parks.is_empty() && c.ended_flagged.is_empty());
+    }
+
+    #[test]
+    fn durations_prefer_exact_then_the_larger_lower_bound() {
+        let mut p = Park {
+            g: g(1, 7, 4, 3),
+            first_seen_ns: 1_000,
+            last_seen_ns: 1_000,
+            exact_park_ns: None,
+            waitsince: 0,
+            flagged: false,
+            ignored: false,
+        };
+        assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
+        p.waitsince = 40_000;
+        assert_eq!(p.blocked(5_000, 50_000), (10_000, SinceSource::Runtime));
+        p.waitsince = 60_000; // from the future: ignored
+        assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
+        p.exact_park_ns = Some(500);
+        assert_eq!(p.blocked(5_000, 50_000), (4_500, SinceSource::Probe));
+    }
+}
