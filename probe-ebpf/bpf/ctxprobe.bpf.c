@@ -1,0 +1,128 @@
+// SPDX-License-Identifier: GPL-2.0
+/* ctxprobe uprobes on a Go process.
+ *
+ * park: runtime.gopark, at the `push rbp` after the stack-bound check (so the kernel emulates the
+ *       instruction instead of single-stepping it, and the probe is not hit again when morestack re-runs
+ *       the prologue). R14 = the parking g (still _Grunning), RCX = waitReason (3rd integer argument).
+ * wake: runtime.ready(gp, ...), after its prologue. Runs on g0; RAX = gp.
+ *
+ * The target parks ~1e5 times/s, so the park probe does the minimum: two small user reads and one
+ * map update. No per-park events and no stack capture; userspace reads the `parks` map on demand and
+ * asks for wake events only for the goroutines it put in `watch`.
+ */
+#include <linux/bpf.h>
+#include <asm/ptrace.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ctxprobe.h"
+
+/* Set by the loader before the programs are verified. */
+const volatile __u32 target_tgid = 0;
+const volatile __u64 g_goid_offset = 0;
+const volatile __u64 g_tracking_seq_offset = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* overridden by the loader (ProbeConfig::max_parks) */
+	__type(key, __u64);         /* address of the runtime.g */
+	__type(value, struct park_record);
+} parks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* address of a runtime.g userspace wants wake events for */
+	__type(value, __u8);
+} watch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CTR_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void bump(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1; /* per-CPU slot: no other writer while this program runs */
+}
+
+static __always_inline int is_target(void)
+{
+	return (__u32)(bpf_get_current_pid_tgid() >> 32) == target_tgid;
+}
+
+SEC("uprobe")
+int park(struct pt_regs *ctx)
+{
+	if (!is_target())
+		return 0;
+	bump(CTR_PARK_HITS);
+
+	__u64 g = ctx->r14;
+	struct park_record rec = {};
+	if (bpf_probe_read_user(&rec.goid, sizeof(rec.goid), (void *)(g + g_goid_offset)) ||
+	    bpf_probe_read_user(&rec.seq, sizeof(rec.seq), (void *)(g + g_tracking_seq_offset))) {
+		bump(CTR_READ_ERRORS);
+		return 0;
+	}
+	rec.park_ns = bpf_ktime_get_ns();
+	rec.reason = ctx->rcx & 0xff; /* sub-word argument: upper bits are undefined */
+	if (bpf_map_update_elem(&parks, &g, &rec, BPF_ANY))
+		bump(CTR_UPDATE_ERRORS);
+	return 0;
+}
+
+SEC("uprobe")
+int wake(struct pt_regs *ctx)
+{
+	if (!is_target())
+		return 0;
+	bump(CTR_WAKE_HITS);
+
+	__u64 now = bpf_ktime_get_ns();
+	__u64 gp = ctx->rax;
+	struct park_record *rec = bpf_map_lookup_elem(&parks, &gp);
+	if (rec) {
+		rec->wake_ns = now;
+		bump(CTR_WAKE_MATCHED);
+	}
+
+	if (!bpf_map_lookup_elem(&watch, &gp))
+		return 0;
+
+	struct wake_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		bump(CTR_LOST_EVENTS);
+		return 0;
+	}
+	ev->g = gp;
+	ev->wake_ns = now;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	if (rec) {
+		ev->goid = rec->goid;
+		ev->park_ns = rec->park_ns;
+		ev->reason = rec->reason;
+		ev->seq = rec->seq;
+	} else {
+		/* No park seen: still report the goid so userspace can tell who woke. */
+		ev->park_ns = 0;
+		ev->reason = 0;
+		ev->seq = 0;
+		if (bpf_probe_read_user(&ev->goid, sizeof(ev->goid), (void *)(gp + g_goid_offset))) {
+			ev->goid = 0;
+			bump(CTR_READ_ERRORS);
+		}
+	}
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,44 @@
+/* Structs and constants shared by the eBPF programs and the Rust loader.
+ *
+ * This header is the single source of truth: the Rust mirrors in src/abi.rs are checked against it by
+ * a layout test (build.rs compiles bpf/layout.c with the host compiler and the test compares its output
+ * with Rust's size_of/offset_of). Keep every struct free of implicit padding.
+ */
+#ifndef CTXPROBE_H
+#define CTXPROBE_H
+
+#include <linux/types.h>
+
+/* Value of the `parks` map, keyed by the address of the runtime.g (u64). */
+struct park_record {
+	__u64 goid;
+	__u64 park_ns; /* bpf_ktime_get_ns() at gopark: CLOCK_MONOTONIC, same clock as Go's nanotime */
+	__u64 wake_ns; /* 0 until runtime.ready(gp) is seen for this park */
+	__u8 reason;   /* gopark's waitReason (version-specific numbering) */
+	__u8 seq;      /* g.trackingSeq at gopark entry; the runtime bumps it once the park completes */
+	__u8 pad[6];
+};
+
+/* Ring-buffer event: a goroutine userspace put in the `watch` map was made runnable again. */
+struct wake_event {
+	__u64 g;
+	__u64 goid;
+	__u64 park_ns; /* 0 if the park was not seen (park probe detached, or record evicted) */
+	__u64 wake_ns;
+	__u8 reason;
+	__u8 seq;
+	__u8 pad[6];
+};
+
+/* Indices into the per-CPU `counters` array. */
+enum ctxprobe_counter {
+	CTR_PARK_HITS = 0,     /* gopark probe fired for the target */
+	CTR_WAKE_HITS = 1,     /* ready probe fired for the target */
+	CTR_READ_ERRORS = 2,   /* bpf_probe_read_user of a g field failed */
+	CTR_UPDATE_ERRORS = 3, /* `parks` map update failed */
+	CTR_LOST_EVENTS = 4,   /* ring buffer full: wake event dropped */
+	CTR_WAKE_MATCHED = 5,  /* ready(gp) found a park record for gp */
+	CTR_MAX = 8,
+};
+
+#endif
