@@ -16,6 +16,9 @@ pub struct Park {
     pub g: RawG,
     /// Our CLOCK_MONOTONIC at the first snapshot that saw this park.
     pub first_seen_ns: i64,
+    /// The snapshot before that, which did not see this park: the park began after it.
+    /// `None` when the first snapshot saw it (the park may be arbitrarily old).
+    pub not_before_ns: Option<i64>,
     /// ... and at the latest one.
     pub last_seen_ns: i64,
     /// CLOCK_MONOTONIC of the park itself, when the park probe saw it.
@@ -35,11 +38,16 @@ impl Park {
             return (now.saturating_sub(p).max(0) as u64, SinceSource::Probe);
         }
         let observed = now.saturating_sub(self.first_seen_ns).max(0) as u64;
-        let runtime = if self.waitsince > 0 && self.waitsince <= target_now {
+        let mut runtime = if self.waitsince > 0 && self.waitsince <= target_now {
             (target_now - self.waitsince) as u64
         } else {
             0
         };
+        // The GC stamp can predate the park by up to a GC cycle; never claim more than the
+        // snapshots allow.
+        if let Some(nb) = self.not_before_ns {
+            runtime = runtime.min(now.saturating_sub(nb).max(0) as u64);
+        }
         if runtime > observed {
             (runtime, SinceSource::Runtime)
         } else {
@@ -60,6 +68,7 @@ pub struct Changes {
 #[derive(Default)]
 pub struct ParkTracker {
     parks: HashMap<u64, Park>,
+    last_snapshot_ns: Option<i64>,
 }
 
 impl ParkTracker {
@@ -85,6 +94,7 @@ impl ParkTracker {
                         Park {
                             g: g.clone(),
                             first_seen_ns: now,
+                            not_before_ns: self.last_snapshot_ns,
                             last_seen_ns: now,
                             exact_park_ns: None,
                             waitsince: g.waitsince,
@@ -100,6 +110,7 @@ impl ParkTracker {
             .ended_flagged
             .extend(self.parks.drain().map(|(_, p)| p).filter(|p| p.flagged));
         self.parks = still_parked;
+        self.last_snapshot_ns = Some(now);
         changes
     }
 
@@ -170,6 +181,7 @@ mod tests {
         let mut p = Park {
             g: g(1, 7, 4, 3),
             first_seen_ns: 1_000,
+            not_before_ns: None,
             last_seen_ns: 1_000,
             exact_park_ns: None,
             waitsince: 0,
@@ -179,6 +191,9 @@ mod tests {
         assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
         p.waitsince = 40_000;
         assert_eq!(p.blocked(5_000, 50_000), (10_000, SinceSource::Runtime));
+        p.not_before_ns = Some(-2_000);
+        assert_eq!(p.blocked(5_000, 50_000), (7_000, SinceSource::Runtime));
+        p.not_before_ns = None;
         p.waitsince = 60_000; // from the future: ignored
         assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
         p.exact_park_ns = Some(500);
