@@ -1,15 +1,13 @@
 //! [`GoBinary`]: everything the agent needs from one executable, read once.
-//!
-//! CONTRACT (implementation to be filled in).
 
 use std::path::Path;
 
 use crate::buildinfo::BuildInfo;
-use crate::elf::ElfFile;
+use crate::elf::{Arch, ElfFile};
 use crate::layout::{LayoutSource, RuntimeLayout};
 use crate::pclntab::Pclntab;
 use crate::runtime_vars::RuntimeVars;
-use crate::Result;
+use crate::{layout, runtime_vars, waitreason, Error, Result};
 
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
@@ -29,8 +27,44 @@ pub struct GoBinary {
 }
 
 impl GoBinary {
-    pub fn open(path: &Path, _opts: &OpenOptions) -> Result<GoBinary> {
-        let _elf = ElfFile::open(path)?;
-        Err(crate::Error::NotGo("not implemented yet".into()))
+    pub fn open(path: &Path, opts: &OpenOptions) -> Result<GoBinary> {
+        let elf = ElfFile::open(path)?;
+        GoBinary::from_elf(elf, opts)
+    }
+
+    /// Same as [`GoBinary::open`] for an already parsed file.
+    pub fn from_elf(elf: ElfFile, opts: &OpenOptions) -> Result<GoBinary> {
+        if elf.arch() != Arch::X86_64 {
+            return Err(Error::UnsupportedArch(elf.arch_name().to_string()));
+        }
+        let build_info = BuildInfo::from_elf(&elf)?;
+        let version = build_info.version;
+        layout::check_supported(version)?;
+        let pclntab = Pclntab::from_elf(&elf, version)?;
+        let (layout, layout_source) = layout::for_binary(&elf, version, opts.allow_nearest_layout)?;
+        let wait_reasons = waitreason::from_binary(&elf)
+            .or_else(|| waitreason::from_table(version))
+            .or_else(|| {
+                if !opts.allow_nearest_layout {
+                    return None;
+                }
+                layout::nearest_lower(version).map(|(_, t)| t.wait_reasons.clone())
+            })
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "runtime.waitReasonStrings (no symbol, no signature match, no table for {})",
+                    build_info.go_version_string
+                ))
+            })?;
+        let vars = runtime_vars::locate(&elf, &pclntab)?;
+        Ok(GoBinary {
+            elf,
+            build_info,
+            pclntab,
+            layout,
+            layout_source,
+            wait_reasons,
+            vars,
+        })
     }
 }

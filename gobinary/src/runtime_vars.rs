@@ -1,10 +1,19 @@
 //! Addresses of the runtime variables ctxprobe reads: the list of all goroutines.
 //!
-//! CONTRACT (implementation to be filled in):
+//! Stripped binaries have no data symbols, but `runtime.allgadd` (never inlined, in every
+//! supported release) appends to `allgs` and then publishes `allgptr` and `allglen` with atomic
+//! stores, so its code names all three addresses.
+
+use std::collections::{BTreeSet, HashMap};
+
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
 use crate::elf::ElfFile;
 use crate::pclntab::Pclntab;
-use crate::Result;
+use crate::{Error, Result};
+
+/// `allgadd` is a few hundred bytes; anything far larger is not the function we want.
+const MAX_FUNC_LEN: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeVars {
@@ -15,6 +24,99 @@ pub struct RuntimeVars {
 }
 
 /// From `.symtab` when present; otherwise derived from the code of `runtime.allgadd`.
-pub fn locate(_elf: &ElfFile, _pclntab: &Pclntab) -> Result<RuntimeVars> {
-    Err(crate::Error::NotFound("runtime.allgs (not implemented yet)".into()))
+pub fn locate(elf: &ElfFile, pclntab: &Pclntab) -> Result<RuntimeVars> {
+    if let Some(vars) = from_symtab(elf) {
+        return Ok(vars);
+    }
+    locate_by_disassembly(elf, pclntab)
+}
+
+/// `runtime.allgs` and `runtime.allglen` from `.symtab`, if both are there.
+pub fn from_symtab(elf: &ElfFile) -> Option<RuntimeVars> {
+    let allgs = elf.symbol("runtime.allgs")?.addr;
+    let allglen = elf.symbol("runtime.allglen")?.addr;
+    Some(RuntimeVars { allgs, allglen })
+}
+
+/// Finds `runtime.allgadd` in the pclntab and derives the addresses from its code (works on
+/// stripped binaries; exposed so tests can compare it with `.symtab`).
+pub fn locate_by_disassembly(elf: &ElfFile, pclntab: &Pclntab) -> Result<RuntimeVars> {
+    let func = pclntab.func_by_name("runtime.allgadd").ok_or_else(|| {
+        Error::NotFound("function runtime.allgadd (to locate runtime.allgs)".into())
+    })?;
+    let len = func.end.saturating_sub(func.entry);
+    if len == 0 || len > MAX_FUNC_LEN {
+        return Err(Error::Malformed {
+            what: "pclntab",
+            why: format!("runtime.allgadd has implausible size {len}"),
+        });
+    }
+    let code = elf
+        .read_vaddr(func.entry, len as usize)
+        .ok_or_else(|| Error::Malformed {
+            what: "ELF",
+            why: format!(
+                "code of runtime.allgadd at {:#x} is not in the file",
+                func.entry
+            ),
+        })?;
+    from_allgadd_code(code, func.entry)
+}
+
+/// Derives the addresses from the amd64 machine code of `runtime.allgadd` loaded at `addr`:
+/// `allgs` is the base `B` with `B`, `B+8` and `B+16` all referenced RIP-relative (append
+/// touches ptr, len and cap); `allglen` is the target of the last atomic store (`XCHG`), which
+/// comes after the `allgptr` store.
+pub fn from_allgadd_code(code: &[u8], addr: u64) -> Result<RuntimeVars> {
+    let mut referenced = BTreeSet::new();
+    // Registers holding a RIP-relative address loaded by LEA, for `XCHG reg, (reg)`.
+    let mut lea: HashMap<Register, u64> = HashMap::new();
+    let mut last_xchg_target = None;
+    let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    for instr in &mut decoder {
+        if instr.is_invalid() {
+            continue;
+        }
+        let rip_target = instr
+            .is_ip_rel_memory_operand()
+            .then(|| instr.ip_rel_memory_address());
+        if let Some(t) = rip_target {
+            referenced.insert(t);
+        }
+        let has_mem = (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory);
+        if instr.mnemonic() == Mnemonic::Xchg && has_mem {
+            let target = rip_target.or_else(|| {
+                let base = instr.memory_base();
+                (instr.memory_displacement64() == 0 && instr.memory_index() == Register::None)
+                    .then(|| lea.get(&base).copied())
+                    .flatten()
+            });
+            if target.is_some() {
+                last_xchg_target = target;
+            }
+        }
+        if instr.op_count() > 0 && instr.op0_kind() == OpKind::Register {
+            let reg = instr.op0_register().full_register();
+            match (instr.mnemonic(), rip_target) {
+                (Mnemonic::Lea, Some(t)) => {
+                    lea.insert(reg, t);
+                }
+                (Mnemonic::Cmp | Mnemonic::Test, _) => {}
+                _ => {
+                    lea.remove(&reg);
+                }
+            }
+        }
+    }
+    let allgs = referenced.iter().copied().find(|&b| {
+        b.checked_add(8).is_some_and(|a| referenced.contains(&a))
+            && b.checked_add(16).is_some_and(|a| referenced.contains(&a))
+    });
+    let allgs = allgs.ok_or_else(|| {
+        Error::NotFound("runtime.allgs (no slice header referenced by runtime.allgadd)".into())
+    })?;
+    let allglen = last_xchg_target.ok_or_else(|| {
+        Error::NotFound("runtime.allglen (no atomic store in runtime.allgadd)".into())
+    })?;
+    Ok(RuntimeVars { allgs, allglen })
 }

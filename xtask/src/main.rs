@@ -1,1 +1,37 @@
-fn main() {}
+//! `cargo xtask <task>`: project maintenance tasks. One module per task; this file only
+//! dispatches.
+
+mod gen_layouts;
+
+use std::path::PathBuf;
+
+const USAGE: &str = "usage: cargo xtask <task> [args]
+
+tasks:
+  gen-layouts [--go PATH ...] [--check]
+      Compile a probe program with each Go toolchain, read the runtime struct layouts and
+      wait-reason strings from its DWARF/symbols and update gobinary/data/layouts.json.
+      Default toolchains: /usr/lib/go-1.19/bin/go and .tools/go1.{21..27}/bin/go.
+      --check: regenerate in memory and fail if the committed file differs.";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("gen-layouts") => gen_layouts::run(args.get(1..).unwrap_or_default()),
+        Some("help" | "-h" | "--help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task {other:?}\n\n{USAGE}")),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
