@@ -1,7 +1,7 @@
 //! Builds the eBPF object (clang-19, `-target bpf`) and a host-side layout dump of the shared structs.
 //!
-//! Outputs in OUT_DIR: `ctxprobe.bpf.o` (embedded by src/lib.rs) and `layout.txt` (read by the layout
-//! test in src/abi.rs, which compares it with the Rust mirrors).
+//! Outputs in OUT_DIR: `ctxprobe.bpf.o` and `futex.bpf.o` (embedded by src/lib.rs) and `layout.txt`
+//! (read by the layout test in src/abi.rs, which compares it with the Rust mirrors).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -17,18 +17,26 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bpf = manifest.join("bpf");
-    for file in ["ctxprobe.h", "ctxprobe.bpf.c", "layout.c"] {
+    for file in [
+        "ctxprobe.h",
+        "ctxprobe.bpf.c",
+        "futex.h",
+        "futex.bpf.c",
+        "layout.c",
+    ] {
         println!("cargo:rerun-if-changed={}", bpf.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rerun-if-env-changed=CTXPROBE_CLANG");
 
-    build_bpf(&bpf, &out);
+    build_bpf(&bpf, &out, "ctxprobe");
+    build_bpf(&bpf, &out, "futex");
     dump_layout(&bpf, &out);
 }
 
-fn build_bpf(bpf: &Path, out: &Path) {
-    let object = out.join("ctxprobe.bpf.o");
+/// Compiles `bpf/<name>.bpf.c` into `<name>.bpf.o` in OUT_DIR.
+fn build_bpf(bpf: &Path, out: &Path, name: &str) {
+    let object = out.join(format!("{name}.bpf.o"));
     let clang = clang();
     let status = Command::new(&clang)
         .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
@@ -37,14 +45,14 @@ fn build_bpf(bpf: &Path, out: &Path) {
         .arg("-I")
         .arg(bpf)
         .arg("-c")
-        .arg(bpf.join("ctxprobe.bpf.c"))
+        .arg(bpf.join(format!("{name}.bpf.c")))
         .arg("-o")
         .arg(&object)
         .status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => fail(&format!(
-            "{clang} failed to compile bpf/ctxprobe.bpf.c ({s}); see its errors above (missing libbpf-dev? run `scripts/setup.sh`)"
+            "{clang} failed to compile bpf/{name}.bpf.c ({s}); see its errors above (missing libbpf-dev? run `scripts/setup.sh`)"
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fail(&format!("{clang} not found: run `scripts/setup.sh` to install clang-19 and libbpf-dev"))

@@ -12,6 +12,7 @@ mod report;
 mod session;
 mod stack;
 mod target;
+mod threads;
 mod tracker;
 
 use std::io::Write;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "ctxprobe.h"
+#include "futex.h"
 
 #define SIZE(t) printf("sizeof.%s %zu\n", #t, sizeof(struct t))
 #define OFF(t, f) printf("offsetof.%s.%s %zu\n", #t, #f, offsetof(struct t, f))
@@ -32,5 +33,37 @@ int main(void)
 	printf("const.CTR_LOST_EVENTS %d\n", CTR_LOST_EVENTS);
 	printf("const.CTR_WAKE_MATCHED %d\n", CTR_WAKE_MATCHED);
 	printf("const.CTR_MAX %d\n", CTR_MAX);
+	SIZE(futex_wait_rec);
+	OFF(futex_wait_rec, uaddr);
+	OFF(futex_wait_rec, start_ns);
+	OFF(futex_wait_rec, op);
+	OFF(futex_wait_rec, pad);
+	SIZE(futex_wake_rec);
+	OFF(futex_wake_rec, ns);
+	OFF(futex_wake_rec, tid);
+	OFF(futex_wake_rec, pad);
+	SIZE(futex_event);
+	OFF(futex_event, uaddr);
+	OFF(futex_event, start_ns);
+	OFF(futex_event, end_ns);
+	OFF(futex_event, ret);
+	OFF(futex_event, tid);
+	OFF(futex_event, op);
+	OFF(futex_event, woken_by_tid);
+	OFF(futex_event, pad);
+	SIZE(futex_contention);
+	OFF(futex_contention, waits);
+	OFF(futex_contention, total_ns);
+	OFF(futex_contention, max_ns);
+	printf("const.FUTEX_OP_SYS_WAIT %d\n", FUTEX_OP_SYS_WAIT);
+	printf("const.FUTEX_OP_SYS_WAITV %d\n", FUTEX_OP_SYS_WAITV);
+	printf("const.FUTEX_OP_SYS_WAKE %d\n", FUTEX_OP_SYS_WAKE);
+	printf("const.FCTR_CALLS %d\n", FCTR_CALLS);
+	printf("const.FCTR_WAITS %d\n", FCTR_WAITS);
+	printf("const.FCTR_WAKES %d\n", FCTR_WAKES);
+	printf("const.FCTR_EVENTS %d\n", FCTR_EVENTS);
+	printf("const.FCTR_LOST_EVENTS %d\n", FCTR_LOST_EVENTS);
+	printf("const.FCTR_UPDATE_ERRORS %d\n", FCTR_UPDATE_ERRORS);
+	printf("const.FCTR_MAX %d\n", FCTR_MAX);
 	return 0;
 }

@@ -1,4 +1,4 @@
-//! Rust mirrors of the structs and constants in `bpf/ctxprobe.h`.
+//! Rust mirrors of the structs and constants in `bpf/ctxprobe.h` and `bpf/futex.h`.
 //!
 //! The header is the source of truth; the test at the bottom compares these definitions with the
 //! layout a C compiler gives the header (dumped by build.rs into `layout.txt`).
@@ -49,6 +49,76 @@ pub const CTR_UPDATE_ERRORS: u32 = 3;
 pub const CTR_LOST_EVENTS: u32 = 4;
 pub const CTR_WAKE_MATCHED: u32 = 5;
 pub const CTR_MAX: u32 = 8;
+
+/// Value of the futex `waiting` map (key: tid): a futex wait in progress.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FutexWaitRec {
+    /// Futex word (for futex_waitv: the first one).
+    pub uaddr: u64,
+    /// CLOCK_MONOTONIC ns at syscall entry.
+    pub start_ns: u64,
+    /// futex(2) op as passed, or one of the `FUTEX_OP_SYS_*` pseudo ops.
+    pub op: u32,
+    pub pad: u32,
+}
+
+/// Value of the LRU `last_wake` map (key: futex word address).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FutexWakeRec {
+    pub ns: u64,
+    pub tid: u32,
+    pub pad: u32,
+}
+
+/// Ring-buffer event: a futex wait of at least the loader's threshold ended.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FutexEvent {
+    pub uaddr: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Syscall return value (0, or a negative errno such as -ETIMEDOUT).
+    pub ret: i64,
+    pub tid: u32,
+    pub op: u32,
+    /// 0 if unknown.
+    pub woken_by_tid: u32,
+    pub pad: u32,
+}
+
+/// Value of the LRU `contention` map (key: futex word address).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FutexContention {
+    pub waits: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+}
+
+// SAFETY: plain integers, no padding (checked by the layout test), every bit pattern valid.
+unsafe impl aya::Pod for FutexWaitRec {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FutexWakeRec {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FutexEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FutexContention {}
+
+/// Pseudo ops for the futex2 syscalls (`enum futex_pseudo_op`); FUTEX2_* flags in the low 16 bits.
+pub const FUTEX_OP_SYS_WAIT: u32 = 0x10000;
+pub const FUTEX_OP_SYS_WAITV: u32 = 0x20000;
+pub const FUTEX_OP_SYS_WAKE: u32 = 0x30000;
+
+/// Indices into the per-CPU `futex_counters` array (`enum futex_counter`).
+pub const FCTR_CALLS: u32 = 0;
+pub const FCTR_WAITS: u32 = 1;
+pub const FCTR_WAKES: u32 = 2;
+pub const FCTR_EVENTS: u32 = 3;
+pub const FCTR_LOST_EVENTS: u32 = 4;
+pub const FCTR_UPDATE_ERRORS: u32 = 5;
+pub const FCTR_MAX: u32 = 8;
 
 #[cfg(test)]
 mod tests {
@@ -107,6 +177,62 @@ mod tests {
             ("const.CTR_LOST_EVENTS", CTR_LOST_EVENTS as usize),
             ("const.CTR_WAKE_MATCHED", CTR_WAKE_MATCHED as usize),
             ("const.CTR_MAX", CTR_MAX as usize),
+            ("sizeof.futex_wait_rec", size_of::<FutexWaitRec>()),
+            (
+                "offsetof.futex_wait_rec.uaddr",
+                offset_of!(FutexWaitRec, uaddr),
+            ),
+            (
+                "offsetof.futex_wait_rec.start_ns",
+                offset_of!(FutexWaitRec, start_ns),
+            ),
+            ("offsetof.futex_wait_rec.op", offset_of!(FutexWaitRec, op)),
+            ("offsetof.futex_wait_rec.pad", offset_of!(FutexWaitRec, pad)),
+            ("sizeof.futex_wake_rec", size_of::<FutexWakeRec>()),
+            ("offsetof.futex_wake_rec.ns", offset_of!(FutexWakeRec, ns)),
+            ("offsetof.futex_wake_rec.tid", offset_of!(FutexWakeRec, tid)),
+            ("offsetof.futex_wake_rec.pad", offset_of!(FutexWakeRec, pad)),
+            ("sizeof.futex_event", size_of::<FutexEvent>()),
+            ("offsetof.futex_event.uaddr", offset_of!(FutexEvent, uaddr)),
+            (
+                "offsetof.futex_event.start_ns",
+                offset_of!(FutexEvent, start_ns),
+            ),
+            (
+                "offsetof.futex_event.end_ns",
+                offset_of!(FutexEvent, end_ns),
+            ),
+            ("offsetof.futex_event.ret", offset_of!(FutexEvent, ret)),
+            ("offsetof.futex_event.tid", offset_of!(FutexEvent, tid)),
+            ("offsetof.futex_event.op", offset_of!(FutexEvent, op)),
+            (
+                "offsetof.futex_event.woken_by_tid",
+                offset_of!(FutexEvent, woken_by_tid),
+            ),
+            ("offsetof.futex_event.pad", offset_of!(FutexEvent, pad)),
+            ("sizeof.futex_contention", size_of::<FutexContention>()),
+            (
+                "offsetof.futex_contention.waits",
+                offset_of!(FutexContention, waits),
+            ),
+            (
+                "offsetof.futex_contention.total_ns",
+                offset_of!(FutexContention, total_ns),
+            ),
+            (
+                "offsetof.futex_contention.max_ns",
+                offset_of!(FutexContention, max_ns),
+            ),
+            ("const.FUTEX_OP_SYS_WAIT", FUTEX_OP_SYS_WAIT as usize),
+            ("const.FUTEX_OP_SYS_WAITV", FUTEX_OP_SYS_WAITV as usize),
+            ("const.FUTEX_OP_SYS_WAKE", FUTEX_OP_SYS_WAKE as usize),
+            ("const.FCTR_CALLS", FCTR_CALLS as usize),
+            ("const.FCTR_WAITS", FCTR_WAITS as usize),
+            ("const.FCTR_WAKES", FCTR_WAKES as usize),
+            ("const.FCTR_EVENTS", FCTR_EVENTS as usize),
+            ("const.FCTR_LOST_EVENTS", FCTR_LOST_EVENTS as usize),
+            ("const.FCTR_UPDATE_ERRORS", FCTR_UPDATE_ERRORS as usize),
+            ("const.FCTR_MAX", FCTR_MAX as usize),
         ];
         for (name, value) in &rust {
             assert_eq!(c.get(name), Some(value), "{name}: C header vs Rust mirror");

@@ -1,0 +1,175 @@
+//! What /proc tells about a process's threads: their ids and names, the syscall each is blocked in
+//! (with its user stack and instruction pointers), and the process's memory mappings.
+
+use std::fs;
+use std::path::PathBuf;
+
+/// x86_64 syscall numbers of the futex family.
+pub const SYS_FUTEX: i64 = 202;
+pub const SYS_FUTEX_WAITV: i64 = 449;
+pub const SYS_FUTEX_WAIT: i64 = 455;
+
+/// The ids of the process's threads (empty if it is gone).
+pub fn task_ids(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<u32> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    tids
+}
+
+pub fn task_exists(pid: u32, tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+/// `/proc/PID/task/TID/comm` without its newline.
+pub fn thread_name(pid: u32, tid: u32) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    Some(s.trim_end_matches('\n').to_string())
+}
+
+/// A thread blocked in a syscall, from `/proc/PID/task/TID/syscall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyscallState {
+    pub nr: i64,
+    pub args: [u64; 6],
+    /// User stack pointer and instruction pointer (just after the `syscall` instruction).
+    pub sp: u64,
+    pub pc: u64,
+}
+
+/// The syscall the thread is blocked in; None if it is running, not in a syscall, or gone.
+pub fn syscall_state(pid: u32, tid: u32) -> Option<SyscallState> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    parse_syscall(&s)
+}
+
+/// Parses "NR ARG0..ARG5 SP PC" (hex after NR); "running" and "-1 SP PC" (blocked outside a
+/// syscall) give None.
+pub fn parse_syscall(s: &str) -> Option<SyscallState> {
+    let mut fields = s.split_whitespace();
+    let nr: i64 = fields.next()?.parse().ok()?;
+    if nr < 0 {
+        return None;
+    }
+    let hex: Vec<u64> = fields
+        .map(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let [a0, a1, a2, a3, a4, a5, sp, pc] = hex.as_slice() else {
+        return None;
+    };
+    Some(SyscallState {
+        nr,
+        args: [*a0, *a1, *a2, *a3, *a4, *a5],
+        sp: *sp,
+        pc: *pc,
+    })
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub executable: bool,
+    /// The mapped file; None for anonymous and special ([stack], [vdso], ...) mappings.
+    pub path: Option<String>,
+}
+
+impl Mapping {
+    /// A path to open the mapped file by, also when the target runs in another mount namespace
+    /// or the file was deleted: map_files first, then through the target's root.
+    pub fn open_paths(&self, pid: u32) -> Vec<PathBuf> {
+        let mut paths = vec![PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))];
+        if let Some(p) = &self.path {
+            paths.push(PathBuf::from(format!("/proc/{pid}/root{p}")));
+            paths.push(PathBuf::from(p));
+        }
+        paths
+    }
+}
+
+pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
+    let s = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(s.lines().filter_map(parse_mapping).collect())
+}
+
+/// "start-end perms offset dev inode   path"
+pub fn parse_mapping(line: &str) -> Option<Mapping> {
+    let mut f = line.splitn(6, ' ');
+    let (start, end) = f.next()?.split_once('-')?;
+    let perms = f.next()?;
+    let offset = f.next()?;
+    let _dev = f.next()?;
+    let inode = f.next()?;
+    let path = f.next().map(str::trim).unwrap_or("");
+    let path = (inode != "0" && path.starts_with('/'))
+        .then(|| path.trim_end_matches(" (deleted)").to_string());
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
+        path,
+    })
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_syscall_lines() {
+        let s = "202 0x55d0c0a1b0c0 0x80 0x2 0x0 0x0 0x0 0x7f2b3c7fdd10 0x7f2b3d0a6e5d\n";
+        let st = parse_syscall(s).expect("futex line");
+        assert_eq!(st.nr, SYS_FUTEX);
+        assert_eq!(st.args[0], 0x55d0c0a1b0c0);
+        assert_eq!(st.args[1], 0x80);
+        assert_eq!(st.sp, 0x7f2b3c7fdd10);
+        assert_eq!(st.pc, 0x7f2b3d0a6e5d);
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(parse_syscall("-1 0x7ffd 0x4011\n"), None);
+        assert_eq!(parse_syscall("202 0x1 0x2\n"), None);
+    }
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_mapping(
+            "7f2b3d000000-7f2b3d028000 r-xp 00028000 fe:01 1234   /usr/lib/x86_64-linux-gnu/libc.so.6",
+        )
+        .expect("line");
+        assert_eq!(m.start, 0x7f2b3d000000);
+        assert_eq!(m.offset, 0x28000);
+        assert!(m.executable);
+        assert_eq!(
+            m.path.as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
+        let anon =
+            parse_mapping("7ffd1000-7ffd2000 rw-p 00000000 00:00 0   [stack]").expect("line");
+        assert_eq!(anon.path, None);
+        assert!(!anon.executable);
+        assert_eq!(parse_mapping("garbage"), None);
+    }
+}

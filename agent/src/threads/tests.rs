@@ -1,0 +1,461 @@
+//! Live tests: C (and cgo) fixtures that block threads in known ways, watched with real eBPF.
+//! Need root and gcc; skipped with a message otherwise.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+
+const THRESHOLD: Duration = Duration::from_millis(500);
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+fn out_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ctxprobe-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create fixture build dir");
+    dir
+}
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: live eBPF tests need root");
+        return false;
+    }
+    true
+}
+
+/// Builds fixtures/c/NAME.c with the machine's gcc (-g, pthread) once per test run.
+fn build_c(name: &str) -> Option<PathBuf> {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = out_dir().join(name);
+    if exe.exists() {
+        return Some(exe);
+    }
+    let src = fixtures_dir().join("c").join(format!("{name}.c"));
+    let status = Command::new("gcc")
+        .args(["-g", "-O0", "-Wall", "-pthread"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .status();
+    match status {
+        Ok(s) if s.success() => Some(exe),
+        other => {
+            eprintln!("skipping: cannot build {}: {other:?}", src.display());
+            None
+        }
+    }
+}
+
+/// A running fixture, killed on drop; its stdout lines arrive on `lines`.
+struct Fixture {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Fixture {
+    fn start(exe: &Path, args: &[&str]) -> Fixture {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start fixture");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Fixture { child, lines }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn next_json(&self) -> Value {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("fixture printed its truth line");
+        serde_json::from_str(&line).expect("fixture prints JSON")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn monitor(pid: u32) -> ThreadMonitor {
+    ThreadMonitor::start(&ThreadSettings {
+        pid,
+        threshold: THRESHOLD,
+    })
+    .expect("start the thread monitor")
+}
+
+/// Polls every 250 ms until `done` says so or `limit` passes; returns every event.
+fn poll_until(
+    m: &mut ThreadMonitor,
+    limit: Duration,
+    mut done: impl FnMut(&[ThreadEvent]) -> bool,
+) -> Vec<ThreadEvent> {
+    let deadline = Instant::now() + limit;
+    let mut all = Vec::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        all.extend(m.poll().expect("poll"));
+        if done(&all) {
+            break;
+        }
+    }
+    all
+}
+
+fn blocked(events: &[ThreadEvent]) -> HashMap<u32, &ThreadBlocked> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ThreadEvent::Blocked(b) => Some((b.tid, b)),
+            ThreadEvent::Unblocked(_) => None,
+        })
+        .collect()
+}
+
+fn unblocked(events: &[ThreadEvent]) -> HashMap<u32, &ThreadUnblocked> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ThreadEvent::Unblocked(u) => Some((u.tid, u)),
+            ThreadEvent::Blocked(_) => None,
+        })
+        .collect()
+}
+
+fn u64_of(v: &Value) -> u64 {
+    v.as_u64().expect("number in truth line")
+}
+
+fn has_frame(stack: &[StackFrame], func: &str, file_suffix: Option<&str>) -> bool {
+    stack.iter().any(|f| {
+        f.func.as_deref().is_some_and(|n| n.contains(func))
+            && file_suffix.is_none_or(|suffix| {
+                f.file.as_deref().is_some_and(|p| p.ends_with(suffix)) && f.line.is_some()
+            })
+    })
+}
+
+fn show(stack: &[StackFrame]) -> String {
+    stack
+        .iter()
+        .map(|f| {
+            format!(
+                "{:#x} {}+{:?} {}:{} [{}]",
+                f.addr,
+                f.func.as_deref().unwrap_or("?"),
+                f.offset,
+                f.file.as_deref().unwrap_or("?"),
+                f.line.unwrap_or(0),
+                f.library.as_deref().unwrap_or("?")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+fn check_deadlock(events: &[ThreadEvent], truth: &Value) {
+    let flagged = blocked(events);
+    for t in truth["threads"].as_array().expect("threads") {
+        let tid = u64_of(&t["tid"]) as u32;
+        let b = flagged
+            .get(&tid)
+            .unwrap_or_else(|| panic!("thread {tid} not flagged; events: {events:?}"));
+        assert_eq!(
+            b.futex_addr,
+            u64_of(&t["waits_on"]),
+            "glibc's mutex __lock is at offset 0"
+        );
+        assert_eq!(b.thread_name.as_deref(), t["name"].as_str());
+        assert!(b.futex_op.starts_with("FUTEX_WAIT"), "{}", b.futex_op);
+        assert!(b.blocked_ns >= THRESHOLD.as_nanos() as u64);
+        assert!(b.goid.is_none());
+        let entry = if t["name"] == "worker-a" {
+            "thread_a"
+        } else {
+            "thread_b"
+        };
+        assert!(
+            has_frame(&b.stack, "lock_both", Some("deadlock.c"))
+                && has_frame(&b.stack, entry, Some("deadlock.c"))
+                && (has_frame(&b.stack, "pthread_mutex_lock", None)
+                    || has_frame(&b.stack, "__lll_lock_wait", None)),
+            "stack of {tid}:\n  {}",
+            show(&b.stack)
+        );
+    }
+    assert!(
+        unblocked(events).is_empty(),
+        "deadlocked threads never wake"
+    );
+}
+
+#[test]
+fn deadlocked_threads_are_flagged_with_their_locks_and_stacks() {
+    if !can_run() {
+        return;
+    }
+    let Some(exe) = build_c("deadlock") else {
+        return;
+    };
+    let fx = Fixture::start(&exe, &[]);
+    let truth = fx.next_json();
+    let mut m = monitor(fx.pid());
+    let events = poll_until(&mut m, Duration::from_secs(3), |ev| blocked(ev).len() >= 2);
+    check_deadlock(&events, &truth);
+    let top = m.top_contended(5);
+    let waits_on: Vec<u64> = truth["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| u64_of(&t["waits_on"]))
+        .collect();
+    for addr in waits_on {
+        assert!(
+            top.iter()
+                .any(|c| c.futex_addr == addr && c.blocked_now == 1),
+            "{addr:#x} not in top contended: {top:?}"
+        );
+    }
+    assert_eq!(m.lost_events(), 0);
+}
+
+#[test]
+fn threads_blocked_before_attach_are_found_with_lower_bounds() {
+    if !can_run() {
+        return;
+    }
+    let Some(exe) = build_c("deadlock") else {
+        return;
+    };
+    let fx = Fixture::start(&exe, &[]);
+    let truth = fx.next_json();
+    std::thread::sleep(Duration::from_millis(1000));
+    let started = Instant::now();
+    let mut m = monitor(fx.pid());
+    let events = poll_until(&mut m, Duration::from_secs(3), |ev| blocked(ev).len() >= 2);
+    check_deadlock(&events, &truth);
+    for b in blocked(&events).values() {
+        assert!(!b.since_exact, "found before attach: {b:?}");
+        assert!(
+            b.blocked_ns <= started.elapsed().as_nanos() as u64,
+            "a lower bound"
+        );
+    }
+}
+
+#[test]
+fn condvar_waiter_is_flagged() {
+    if !can_run() {
+        return;
+    }
+    let Some(exe) = build_c("condvar") else {
+        return;
+    };
+    let fx = Fixture::start(&exe, &[]);
+    let truth = fx.next_json();
+    let waiter = u64_of(&truth["waiter_tid"]) as u32;
+    let cond = u64_of(&truth["cond"]);
+    let mut m = monitor(fx.pid());
+    let events = poll_until(&mut m, Duration::from_secs(3), |ev| {
+        blocked(ev).contains_key(&waiter)
+    });
+    let b = blocked(&events)
+        .get(&waiter)
+        .copied()
+        .unwrap_or_else(|| panic!("waiter not flagged: {events:?}"));
+    // glibc waits on one of the condvar's __g_signals words, inside the pthread_cond_t.
+    assert!(
+        (cond..cond + 48).contains(&b.futex_addr),
+        "{:#x} not in the condvar at {cond:#x}",
+        b.futex_addr
+    );
+    assert_eq!(b.thread_name.as_deref(), Some("cond-waiter"));
+    assert!(
+        has_frame(&b.stack, "wait_for_signal", Some("condvar.c"))
+            && has_frame(&b.stack, "cond_waiter", Some("condvar.c"))
+            && has_frame(&b.stack, "pthread_cond_wait", None),
+        "stack:\n  {}",
+        show(&b.stack)
+    );
+    // The main thread waits in pthread_join: flagged too, rightly.
+    let main_tid = fx.pid();
+    for tid in blocked(&events).keys() {
+        assert!(
+            *tid == waiter || *tid == main_tid,
+            "unexpected thread {tid}: {events:?}"
+        );
+    }
+}
+
+#[test]
+fn signalled_condvar_waiter_is_unblocked_with_its_waker() {
+    if !can_run() {
+        return;
+    }
+    let Some(exe) = build_c("condvar") else {
+        return;
+    };
+    let fx = Fixture::start(&exe, &["1500"]);
+    let truth = fx.next_json();
+    let waiter = u64_of(&truth["waiter_tid"]) as u32;
+    let signaller = u64_of(&truth["signaller_tid"]) as u32;
+    let mut m = monitor(fx.pid());
+    let events = poll_until(&mut m, Duration::from_secs(5), |ev| {
+        unblocked(ev).contains_key(&waiter)
+    });
+    let b = blocked(&events)
+        .get(&waiter)
+        .copied()
+        .unwrap_or_else(|| panic!("waiter not flagged: {events:?}"));
+    let u = unblocked(&events)
+        .get(&waiter)
+        .copied()
+        .unwrap_or_else(|| panic!("waiter not unblocked: {events:?}"));
+    assert_eq!(u.futex_addr, b.futex_addr);
+    assert_eq!(u.woken_by_tid, Some(signaller), "{u:?}");
+    assert_eq!(u.result, Some(0));
+    assert!(
+        u.blocked_ns >= 1_000_000_000 && u.blocked_ns < 3_000_000_000,
+        "{u:?}"
+    );
+    let unblocks = events
+        .iter()
+        .filter(|e| matches!(e, ThreadEvent::Unblocked(u) if u.tid == waiter))
+        .count();
+    assert_eq!(unblocks, 1, "one unblocked record per wait: {events:?}");
+}
+
+#[test]
+fn busy_lockers_are_never_flagged() {
+    if !can_run() {
+        return;
+    }
+    let Some(exe) = build_c("busy") else { return };
+    let fx = Fixture::start(&exe, &["4", "0"]);
+    let truth = fx.next_json();
+    let mut m = monitor(fx.pid());
+    let events = poll_until(&mut m, Duration::from_secs(2), |_| false);
+    let busy: Vec<u32> = truth["tids"]
+        .as_array()
+        .expect("tids")
+        .iter()
+        .map(|t| u64_of(t) as u32)
+        .collect();
+    for ev in &events {
+        if let ThreadEvent::Blocked(b) = ev {
+            assert!(!busy.contains(&b.tid), "busy thread flagged: {b:?}");
+        }
+    }
+    let c = m.counters();
+    assert!(c.calls > 0 && c.waits > 0, "the lockers do contend: {c:?}");
+    assert_eq!(c.events, 0, "{c:?}");
+}
+
+/// The Go toolchain for the cgo fixture, if installed.
+fn go_tool() -> Option<PathBuf> {
+    let go = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/go1.27/bin/go");
+    go.exists().then_some(go)
+}
+
+#[test]
+fn cgo_call_blocked_on_a_c_mutex_is_flagged() {
+    if !can_run() {
+        return;
+    }
+    let Some(go) = go_tool() else {
+        eprintln!("skipping: .tools/go1.27 missing (run scripts/setup.sh --all-go)");
+        return;
+    };
+    let exe = out_dir().join("cgoblock");
+    let status = Command::new(&go)
+        .args(["build", "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(fixtures_dir().join("cgoblock"))
+        .env("CGO_ENABLED", "1")
+        .env("GOFLAGS", "-mod=mod")
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go build of fixtures/cgoblock failed");
+    let fx = Fixture::start(&exe, &[]);
+    let truth = fx.next_json();
+    let tid = u64_of(&truth["tid"]) as u32;
+    let mut m = monitor(fx.pid());
+    let events = poll_until(&mut m, Duration::from_secs(3), |ev| {
+        blocked(ev).contains_key(&tid)
+    });
+    let b = blocked(&events)
+        .get(&tid)
+        .copied()
+        .unwrap_or_else(|| panic!("cgo thread not flagged: {events:?}"));
+    assert_eq!(b.futex_addr, u64_of(&truth["mutex"]));
+    assert!(
+        has_frame(&b.stack, "blocking_lock", Some("main.go"))
+            && has_frame(&b.stack, "pthread_mutex_lock", None)
+            && has_frame(&b.stack, "runtime.cgocall", None)
+            && has_frame(&b.stack, "main.blockInC", Some("main.go")),
+        "stack:\n  {}",
+        show(&b.stack)
+    );
+    eprintln!("cgo stack:\n  {}", show(&b.stack));
+}
+
+/// Cost of the futex probes on a contended-mutex workload: `cargo test -p ctxprobe threads::tests::
+/// futex_overhead -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn futex_overhead() {
+    if !can_run() {
+        return;
+    }
+    let Some(exe) = build_c("busy") else { return };
+    let run = |attach: bool| -> (f64, Option<FutexCounters>) {
+        let fx = Fixture::start(&exe, &["4", "3"]);
+        let _truth = fx.next_json();
+        let m = attach.then(|| monitor(fx.pid()));
+        let result = fx.next_json();
+        let counters = m.map(|mut m| {
+            let _ = m.poll();
+            m.counters()
+        });
+        (
+            result["ops_per_sec"].as_f64().expect("ops_per_sec"),
+            counters,
+        )
+    };
+    for _ in 0..3 {
+        let (base, _) = run(false);
+        let (with, c) = run(true);
+        eprintln!(
+            "ops/s without {base:.0}, with {with:.0} ({:+.1}%), kernel counters {c:?}",
+            (with / base - 1.0) * 100.0
+        );
+    }
+}

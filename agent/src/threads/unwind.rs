@@ -1,0 +1,261 @@
+//! Walks a blocked thread's user stack from its stack and instruction pointers alone.
+//!
+//! /proc/PID/task/TID/syscall gives only sp and pc, so each frame's CFA must be computable from
+//! rsp (true for almost all compiled code) or from an rbp that an inner frame's CFI restored. Frames
+//! without CFI fall back to the frame-pointer chain (Go code keeps frame pointers).
+//!
+//! rbp is not in /proc/.../syscall and glibc's lock functions do not save it, so when a frame needs
+//! rbp (a frame-pointer function, e.g. code built with -O0 or -fno-omit-frame-pointer) and no inner
+//! frame restored it, the frame's base is found by scanning the stack above sp for the first
+//! (saved rbp, return address) pair whose return address follows a call instruction.
+
+use gimli::UnwindContext;
+
+use super::modules::{AddressSpace, ElfModule, FrameRule, SavedReg};
+
+const RSP: u16 = 7;
+const RBP: u16 = 6;
+/// Stacks deeper than this are cut (a corrupt chain could otherwise loop).
+pub const MAX_FRAMES: usize = 128;
+
+/// How far above sp to look for a frame-pointer frame when rbp is unknown.
+const FP_SCAN_BYTES: usize = 4096;
+
+/// Reads the target's memory.
+pub trait ReadWord {
+    fn read_word(&self, addr: u64) -> Option<u64>;
+    /// Fills `buf` from `addr`; false if any of it is unreadable.
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool;
+}
+
+impl ReadWord for crate::procmem::ProcessMemory {
+    fn read_word(&self, addr: u64) -> Option<u64> {
+        self.read_u64(addr).ok()
+    }
+    fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.read(addr, buf).is_ok()
+    }
+}
+
+/// Return addresses of the stack, innermost first; the first is `pc` itself.
+pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) -> Vec<u64> {
+    let mut ctx = UnwindContext::new();
+    let mut pcs = vec![pc];
+    let (mut sp, mut pc, mut bp): (u64, u64, Option<u64>) = (sp, pc, None);
+    while pcs.len() < MAX_FRAMES {
+        // A return address points after the call; look up the call itself.
+        let lookup = if pcs.len() == 1 {
+            pc
+        } else {
+            pc.saturating_sub(1)
+        };
+        let found = space.lookup(lookup);
+        if pcs.len() > 1
+            && found
+                .as_ref()
+                .is_some_and(|(m, svma)| is_asmcgocall(m, *svma))
+        {
+            // A cgo call: continue on the goroutine stack the call switched away from.
+            let Some((next_pc, next_sp, next_bp)) = leave_asmcgocall(space, mem, sp) else {
+                break;
+            };
+            pcs.push(next_pc);
+            (sp, pc, bp) = (next_sp, next_pc, next_bp);
+            continue;
+        }
+        let rule = found.and_then(|(module, svma)| module.frame_rule(svma, &mut ctx));
+        let needs_bp = rule.as_ref().is_none_or(|r| r.cfa_reg == RBP);
+        if needs_bp && bp.is_none() {
+            bp = guess_frame_pointer(space, mem, sp);
+        }
+        let step = match rule {
+            Some(rule) => cfi_step(&rule, mem, sp, bp),
+            None => fp_step(mem, sp, bp),
+        };
+        let Some((next_pc, next_sp, next_bp)) = step else {
+            break;
+        };
+        // The stack grows down: a caller's frame is above. Go switches to the g0 stack in cgo
+        // calls, which only the frame-pointer chain follows, so that case is not checked.
+        if next_pc == 0 || (rule.is_some() && next_sp <= sp) {
+            break;
+        }
+        pcs.push(next_pc);
+        (sp, pc, bp) = (next_sp, next_pc, next_bp);
+    }
+    pcs
+}
+
+fn is_asmcgocall(module: &ElfModule, svma: u64) -> bool {
+    module
+        .symbol(svma)
+        .is_some_and(|s| matches!(s.name, "runtime.asmcgocall" | "runtime.asmcgocall.abi0"))
+}
+
+/// Go's runtime.asmcgocall calls C on the g0 stack with, at the callee's CFA, [sp] = the goroutine
+/// stack depth (stack.hi - old sp) and [sp+8] = the g (or [sp] = old sp itself and g = 0 when it
+/// was already on g0). At old sp is asmcgocall's return address, or (Go versions whose assembler
+/// gives it a frame pointer) the saved rbp and then the return address.
+/// Returns (caller pc, caller sp, caller rbp).
+fn leave_asmcgocall(
+    space: &mut AddressSpace,
+    mem: &dyn ReadWord,
+    sp: u64,
+) -> Option<(u64, u64, Option<u64>)> {
+    const G_STACK_HI: u64 = 8; // g.stack.hi: stable in every Go release with cgo on amd64
+    let first = mem.read_word(sp)?;
+    let g = mem.read_word(sp.checked_add(8)?)?;
+    let old_sp = if g == 0 {
+        first
+    } else {
+        mem.read_word(g.checked_add(G_STACK_HI)?)?
+            .checked_sub(first)?
+    };
+    let word = mem.read_word(old_sp)?;
+    if space.lookup(word).is_some() {
+        return Some((word, old_sp.checked_add(8)?, None));
+    }
+    let ra = mem.read_word(old_sp.checked_add(8)?)?;
+    Some((ra, old_sp.checked_add(16)?, Some(word)))
+}
+
+/// The first stack slot at or above `sp` that looks like a frame-pointer frame's base: the saved
+/// caller rbp (0 or above the slot) followed by a return address just after a call instruction.
+fn guess_frame_pointer(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64) -> Option<u64> {
+    let mut buf = vec![0u8; FP_SCAN_BYTES];
+    // The stack may end (top of the mapping) within the window: retry with less.
+    let len = [FP_SCAN_BYTES, 1024, 256]
+        .into_iter()
+        .find(|&len| mem.read_bytes(sp, &mut buf[..len]))?;
+    let words: Vec<u64> = buf[..len]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    for (i, pair) in words.windows(2).enumerate() {
+        let slot = sp + 8 * i as u64;
+        let (saved_bp, ra) = (pair[0], pair[1]);
+        if (saved_bp == 0 || saved_bp > slot) && space.lookup(ra).is_some() && follows_call(mem, ra)
+        {
+            return Some(slot);
+        }
+    }
+    None
+}
+
+/// Whether the bytes before `ra` end with a call: `e8 rel32`, or `ff /2` with a 2, 3, 4, 6 or 7
+/// byte encoding (register, disp8, SIB+disp8, disp32, SIB+disp32).
+fn follows_call(mem: &dyn ReadWord, ra: u64) -> bool {
+    let mut b = [0u8; 8];
+    if ra < 8 || !mem.read_bytes(ra - 8, &mut b) {
+        return false;
+    }
+    let is_ff2 = |at: usize| b[at] == 0xff && (b[at + 1] >> 3) & 7 == 2;
+    b[3] == 0xe8 || is_ff2(6) || is_ff2(5) || is_ff2(4) || is_ff2(2) || is_ff2(1)
+}
+
+/// One frame up by CFI: (caller pc, caller sp, caller rbp).
+fn cfi_step(
+    rule: &FrameRule,
+    mem: &dyn ReadWord,
+    sp: u64,
+    bp: Option<u64>,
+) -> Option<(u64, u64, Option<u64>)> {
+    let base = match rule.cfa_reg {
+        RSP => sp,
+        RBP => bp?,
+        _ => return None,
+    };
+    let cfa = base.checked_add_signed(rule.cfa_offset)?;
+    let ra = match rule.ra {
+        SavedReg::AtCfaOffset(off) => mem.read_word(cfa.checked_add_signed(off)?)?,
+        _ => return None,
+    };
+    let next_bp = match rule.rbp {
+        SavedReg::AtCfaOffset(off) => cfa.checked_add_signed(off).and_then(|a| mem.read_word(a)),
+        SavedReg::Same => bp,
+        SavedReg::Undefined | SavedReg::Unknown => None,
+    };
+    Some((ra, cfa, next_bp))
+}
+
+/// One frame up by the frame-pointer chain: [rbp] = caller's rbp, [rbp+8] = return address.
+fn fp_step(mem: &dyn ReadWord, sp: u64, bp: Option<u64>) -> Option<(u64, u64, Option<u64>)> {
+    let bp = bp?;
+    if bp == 0 || bp % 8 != 0 || bp < sp.saturating_sub(1 << 20) {
+        return None;
+    }
+    let ra = mem.read_word(bp.checked_add(8)?)?;
+    let caller_bp = mem.read_word(bp)?;
+    Some((ra, bp + 16, Some(caller_bp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Words(HashMap<u64, u64>);
+    impl ReadWord for Words {
+        fn read_word(&self, addr: u64) -> Option<u64> {
+            self.0.get(&addr).copied()
+        }
+        fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> bool {
+            for (i, chunk) in buf.chunks_mut(8).enumerate() {
+                let Some(w) = self.read_word(addr + 8 * i as u64) else {
+                    return false;
+                };
+                chunk.copy_from_slice(&w.to_le_bytes()[..chunk.len()]);
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn cfi_step_reads_return_address_and_saved_rbp() {
+        let rule = FrameRule {
+            cfa_reg: RSP,
+            cfa_offset: 32,
+            ra: SavedReg::AtCfaOffset(-8),
+            rbp: SavedReg::AtCfaOffset(-16),
+        };
+        let mem = Words(HashMap::from([(0x1018, 0x4000_1234), (0x1010, 0x2000)]));
+        assert_eq!(
+            cfi_step(&rule, &mem, 0x1000, None),
+            Some((0x4000_1234, 0x1020, Some(0x2000)))
+        );
+        let by_rbp = FrameRule {
+            cfa_reg: RBP,
+            ..rule
+        };
+        assert_eq!(cfi_step(&by_rbp, &mem, 0x1000, None), None, "rbp unknown");
+    }
+
+    #[test]
+    fn fp_step_follows_chain_and_rejects_garbage() {
+        let mem = Words(HashMap::from([(0x2008, 0x40_0000), (0x2000, 0x3000)]));
+        assert_eq!(
+            fp_step(&mem, 0x1000, Some(0x2000)),
+            Some((0x40_0000, 0x2010, Some(0x3000)))
+        );
+        assert_eq!(fp_step(&mem, 0x1000, Some(0x2001)), None);
+        assert_eq!(fp_step(&mem, 0x1000, None), None);
+    }
+
+    #[test]
+    fn recognises_call_sites() {
+        // e8 rel32 ending at ra = 0x5008; call *%rax (ff d0) ending at 0x6008; plain data at 0x7008.
+        let code = |bytes: [u8; 8]| u64::from_le_bytes(bytes);
+        let mem = Words(HashMap::from([
+            (0x5000, code([0x90, 0x90, 0x90, 0xe8, 1, 2, 3, 4])),
+            (
+                0x6000,
+                code([0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0xff, 0xd0]),
+            ),
+            (0x7000, code([0x90; 8])),
+        ]));
+        assert!(follows_call(&mem, 0x5008));
+        assert!(follows_call(&mem, 0x6008));
+        assert!(!follows_call(&mem, 0x7008));
+        assert!(!follows_call(&mem, 0x9008), "unreadable");
+    }
+}
