@@ -15,6 +15,7 @@ mod target;
 mod threads;
 mod tracker;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use crate::procmem::ProcessMemory;
 use crate::report::{Event, Reporter};
 use crate::session::{End, Session, Settings};
 use crate::target::{monotonic_ns, TargetProcess};
+use crate::threads::{ThreadEvent, ThreadMonitor, ThreadSettings};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -49,16 +51,30 @@ fn run(args: Args) -> Result<()> {
     let opts = OpenOptions {
         allow_nearest_layout: args.assume_layout,
     };
-    let bin = GoBinary::open(&target.exe_link, &opts).map_err(|e| match e {
-        gobinary::Error::NotGo(why) | gobinary::Error::NotElf(why) => anyhow::anyhow!(
-            "process {} ({}) is not a Go program ({why})",
-            target.pid,
-            target.exe_path
-        ),
-        other => anyhow::anyhow!("process {} ({}): {other}", target.pid, target.exe_path),
-    })?;
-    let bias = target.load_bias(&bin.elf)?;
-    let mem = ProcessMemory::new(target.pid);
+    let bin = match GoBinary::open(&target.exe_link, &opts) {
+        Ok(bin) => Some(bin),
+        // Not a Go program: watch its threads only (any language can deadlock on a futex).
+        Err(gobinary::Error::NotGo(why) | gobinary::Error::NotElf(why)) => {
+            if args.once {
+                bail!(
+                    "process {} ({}) is not a Go program ({why}): --once lists goroutines; \
+                     run without --once to watch its threads",
+                    target.pid,
+                    target.exe_path
+                );
+            }
+            if args.mode == Mode::Poll {
+                bail!(
+                    "process {} ({}) is not a Go program ({why}): watching its threads needs BPF, \
+                     which --mode poll turns off",
+                    target.pid,
+                    target.exe_path
+                );
+            }
+            None
+        }
+        Err(other) => bail!("process {} ({}): {other}", target.pid, target.exe_path),
+    };
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -66,12 +82,21 @@ fn run(args: Args) -> Result<()> {
         )),
         None => Box::new(std::io::LineWriter::new(std::io::stdout())),
     };
-    let reporter = Reporter::new(out, args.format, target.pid);
+    let mut reporter = Reporter::new(out, args.format, target.pid);
+    match &bin {
+        Some(bin) => run_go(&args, &target, bin, &mut reporter),
+        None => run_threads_only(&args, &target, &mut reporter),
+    }
+}
+
+fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporter) -> Result<()> {
+    let bias = target.load_bias(&bin.elf)?;
+    let mem = ProcessMemory::new(target.pid);
     let settings = Settings {
         threshold: args.threshold,
         include_system: args.include_system,
     };
-    let mut session = Session::new(&target, &bin, &mem, bias, reporter, settings);
+    let mut session = Session::new(target, bin, &mem, bias, settings);
 
     // The first read proves we can see the goroutine list before anything is attached.
     let first = match session.snapshot() {
@@ -87,47 +112,82 @@ fn run(args: Args) -> Result<()> {
             return Err(e);
         }
     };
-    let goroutines = session.count_user(&first);
     let attach = Event::Attach {
         exe: target.exe_path.clone(),
-        go_version: bin.build_info.go_version_string.clone(),
+        go_version: Some(bin.build_info.go_version_string.clone()),
         arch: bin.elf.arch_name().to_string(),
-        goroutines,
+        goroutines: Some(session.count_user(&first)),
+        threads_only: false,
         mode: if args.once { "once" } else { args.mode.name() },
         threshold_ns: args.threshold.as_nanos() as u64,
         layout_source: format!("{:?}", bin.layout_source).to_lowercase(),
     };
 
     if args.once {
-        session.reporter.emit(&attach)?;
-        session.dump_all()?;
-        session.reporter.flush()?;
+        out.emit(&attach)?;
+        session.dump_all(out)?;
+        out.flush()?;
         return Ok(());
     }
 
+    let mut threads = None;
     if args.mode != Mode::Poll {
-        session.probes = Some(start_probes(&target, &bin, args.mode, args.probe_budget)?);
+        session.probes = Some(start_probes(target, bin, args.mode, args.probe_budget)?);
+        threads = Some(start_threads(args, target)?);
     }
-    session.reporter.emit(&attach)?;
-    let end = stream(&mut session, &args)?;
-    let lost = session
-        .probes
-        .as_ref()
-        .map(|p| p.lost_events())
-        .unwrap_or(0);
-    // Detach before saying so.
-    session.probes = None;
-    let reason = match end {
-        End::Duration => "duration",
-        End::Signal => "signal",
-        End::TargetExited => "target_exited",
+    out.emit(&attach)?;
+    let mut watch = Watch {
+        session: Some(&mut session),
+        threads,
+        reported_threads: HashSet::new(),
     };
-    session.reporter.emit(&Event::Detach {
-        reason,
+    let end = watch.stream(args, target, out)?;
+    let lost = watch.lost_events();
+    // Detach before saying so.
+    drop(watch);
+    session.probes = None;
+    out.emit(&Event::Detach {
+        reason: end.name(),
         lost_events: lost,
     })?;
-    session.reporter.flush()?;
+    out.flush()?;
     Ok(())
+}
+
+fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
+    let threads = start_threads(args, target)?;
+    out.emit(&Event::Attach {
+        exe: target.exe_path.clone(),
+        go_version: None,
+        arch: std::env::consts::ARCH.to_string(),
+        goroutines: None,
+        threads_only: true,
+        mode: "threads",
+        threshold_ns: args.threshold.as_nanos() as u64,
+        layout_source: "none".into(),
+    })?;
+    let mut watch = Watch {
+        session: None,
+        threads: Some(threads),
+        reported_threads: HashSet::new(),
+    };
+    let end = watch.stream(args, target, out)?;
+    let lost = watch.lost_events();
+    drop(watch);
+    out.emit(&Event::Detach {
+        reason: end.name(),
+        lost_events: lost,
+    })?;
+    out.flush()?;
+    Ok(())
+}
+
+fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {
+    ThreadMonitor::start(&ThreadSettings {
+        pid: target.pid,
+        threshold: args.threshold,
+    })
+    .context("cannot watch the target's threads")
 }
 
 fn start_probes(
@@ -172,57 +232,137 @@ fn default_poll_interval(threshold: Duration) -> Duration {
     (threshold / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
-fn stream(session: &mut Session<'_>, args: &Args) -> Result<End> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .enable_io()
-        .build()
-        .context("cannot start the event loop")?;
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let base_poll = args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
-        let mut summary = tokio::time::interval(args.summary_interval);
-        summary.tick().await; // the first tick is immediate; the first summary comes later
-        let mut control = tokio::time::interval(Duration::from_millis(250));
-        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-        let mut next_poll = tokio::time::Instant::now();
-        loop {
-            let until_deadline = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = sigterm.recv() => return Ok(End::Signal),
-                _ = sigint.recv() => return Ok(End::Signal),
-                _ = until_deadline => return Ok(End::Duration),
-                _ = tokio::time::sleep_until(next_poll) => {
-                    if !session.poll()? {
-                        return Ok(End::TargetExited);
-                    }
-                    // Keep our reads of a very large process under ~5% of the time.
-                    let took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
-                    next_poll = tokio::time::Instant::now() + base_poll.max(took * 20);
-                }
-                _ = control.tick() => {
-                    if let Some(p) = &mut session.probes {
-                        if let Err(e) = p.tick(monotonic_ns()) {
-                            session.reporter.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+/// What the streaming loop drives: the goroutine session (Go programs) and the thread monitor.
+struct Watch<'s, 'a> {
+    session: Option<&'s mut Session<'a>>,
+    threads: Option<ThreadMonitor>,
+    /// Threads with a `thread_blocked` out and no `thread_unblocked` yet.
+    reported_threads: HashSet<u32>,
+}
+
+impl Watch<'_, '_> {
+    fn lost_events(&self) -> u64 {
+        let goroutine_lost = self
+            .session
+            .as_ref()
+            .and_then(|s| s.probes.as_ref())
+            .map(|p| p.lost_events());
+        goroutine_lost.unwrap_or(0) + self.threads.as_ref().map(|t| t.lost_events()).unwrap_or(0)
+    }
+
+    fn poll_threads(&mut self, out: &mut Reporter) -> Result<()> {
+        let Some(threads) = &mut self.threads else {
+            return Ok(());
+        };
+        let events = match threads.poll() {
+            Ok(ev) => ev,
+            Err(e) => {
+                out.emit(&Event::Error {
+                    message: format!("threads: {e:#}"),
+                })?;
+                return Ok(());
+            }
+        };
+        for ev in events {
+            match ev {
+                ThreadEvent::Blocked(mut b) => {
+                    if let Some(session) = &self.session {
+                        b.goid = session.goid_on_thread(b.tid);
+                        // In a Go program, threads idle in the scheduler sleep on futexes all
+                        // the time: only threads holding a goroutine, or in non-Go code, matter.
+                        if b.goid.is_none() && is_go_runtime_idle(&b.stack) {
+                            continue;
                         }
                     }
-                    session.drain_wake_events()?;
-                    if !session.target.is_alive() {
-                        return Ok(End::TargetExited);
-                    }
+                    self.reported_threads.insert(b.tid);
+                    out.emit(&Event::ThreadBlocked(b))?;
                 }
-                _ = summary.tick() => {
-                    let lost = session.probes.as_ref().map(|p| p.lost_events()).unwrap_or(0);
-                    session.summary(lost)?;
+                ThreadEvent::Unblocked(u) => {
+                    if self.reported_threads.remove(&u.tid) {
+                        out.emit(&Event::ThreadUnblocked(u))?;
+                    }
                 }
             }
         }
-    })
+        Ok(())
+    }
+
+    fn summary(&mut self, out: &mut Reporter) -> Result<()> {
+        let lost = self.lost_events();
+        let goroutines = self.session.as_mut().map(|s| s.summary());
+        let contended_futexes = self.threads.as_ref().map(|t| t.top_contended(5));
+        out.emit(&Event::Summary {
+            goroutines,
+            lost_events: lost,
+            contended_futexes,
+        })?;
+        Ok(())
+    }
+
+    fn stream(&mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<End> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .enable_io()
+            .build()
+            .context("cannot start the event loop")?;
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+            let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+            let base_poll =
+                args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
+            let mut summary = tokio::time::interval(args.summary_interval);
+            summary.tick().await; // the first tick is immediate; the first summary comes later
+            let mut control = tokio::time::interval(Duration::from_millis(250));
+            let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+            let mut next_poll = tokio::time::Instant::now();
+            loop {
+                let until_deadline = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sigterm.recv() => return Ok(End::Signal),
+                    _ = sigint.recv() => return Ok(End::Signal),
+                    _ = until_deadline => return Ok(End::Duration),
+                    _ = tokio::time::sleep_until(next_poll) => {
+                        let mut took = Duration::ZERO;
+                        if let Some(session) = &mut self.session {
+                            if !session.poll(out)? {
+                                return Ok(End::TargetExited);
+                            }
+                            took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
+                        }
+                        self.poll_threads(out)?;
+                        // Keep our reads of a very large process under ~5% of the time.
+                        next_poll = tokio::time::Instant::now() + base_poll.max(took * 20);
+                    }
+                    _ = control.tick() => {
+                        if let Some(session) = &mut self.session {
+                            if let Some(p) = &mut session.probes {
+                                if let Err(e) = p.tick(monotonic_ns()) {
+                                    out.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+                                }
+                            }
+                            session.drain_wake_events(out)?;
+                        }
+                        if !target.is_alive() {
+                            return Ok(End::TargetExited);
+                        }
+                    }
+                    _ = summary.tick() => self.summary(out)?,
+                }
+            }
+        })
+    }
+}
+
+/// A thread whose stack is only Go runtime code (an idle M in `futexsleep`, for example).
+fn is_go_runtime_idle(stack: &[threads::StackFrame]) -> bool {
+    stack
+        .iter()
+        .filter_map(|f| f.func.as_deref())
+        .all(|name| name.starts_with("runtime."))
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::stack::SourceFrame;
+use crate::threads::{ContendedFutex, StackFrame, ThreadBlocked, ThreadUnblocked};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -67,14 +68,31 @@ pub struct ProbeStatus {
     pub attached_fraction: f64,
 }
 
+/// The goroutine half of a `summary`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoroutineSummary {
+    pub goroutines: u64,
+    pub by_state: BTreeMap<String, u64>,
+    pub by_wait_reason: BTreeMap<String, u64>,
+    /// Goroutines currently reported as blocked.
+    pub blocked: u64,
+    pub system_goroutines: u64,
+    pub top_creation_sites: Vec<CreationSiteCount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeStatus>,
+    pub snapshot_ms: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Attach {
         exe: String,
-        go_version: String,
+        /// Null for a process that is not a Go program: then only threads are watched.
+        go_version: Option<String>,
         arch: String,
-        goroutines: u64,
+        goroutines: Option<u64>,
+        threads_only: bool,
         mode: &'static str,
         threshold_ns: u64,
         layout_source: String,
@@ -93,17 +111,16 @@ pub enum Event {
         exact: bool,
     },
     Summary {
-        goroutines: u64,
-        by_state: BTreeMap<String, u64>,
-        by_wait_reason: BTreeMap<String, u64>,
-        blocked: u64,
+        /// Absent for a process that is not a Go program (thread mode only).
+        #[serde(flatten)]
+        goroutines: Option<GoroutineSummary>,
         lost_events: u64,
-        system_goroutines: u64,
-        top_creation_sites: Vec<CreationSiteCount>,
+        /// The most contended futex words (absent when thread monitoring is off).
         #[serde(skip_serializing_if = "Option::is_none")]
-        probe: Option<ProbeStatus>,
-        snapshot_ms: f64,
+        contended_futexes: Option<Vec<ContendedFutex>>,
     },
+    ThreadBlocked(ThreadBlocked),
+    ThreadUnblocked(ThreadUnblocked),
     Detach {
         reason: &'static str,
         lost_events: u64,
@@ -219,6 +236,40 @@ fn render_goroutine(out: &mut String, g: &GoroutineReport) {
     }
 }
 
+fn render_native_stack(out: &mut String, stack: &[StackFrame]) {
+    use std::fmt::Write as _;
+    for f in stack {
+        let name = match (&f.func, f.offset) {
+            (Some(n), Some(off)) => format!("{n}+{off:#x}"),
+            (Some(n), None) => n.clone(),
+            (None, _) => format!("{:#x}", f.addr),
+        };
+        let lib = f
+            .library
+            .as_deref()
+            .map(|l| format!(" [{l}]"))
+            .unwrap_or_default();
+        let _ = writeln!(out, "    {name}{lib}");
+        if let (Some(file), Some(line)) = (&f.file, f.line) {
+            let _ = writeln!(out, "        {file}:{line}");
+        }
+    }
+}
+
+fn render_futexes(out: &mut String, futexes: Option<&[ContendedFutex]>) {
+    use std::fmt::Write as _;
+    for f in futexes.unwrap_or_default().iter().take(3) {
+        let _ = writeln!(
+            out,
+            "    futex {:#x}: {} long waits ({} now), {} waited in all",
+            f.futex_addr,
+            f.waiters,
+            f.blocked_now,
+            human_duration(f.total_wait_ns)
+        );
+    }
+}
+
 fn render_text(event: &Event, pid: u32) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -231,12 +282,52 @@ fn render_text(event: &Event, pid: u32) -> String {
             mode,
             threshold_ns,
             ..
-        } => {
+        } => match (go_version, goroutines) {
+            (Some(v), Some(n)) => {
+                let _ = writeln!(
+                    out,
+                    "attached to pid {pid} ({exe}, {v} {arch}): {n} goroutines; mode {mode}, \
+                         reporting goroutines and threads blocked over {}",
+                    human_duration(*threshold_ns)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "attached to pid {pid} ({exe}, {arch}): not a Go program, watching threads \
+                         only; reporting futex waits over {}",
+                    human_duration(*threshold_ns)
+                );
+            }
+        },
+        Event::ThreadBlocked(t) => {
             let _ = writeln!(
                 out,
-                "attached to pid {pid} ({exe}, {go_version} {arch}): {goroutines} goroutines; \
-                 mode {mode}, reporting goroutines blocked over {}",
-                human_duration(*threshold_ns)
+                "BLOCKED thread {} ({}) in {} on futex {:#x} for {}{}{}",
+                t.tid,
+                t.thread_name.as_deref().unwrap_or("?"),
+                t.futex_op,
+                t.futex_addr,
+                if t.since_exact { "" } else { "at least " },
+                human_duration(t.blocked_ns),
+                t.goid
+                    .map(|g| format!(", running goroutine {g}"))
+                    .unwrap_or_default()
+            );
+            render_native_stack(&mut out, &t.stack);
+            out.push('\n');
+        }
+        Event::ThreadUnblocked(t) => {
+            let _ = writeln!(
+                out,
+                "unblocked thread {} ({}) after {}{}{}\n",
+                t.tid,
+                t.thread_name.as_deref().unwrap_or("?"),
+                if t.since_exact { "" } else { "at least " },
+                human_duration(t.blocked_ns),
+                t.woken_by_tid
+                    .map(|w| format!(", woken by thread {w}"))
+                    .unwrap_or_default()
             );
         }
         Event::Goroutine(g) => {
@@ -263,13 +354,26 @@ fn render_text(event: &Event, pid: u32) -> String {
             );
         }
         Event::Summary {
-            goroutines,
-            by_state,
-            by_wait_reason,
-            blocked,
+            goroutines: None,
             lost_events,
-            top_creation_sites,
-            ..
+            contended_futexes,
+        } => {
+            let _ = writeln!(out, "summary: {lost_events} events lost");
+            render_futexes(&mut out, contended_futexes.as_deref());
+            out.push('\n');
+        }
+        Event::Summary {
+            goroutines:
+                Some(GoroutineSummary {
+                    goroutines,
+                    by_state,
+                    by_wait_reason,
+                    blocked,
+                    top_creation_sites,
+                    ..
+                }),
+            lost_events,
+            contended_futexes,
         } => {
             let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let mut reasons: Vec<(&String, &u64)> = by_wait_reason.iter().collect();
@@ -292,6 +396,7 @@ fn render_text(event: &Event, pid: u32) -> String {
                     s.goroutines, s.delta, s.site.func, s.site.file, s.site.line
                 );
             }
+            render_futexes(&mut out, contended_futexes.as_deref());
             out.push('\n');
         }
         Event::Detach {

@@ -10,7 +10,9 @@ use gobinary::GoBinary;
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
-use crate::report::{CreationSiteCount, Event, GoroutineReport, Reporter, SinceSource};
+use crate::report::{
+    CreationSiteCount, Event, GoroutineReport, GoroutineSummary, Reporter, SinceSource,
+};
 use crate::stack::{self, Symbolizer};
 use crate::target::{monotonic_ns, TargetProcess};
 use crate::tracker::{Park, ParkTracker};
@@ -30,7 +32,6 @@ pub struct Session<'a> {
     pub bin: &'a GoBinary,
     pub mem: &'a ProcessMemory,
     pub bias: u64,
-    pub reporter: Reporter,
     pub settings: Settings,
     reader: GoroutineReader<'a>,
     sym: Symbolizer<'a>,
@@ -49,13 +50,22 @@ pub enum End {
     TargetExited,
 }
 
+impl End {
+    pub fn name(&self) -> &'static str {
+        match self {
+            End::Duration => "duration",
+            End::Signal => "signal",
+            End::TargetExited => "target_exited",
+        }
+    }
+}
+
 impl<'a> Session<'a> {
     pub fn new(
         target: &'a TargetProcess,
         bin: &'a GoBinary,
         mem: &'a ProcessMemory,
         bias: u64,
-        reporter: Reporter,
         settings: Settings,
     ) -> Session<'a> {
         let reader = GoroutineReader::new(
@@ -69,7 +79,6 @@ impl<'a> Session<'a> {
             bin,
             mem,
             bias,
-            reporter,
             settings,
             reader,
             sym: Symbolizer::new(&bin.pclntab, bias),
@@ -146,7 +155,7 @@ impl<'a> Session<'a> {
     }
 
     /// `--once`: every goroutine, one record each.
-    pub fn dump_all(&mut self) -> Result<u64> {
+    pub fn dump_all(&mut self, out: &mut Reporter) -> Result<u64> {
         let gs = self.snapshot()?.context("the target process exited")?;
         let target_now = self.target.monotonic_now_ns();
         let mut n = 0;
@@ -160,7 +169,7 @@ impl<'a> Session<'a> {
                 None
             };
             let report = self.describe(g, blocked);
-            self.reporter.emit(&Event::Goroutine(report))?;
+            out.emit(&Event::Goroutine(report))?;
             n += 1;
         }
         self.last_snapshot = gs;
@@ -174,7 +183,7 @@ impl<'a> Session<'a> {
 
     /// One streaming step: snapshot, track parks, report what crossed the threshold or ended.
     /// `Ok(false)` when the target has gone.
-    pub fn poll(&mut self) -> Result<bool> {
+    pub fn poll(&mut self, out: &mut Reporter) -> Result<bool> {
         let Some(gs) = self.snapshot()? else {
             return Ok(false);
         };
@@ -183,7 +192,7 @@ impl<'a> Session<'a> {
         let target_now = self.target.monotonic_now_ns();
 
         for park in changes.ended_flagged {
-            self.report_unblocked(&park, now, target_now)?;
+            self.report_unblocked(out, &park, now, target_now)?;
         }
         if let Some(probes) = &self.probes {
             for &addr in changes.new_parks.iter().take(MAX_RECORD_LOOKUPS) {
@@ -237,7 +246,7 @@ impl<'a> Session<'a> {
             if let Some(probes) = &mut self.probes {
                 probes.watch(addr);
             }
-            self.reporter.emit(&Event::Blocked {
+            out.emit(&Event::Blocked {
                 g: report,
                 threshold_ns: threshold,
             })?;
@@ -246,7 +255,13 @@ impl<'a> Session<'a> {
         Ok(true)
     }
 
-    fn report_unblocked(&mut self, park: &Park, now: i64, target_now: i64) -> Result<()> {
+    fn report_unblocked(
+        &mut self,
+        out: &mut Reporter,
+        park: &Park,
+        now: i64,
+        target_now: i64,
+    ) -> Result<()> {
         if let Some(probes) = &mut self.probes {
             probes.unwatch(park.g.addr);
         }
@@ -257,7 +272,7 @@ impl<'a> Session<'a> {
         // part we know it was blocked for.
         let seen_ago = now - park.last_seen_ns;
         let (blocked_ns, _) = park.blocked(park.last_seen_ns, target_now - seen_ago);
-        self.reporter.emit(&Event::Unblocked {
+        out.emit(&Event::Unblocked {
             goid: park.g.goid,
             wait_reason: self.wait_reason_name(&park.g),
             blocked_ns,
@@ -267,7 +282,7 @@ impl<'a> Session<'a> {
     }
 
     /// Exact wake-ups from the wake probe (precise mode).
-    pub fn drain_wake_events(&mut self) -> Result<()> {
+    pub fn drain_wake_events(&mut self, out: &mut Reporter) -> Result<()> {
         let Some(probes) = &mut self.probes else {
             return Ok(());
         };
@@ -291,7 +306,7 @@ impl<'a> Session<'a> {
                 park.blocked(ev.wake_ns as i64, ev.wake_ns as i64 + target_offset)
                     .0
             };
-            self.reporter.emit(&Event::Unblocked {
+            out.emit(&Event::Unblocked {
                 goid: park.g.goid,
                 wait_reason: self.wait_reason_name(&park.g),
                 blocked_ns,
@@ -301,7 +316,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    pub fn summary(&mut self, lost_events: u64) -> Result<()> {
+    pub fn summary(&mut self) -> GoroutineSummary {
         let gs = std::mem::take(&mut self.last_snapshot);
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
         let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
@@ -343,7 +358,8 @@ impl<'a> Session<'a> {
         self.prev_site_counts = sites;
         let now = monotonic_ns();
         let probe = self.probes.as_mut().map(|p| p.status(now));
-        self.reporter.emit(&Event::Summary {
+        self.last_snapshot = gs;
+        GoroutineSummary {
             goroutines: if self.settings.include_system {
                 user + system
             } else {
@@ -352,13 +368,27 @@ impl<'a> Session<'a> {
             by_state,
             by_wait_reason: by_reason,
             blocked: self.tracker.flagged_count(),
-            lost_events,
             system_goroutines: system,
             top_creation_sites: top_sites,
             probe,
             snapshot_ms: self.last_snapshot_ns as f64 / 1e6,
-        })?;
-        self.last_snapshot = gs;
-        Ok(())
+        }
+    }
+}
+
+impl Session<'_> {
+    /// The goroutine each OS thread is running, from the last snapshot: running and syscall
+    /// goroutines have `g.m`, and `m.procid` is the thread id.
+    pub fn goid_on_thread(&self, tid: u32) -> Option<u64> {
+        self.last_snapshot
+            .iter()
+            .filter(|g| g.m != 0)
+            .find_map(|g| {
+                let procid = self
+                    .mem
+                    .read_u64(g.m.wrapping_add(self.bin.layout.m_procid))
+                    .ok()?;
+                (procid == tid as u64).then_some(g.goid)
+            })
     }
 }
