@@ -1,1 +1,24 @@
+//! Test harness for ctxprobe: builds the Go fixtures with real toolchains, runs them and the
+//! `ctxprobe` binary, parses the runtime's own goroutine dump, and checks ctxprobe's JSON lines
+//! against it. The integration tests in `tests/` use it; so can matrix tasks (issue 3), which is
+//! why the toolchain and the build mode are parameters everywhere.
 
+pub mod compare;
+pub mod contract;
+pub mod dump;
+pub mod fixture;
+pub mod gobuild;
+pub mod leaky;
+pub mod probe;
+pub mod process;
+pub mod scenario;
+pub mod serial;
+pub mod toolchain;
+
+use std::path::PathBuf;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}

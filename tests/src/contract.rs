@@ -1,0 +1,190 @@
+//! The JSON lines contract, version 1 (issue 2): field presence and types per record type.
+//! New fields and new record types are allowed; the documented ones must be there.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Checks one record: the common fields and those of its type. `pid` is the target's.
+pub fn check_record(v: &Value, pid: u32) -> Result<()> {
+    check_inner(v, pid).with_context(|| format!("record {v}"))
+}
+
+fn check_inner(v: &Value, pid: u32) -> Result<()> {
+    let ty = str_field(v, "type")?;
+    check_time(str_field(v, "time")?)?;
+    if v["pid"].as_u64() != Some(u64::from(pid)) {
+        bail!("pid is {} instead of {pid}", v["pid"]);
+    }
+    match ty {
+        "attach" => {
+            str_field(v, "exe")?;
+            str_field(v, "go_version")?;
+            str_field(v, "arch")?;
+            u64_field(v, "goroutines")?;
+        }
+        "goroutine" | "blocked" => {
+            u64_field(v, "goid")?;
+            let state = str_field(v, "state")?;
+            match &v["wait_reason"] {
+                Value::String(_) if state == "waiting" || state == "leaked" => {}
+                Value::Null if state != "waiting" => {}
+                Value::Null => {} // a waiting goroutine with waitreason 0 has none
+                other => bail!("wait_reason {other} with state {state:?}"),
+            }
+            if ty == "blocked" {
+                u64_field(v, "blocked_ns")?;
+                bool_field(v, "since_exact")?;
+                u64_field(v, "threshold_ns")?;
+                if state != "waiting" && state != "leaked" {
+                    bail!("a blocked record has state {state:?}");
+                }
+            } else {
+                null_or(v, "blocked_ns", Value::is_u64)?;
+                null_or(v, "since_exact", Value::is_boolean)?;
+            }
+            let stack = v["stack"].as_array().context("stack is not an array")?;
+            for f in stack {
+                check_frame(f).with_context(|| format!("stack frame {f}"))?;
+            }
+            match &v["created_by"] {
+                Value::Null => {}
+                f => check_frame(f).context("created_by")?,
+            }
+            null_or(v, "parent_goid", Value::is_u64)?;
+        }
+        "unblocked" => {
+            u64_field(v, "goid")?;
+            null_or(v, "wait_reason", Value::is_string)?;
+            u64_field(v, "blocked_ns")?;
+        }
+        "summary" => {
+            u64_field(v, "goroutines")?;
+            counts(v, "by_state")?;
+            counts(v, "by_wait_reason")?;
+            u64_field(v, "blocked")?;
+            u64_field(v, "lost_events")?;
+        }
+        "detach" => {
+            let reason = str_field(v, "reason")?;
+            if !["duration", "signal", "target_exited"].contains(&reason) {
+                bail!("unknown detach reason {reason:?}");
+            }
+            u64_field(v, "lost_events")?;
+        }
+        "error" => {
+            str_field(v, "message")?;
+        }
+        _ => {} // record types added after version 1
+    }
+    Ok(())
+}
+
+/// RFC 3339, UTC, with nanoseconds: `2026-11-22T03:10:00.123456789Z`.
+pub fn check_time(s: &str) -> Result<()> {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let ok = b.len() == 30
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19] == b'.'
+        && digits(20..29)
+        && b[29] == b'Z';
+    if !ok {
+        bail!("time {s:?} is not RFC 3339 UTC with nanoseconds (YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ)");
+    }
+    Ok(())
+}
+
+fn check_frame(f: &Value) -> Result<()> {
+    if str_field(f, "func")?.is_empty() {
+        bail!("empty func");
+    }
+    if str_field(f, "file")?.is_empty() {
+        bail!("empty file");
+    }
+    if u64_field(f, "line")? == 0 {
+        bail!("line 0");
+    }
+    Ok(())
+}
+
+fn counts(v: &Value, key: &str) -> Result<()> {
+    let o = v[key]
+        .as_object()
+        .with_context(|| format!("{key} is not an object"))?;
+    for (k, n) in o {
+        if !n.is_u64() {
+            bail!("{key}.{k} is not a count: {n}");
+        }
+    }
+    Ok(())
+}
+
+pub fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    v[key]
+        .as_str()
+        .with_context(|| format!("{key} missing or not a string"))
+}
+
+pub fn u64_field(v: &Value, key: &str) -> Result<u64> {
+    v[key]
+        .as_u64()
+        .with_context(|| format!("{key} missing or not a non-negative integer"))
+}
+
+fn bool_field(v: &Value, key: &str) -> Result<bool> {
+    v[key]
+        .as_bool()
+        .with_context(|| format!("{key} missing or not a bool"))
+}
+
+fn null_or(v: &Value, key: &str, ok: fn(&Value) -> bool) -> Result<()> {
+    let x = v.get(key).with_context(|| format!("{key} missing"))?;
+    if !x.is_null() && !ok(x) {
+        bail!("{key} has the wrong type: {x}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn times() {
+        assert!(check_time("2026-11-22T03:10:00.123456789Z").is_ok());
+        assert!(check_time("2026-11-22T03:10:00.123Z").is_err());
+        assert!(check_time("2026-11-22T03:10:00.123456789+00:00").is_err());
+        assert!(check_time("2026-11-22 03:10:00.123456789Z").is_err());
+    }
+
+    #[test]
+    fn records() {
+        let t = "2026-11-22T03:10:00.123456789Z";
+        let blocked = json!({"type":"blocked","time":t,"pid":7,"goid":18,"state":"waiting",
+            "wait_reason":"chan receive","blocked_ns":2_000_000_000u64,"since_exact":false,
+            "threshold_ns":1_000_000_000u64,
+            "stack":[{"func":"main.f","file":"/m.go","line":3}],
+            "created_by":{"func":"main.main","file":"/m.go","line":9},"parent_goid":1});
+        check_record(&blocked, 7).unwrap();
+        assert!(check_record(&blocked, 8).is_err());
+        let mut bad = blocked.clone();
+        bad["stack"][0]["line"] = json!(0);
+        assert!(check_record(&bad, 7).is_err());
+        let detach = json!({"type":"detach","time":t,"pid":7,"reason":"duration","lost_events":0});
+        check_record(&detach, 7).unwrap();
+        let bad = json!({"type":"detach","time":t,"pid":7,"reason":"bored","lost_events":0});
+        assert!(check_record(&bad, 7).is_err());
+    }
+}

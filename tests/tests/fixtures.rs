@@ -1,0 +1,153 @@
+//! The fixtures themselves, checked against the runtime's own dump with real toolchains (no
+//! ctxprobe, no root): every goroutine the `leaky` fixture claims to have blocked is in its dump
+//! with the expected wait reason, creation site and parent, and the dump parser understands
+//! every line of the dumps of Go 1.19, 1.21 and the newest release.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use ctxprobe_tests::compare::by_goid;
+use ctxprobe_tests::fixture::Fixture;
+use ctxprobe_tests::leaky::{expected_creator, Leaky, KINDS};
+use ctxprobe_tests::toolchain::{version_at_least, BuildMode, Toolchain, LATEST_GO};
+
+const VERSIONS: &[&str] = &["1.19", "1.21", LATEST_GO];
+
+fn for_each_version(f: impl Fn(&Toolchain) -> Result<()>) {
+    let mut failures = Vec::new();
+    for v in VERSIONS {
+        let r = Toolchain::find(v).and_then(|tc| f(&tc));
+        if let Err(e) = r {
+            failures.push(format!("Go {v}: {e:#}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn leaky_population_matches_its_dump() {
+    for_each_version(|tc| {
+        let mut leaky = Leaky::start(tc, &BuildMode::default_build(), &[])?;
+        let batch2 = leaky.batch2()?;
+        ensure!(!batch2.is_empty(), "empty batch 2");
+        std::thread::sleep(Duration::from_millis(300)); // a few grown goroutines
+        let dump = leaky.fixture.dump()?;
+        let gs = by_goid(&dump.goroutines);
+        let forever = leaky.forever_blocked()?;
+        ensure!(
+            forever.iter().any(|l| l.kind == "grown"),
+            "no grown goroutine"
+        );
+        for kind in KINDS {
+            let n = leaky.leaked.iter().filter(|l| l.kind == *kind).count();
+            ensure!(n >= 2, "kind {kind}: only {n} goroutines over two batches");
+        }
+        let mut problems = Vec::new();
+        for l in &forever {
+            let Some(g) = gs.get(&l.goid) else {
+                problems.push(format!("{l:?}: not in the dump"));
+                continue;
+            };
+            let want = leaky.expected_wait_reason(&l.kind);
+            if want.is_none() || g.wait_reason.as_deref() != want {
+                problems.push(format!(
+                    "{l:?}: wait reason {:?}, want {want:?}",
+                    g.wait_reason
+                ));
+            }
+            let created = g.created_by.as_ref();
+            if created.map(|c| c.func.as_str()) != expected_creator(&l.kind) {
+                problems.push(format!("{l:?}: created by {created:?}"));
+            }
+            let parent = created.and_then(|c| c.parent_goid);
+            let want_parent = version_at_least(&tc.version, 21).then_some(l.parent);
+            if parent != want_parent || want_parent == Some(0) {
+                problems.push(format!("{l:?}: parent {parent:?}, want {want_parent:?}"));
+            }
+            if !g.frames.iter().any(|f| f.func == l.func) {
+                problems.push(format!("{l:?}: {} not on its stack", l.func));
+            }
+            if g.innermost_user_frame().is_none() {
+                problems.push(format!("{l:?}: no non-runtime frame"));
+            }
+        }
+        for id in leaky.busy.iter().chain(&leaky.infra) {
+            if !gs.contains_key(id) {
+                problems.push(format!("busy/infra goroutine {id} not in the dump"));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{} problems:\n{}", problems.len(), problems.join("\n"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn leaky_releases_and_exits_with_stdin() {
+    for_each_version(|tc| {
+        let mut leaky = Leaky::start(tc, &BuildMode::default_build(), &["-grow-every", "0"])?;
+        let r = leaky
+            .leaked
+            .iter()
+            .find(|l| l.kind == "releasable")
+            .context("no releasable goroutine")?
+            .goid;
+        leaky.release(r)?;
+        let dump = leaky.fixture.dump()?;
+        ensure!(
+            !by_goid(&dump.goroutines).contains_key(&r),
+            "released goroutine {r} still in the dump"
+        );
+        leaky.fixture.process.close_stdin();
+        let status = leaky.fixture.process.wait_exit(Duration::from_secs(10))?;
+        ensure!(status.success(), "exit status {status}");
+        Ok(())
+    });
+}
+
+#[test]
+fn other_fixtures_build_and_run() {
+    for_each_version(|tc| {
+        let mode = BuildMode::default_build();
+        let _ = ctxprobe_tests::gobuild::build_fixture("demo", tc, &mode)?;
+
+        let mut pp = Fixture::build_and_start("pingpong", tc, &mode, &[])?;
+        pp.process.send_line("10000")?;
+        let m = pp
+            .process
+            .wait_json("measurement", Duration::from_secs(10), |v| {
+                v["ns_per_round_trip"].is_number()
+            })?;
+        ensure!(
+            m.json.is_some_and(|v| v["round_trips"] == 10000),
+            "bad measurement"
+        );
+
+        let mut many = Fixture::build_and_start("many", tc, &mode, &["-n", "2000"])?;
+        ensure!(
+            many.ready["goroutines"].as_u64() >= Some(2000),
+            "many: {}",
+            many.ready
+        );
+        many.process.signal(libc::SIGUSR1)?;
+        many.process
+            .wait_json("dump timing", Duration::from_secs(10), |v| {
+                v["dump_ns"].is_u64()
+            })?;
+
+        let http = Fixture::build_and_start("httpserver", tc, &mode, &[])?;
+        let addr = http.ready["addr"].as_str().context("httpserver: no addr")?;
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        ensure!(
+            resp.contains("hello, world"),
+            "httpserver answered {resp:?}"
+        );
+        Ok(())
+    });
+}
