@@ -34,7 +34,27 @@ use crate::target::{monotonic_ns, TargetProcess};
 use crate::threads::{ThreadEvent, ThreadMonitor, ThreadSettings};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's own message spans several lines; the first says what is wrong.
+            let text = e.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            eprintln!("ctxprobe: {first} (see ctxprobe --help)");
+            return ExitCode::from(2);
+        }
+    };
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -331,6 +351,7 @@ impl Watch<'_, '_> {
                         let mut took = Duration::ZERO;
                         if let Some(session) = &mut self.session {
                             if !session.poll(out)? {
+                                self.poll_threads(out)?;
                                 return Ok(End::TargetExited);
                             }
                             took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
@@ -349,6 +370,8 @@ impl Watch<'_, '_> {
                             session.drain_wake_events(out)?;
                         }
                         if !target.is_alive() {
+                            // Waits that ended as it exited are still in the ring buffer.
+                            self.poll_threads(out)?;
                             return Ok(End::TargetExited);
                         }
                     }

@@ -46,6 +46,8 @@ pub struct ProbeController {
     last_tick_ns: i64,
     last_park_hits: u64,
     retry_at_ns: Option<i64>,
+    /// When the park probe was last detached (0: never): records older than this may be stale.
+    last_detach_ns: i64,
     backoff_ns: i64,
     // Accumulated since the last status() call.
     interval_start_ns: i64,
@@ -71,6 +73,7 @@ impl ProbeController {
             last_tick_ns: now,
             last_park_hits: 0,
             retry_at_ns: None,
+            last_detach_ns: 0,
             backoff_ns: MIN_BACKOFF_NS,
             interval_start_ns: now,
             attached_ns: 0,
@@ -96,6 +99,7 @@ impl ProbeController {
             let cost_per_sec = hits as f64 * HIT_COST_NS * 1e9 / elapsed as f64;
             if cost_per_sec > self.budget_ns_per_sec {
                 self.probes.detach_park()?;
+                self.last_detach_ns = crate::target::monotonic_ns();
                 self.retry_at_ns = Some(now + self.backoff_ns);
                 self.backoff_ns = (self.backoff_ns * 2).min(MAX_BACKOFF_NS);
             } else if self.retry_at_ns.is_none() {
@@ -107,6 +111,11 @@ impl ProbeController {
             self.probes.attach_park()?;
         }
         Ok(())
+    }
+
+    /// True if every park since `ns` (CLOCK_MONOTONIC) went through the attached probe.
+    pub fn attached_continuously_since(&self, ns: i64) -> bool {
+        self.probes.park_attached() && ns > self.last_detach_ns
     }
 
     pub fn park_record(&self, g_addr: u64) -> Option<ParkRecord> {

@@ -200,12 +200,15 @@ impl<'a> Session<'a> {
                     continue;
                 };
                 if let Some(rec) = probes.park_record(addr) {
-                    // The record is this park's if it is the same goroutine and it has left
-                    // `_Grunning` exactly once since (trackingSeq moves on that transition).
+                    // The record is this park's if it is the same goroutine, it has left
+                    // `_Grunning` exactly once since (trackingSeq moves on that transition), and
+                    // the probe has been attached ever since (else a later park went unseen
+                    // and trackingSeq may just have wrapped around).
                     if rec.goid == park.g.goid
                         && rec.seq.wrapping_add(1) == park.g.tracking_seq
                         && rec.reason == park.g.wait_reason
                         && rec.wake_ns == 0
+                        && probes.attached_continuously_since(rec.park_ns as i64)
                     {
                         park.exact_park_ns = Some(rec.park_ns as i64);
                     }
@@ -217,7 +220,12 @@ impl<'a> Session<'a> {
         let candidates: Vec<u64> = self
             .tracker
             .parks()
-            .filter(|p| !p.flagged && !p.ignored && p.blocked(now, target_now).0 >= threshold)
+            .filter(|p| {
+                !p.flagged
+                    && !p.ignored
+                    && p.confirmed()
+                    && p.blocked(now, target_now).0 >= threshold
+            })
             .map(|p| p.g.addr)
             .collect();
         for addr in candidates {

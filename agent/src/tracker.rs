@@ -21,6 +21,8 @@ pub struct Park {
     pub not_before_ns: Option<i64>,
     /// ... and at the latest one.
     pub last_seen_ns: i64,
+    /// Snapshots that saw this park.
+    pub sightings: u32,
     /// CLOCK_MONOTONIC of the park itself, when the park probe saw it.
     pub exact_park_ns: Option<i64>,
     /// The runtime's GC stamp (`g.waitsince`, target clock), once it has one.
@@ -31,7 +33,18 @@ pub struct Park {
     pub ignored: bool,
 }
 
+/// Snapshots that must agree before a park without a probe timestamp is reported. A busy
+/// goroutine caught parked in two snapshots looks the same as a long park when its
+/// `trackingSeq` (a uint8) happened to wrap around to the same value: 1 chance in 256 per pair,
+/// so three sightings make a false report vanishingly rare.
+pub const MIN_SIGHTINGS: u32 = 3;
+
 impl Park {
+    /// Seen often enough (or timed by the probe) to be reported.
+    pub fn confirmed(&self) -> bool {
+        self.exact_park_ns.is_some() || self.sightings >= MIN_SIGHTINGS
+    }
+
     /// How long it has been parked at `now` (ours) / `target_now` (the target's clock).
     pub fn blocked(&self, now: i64, target_now: i64) -> (u64, SinceSource) {
         if let Some(p) = self.exact_park_ns {
@@ -79,6 +92,7 @@ impl ParkTracker {
             match self.parks.remove(&g.addr) {
                 Some(mut park) if park.g.same_park_as(g) => {
                     park.last_seen_ns = now;
+                    park.sightings = park.sightings.saturating_add(1);
                     if g.waitsince != 0 {
                         park.waitsince = g.waitsince;
                     }
@@ -96,6 +110,7 @@ impl ParkTracker {
                             first_seen_ns: now,
                             not_before_ns: self.last_snapshot_ns,
                             last_seen_ns: now,
+                            sightings: 1,
                             exact_park_ns: None,
                             waitsince: g.waitsince,
                             flagged: false,
@@ -183,6 +198,7 @@ mod tests {
             first_seen_ns: 1_000,
             not_before_ns: None,
             last_seen_ns: 1_000,
+            sightings: 1,
             exact_park_ns: None,
             waitsince: 0,
             flagged: false,

@@ -18,9 +18,33 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
     match ty {
         "attach" => {
             str_field(v, "exe")?;
-            str_field(v, "go_version")?;
             str_field(v, "arch")?;
-            u64_field(v, "goroutines")?;
+            if bool_field(v, "threads_only")? {
+                // Not a Go program (issue 4): threads only, no Go facts.
+                null_or(v, "go_version", |_| false)?;
+                null_or(v, "goroutines", |_| false)?;
+            } else {
+                str_field(v, "go_version")?;
+                u64_field(v, "goroutines")?;
+            }
+        }
+        "thread_blocked" => {
+            u64_field(v, "tid")?;
+            null_or(v, "thread_name", Value::is_string)?;
+            hex_field(v, "futex_addr")?;
+            str_field(v, "futex_op")?;
+            u64_field(v, "blocked_ns")?;
+            bool_field(v, "since_exact")?;
+            null_or(v, "goid", Value::is_u64)?;
+            for f in v["stack"].as_array().context("stack is not an array")? {
+                hex_field(f, "addr").with_context(|| format!("native frame {f}"))?;
+            }
+        }
+        "thread_unblocked" => {
+            u64_field(v, "tid")?;
+            hex_field(v, "futex_addr")?;
+            u64_field(v, "blocked_ns")?;
+            null_or(v, "woken_by_tid", Value::is_u64)?;
         }
         "goroutine" | "blocked" => {
             u64_field(v, "goid")?;
@@ -58,11 +82,15 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
             u64_field(v, "blocked_ns")?;
         }
         "summary" => {
-            u64_field(v, "goroutines")?;
-            counts(v, "by_state")?;
-            counts(v, "by_wait_reason")?;
-            u64_field(v, "blocked")?;
             u64_field(v, "lost_events")?;
+            if v.get("goroutines").is_some() {
+                u64_field(v, "goroutines")?;
+                counts(v, "by_state")?;
+                counts(v, "by_wait_reason")?;
+                u64_field(v, "blocked")?;
+            } else if !v["contended_futexes"].is_array() {
+                bail!("a summary without goroutine counts must be a thread-only one");
+            }
         }
         "detach" => {
             let reason = str_field(v, "reason")?;
@@ -187,4 +215,13 @@ mod tests {
         let bad = json!({"type":"detach","time":t,"pid":7,"reason":"bored","lost_events":0});
         assert!(check_record(&bad, 7).is_err());
     }
+}
+
+/// A `"0x…"` address string.
+fn hex_field(v: &Value, name: &str) -> Result<u64> {
+    let s = str_field(v, name)?;
+    let digits = s
+        .strip_prefix("0x")
+        .with_context(|| format!("{name} {s:?} is not 0x-hex"))?;
+    u64::from_str_radix(digits, 16).with_context(|| format!("{name} {s:?} is not 0x-hex"))
 }

@@ -5,11 +5,13 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ctxprobe_tests::leaky::Leaky;
 use ctxprobe_tests::probe::{args, ctxprobe_bin, run_ctxprobe, ProbeOutput};
 use ctxprobe_tests::process::Process;
-use ctxprobe_tests::scenario::{ensure_clean_refusal, preconditions};
+use ctxprobe_tests::scenario::{
+    check_all_records, ensure_clean_refusal, ensure_success, preconditions,
+};
 use ctxprobe_tests::serial::bpf_serial;
 use ctxprobe_tests::toolchain::{matrix, BuildMode};
 
@@ -44,15 +46,36 @@ fn refuses_a_missing_pid() {
 }
 
 #[test]
-fn refuses_a_process_that_is_not_go() {
+fn watches_only_threads_of_a_process_that_is_not_go() {
+    // Issue 4: a process that is not a Go program is watched in thread mode, and --once (a
+    // goroutine dump) is refused.
     check(|| {
         let mut cmd = Command::new("sleep");
         cmd.arg("60");
         let sleeper = Process::spawn("sleep", cmd)?;
-        let out = run_ctxprobe(&args(sleeper.pid, &[]), Duration::from_secs(20))?;
-        ensure_clean_refusal(&out, "pid of `sleep`")?;
         let out = run_ctxprobe(&args(sleeper.pid, &["--once"]), Duration::from_secs(20))?;
-        ensure_clean_refusal(&out, "pid of `sleep`, --once")
+        ensure_clean_refusal(&out, "pid of `sleep`, --once")?;
+        let out = run_ctxprobe(
+            &args(
+                sleeper.pid,
+                &["--duration", "2s", "--summary-interval", "1s"],
+            ),
+            Duration::from_secs(30),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, sleeper.pid)?;
+        let attach = records.first().context("no attach record")?;
+        if attach["type"] != "attach" || attach["threads_only"] != true {
+            bail!("expected a threads_only attach first: {}", out.describe());
+        }
+        if !records.iter().any(|r| r["type"] == "summary") {
+            bail!("no summary: {}", out.describe());
+        }
+        let last = records.last().context("no records")?;
+        if last["type"] != "detach" || last["reason"] != "duration" {
+            bail!("expected detach(duration) last: {}", out.describe());
+        }
+        Ok(())
     });
 }
 

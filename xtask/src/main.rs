@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: project maintenance tasks. One module per task; this file only
 //! dispatches.
 
+mod bench;
 mod gen_layouts;
 
 use std::path::PathBuf;
@@ -12,12 +13,16 @@ tasks:
       Compile a probe program with each Go toolchain, read the runtime struct layouts and
       wait-reason strings from its DWARF/symbols and update gobinary/data/layouts.json.
       Default toolchains: /usr/lib/go-1.19/bin/go and .tools/go1.{21..27}/bin/go.
-      --check: regenerate in memory and fail if the committed file differs.";
+      --check: regenerate in memory and fail if the committed file differs.
+  bench [--help]
+      Measure ctxprobe's cost on real workloads, with and without it attached, in one run
+      (needs root and `cargo build --release -p ctxprobe` first).";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("gen-layouts") => gen_layouts::run(args.get(1..).unwrap_or_default()),
+        Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
         Some("help" | "-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -1,0 +1,224 @@
+//! Blocked threads end to end (issue 4): C and cgo fixtures that print the truth about
+//! themselves (thread ids, which lock each waits on), watched by the ctxprobe binary.
+//! Needs root, gcc, and a built ctxprobe.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use ctxprobe_tests::gobuild::build_fixture;
+use ctxprobe_tests::probe::{args, run_ctxprobe};
+use ctxprobe_tests::process::Process;
+use ctxprobe_tests::scenario::{check_all_records, ensure_success, preconditions};
+use ctxprobe_tests::serial::bpf_serial;
+use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
+use ctxprobe_tests::workspace_root;
+use serde_json::Value;
+
+fn check(f: impl FnOnce() -> Result<()>) {
+    let r = preconditions().and_then(|()| {
+        let _serial = bpf_serial()?;
+        f()
+    });
+    if let Err(e) = r {
+        panic!("{e:#}");
+    }
+}
+
+/// Builds fixtures/c/NAME.c with gcc into target/fixtures/c/.
+fn build_c(name: &str) -> Result<PathBuf> {
+    let root = workspace_root();
+    let out_dir = root.join("target/fixtures/c");
+    std::fs::create_dir_all(&out_dir)?;
+    let exe = out_dir.join(name);
+    let src = root.join("fixtures/c").join(format!("{name}.c"));
+    let status = Command::new("gcc")
+        .args(["-g", "-O0", "-pthread"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .context("cannot run gcc (install it: apt-get install gcc)")?;
+    ensure!(status.success(), "gcc failed on {}", src.display());
+    Ok(exe)
+}
+
+fn addr(v: &Value) -> Option<u64> {
+    u64::from_str_radix(v.as_str()?.strip_prefix("0x")?, 16).ok()
+}
+
+fn has_frame(rec: &Value, func: &str) -> bool {
+    rec["stack"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|f| f["func"].as_str() == Some(func)))
+}
+
+#[test]
+fn deadlocked_c_threads_are_reported_with_their_locks_and_stacks() {
+    check(|| {
+        let exe = build_c("deadlock")?;
+        let mut p = Process::spawn("deadlock", Command::new(&exe))?;
+        let truth = p.wait_json("truth", Duration::from_secs(10), |v| {
+            v["threads"].is_array()
+        })?;
+        let truth = truth.json.context("truth is JSON")?;
+        let out = run_ctxprobe(
+            &args(
+                p.pid,
+                &[
+                    "--threshold",
+                    "500ms",
+                    "--duration",
+                    "3s",
+                    "--summary-interval",
+                    "1s",
+                ],
+            ),
+            Duration::from_secs(30),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, p.pid)?;
+        let blocked: HashMap<u64, &Value> = records
+            .iter()
+            .filter(|r| r["type"] == "thread_blocked")
+            .filter_map(|r| Some((r["tid"].as_u64()?, r)))
+            .collect();
+        for t in truth["threads"].as_array().context("threads")? {
+            let tid = t["tid"].as_u64().context("tid")?;
+            let rec = blocked
+                .get(&tid)
+                .with_context(|| format!("thread {t} not reported: {}", out.describe()))?;
+            ensure!(
+                addr(&rec["futex_addr"]) == t["waits_on"].as_u64(),
+                "thread {tid} reported on {} instead of {}",
+                rec["futex_addr"],
+                t["waits_on"]
+            );
+            ensure!(
+                rec["thread_name"] == t["name"],
+                "thread name {}",
+                rec["thread_name"]
+            );
+            ensure!(
+                has_frame(rec, "lock_both"),
+                "no lock_both frame in {}",
+                rec["stack"]
+            );
+            ensure!(
+                rec["blocked_ns"].as_u64() >= Some(500_000_000),
+                "blocked_ns {}",
+                rec
+            );
+        }
+        let summary = records
+            .iter()
+            .rev()
+            .find(|r| r["type"] == "summary")
+            .context("summary")?;
+        let contended: Vec<u64> = summary["contended_futexes"]
+            .as_array()
+            .context("contended_futexes")?
+            .iter()
+            .filter_map(|f| addr(&f["futex_addr"]))
+            .collect();
+        for t in truth["threads"].as_array().context("threads")? {
+            let lock = t["waits_on"].as_u64().context("waits_on")?;
+            ensure!(
+                contended.contains(&lock),
+                "lock {lock:#x} not among {contended:x?}"
+            );
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn signalled_condvar_waiter_is_unblocked_by_its_signaller() {
+    check(|| {
+        let exe = build_c("condvar")?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("2000"); // signal after 2 s
+        let mut p = Process::spawn("condvar", cmd)?;
+        let truth = p.wait_json("truth", Duration::from_secs(10), |v| {
+            v["waiter_tid"].is_u64()
+        })?;
+        let truth = truth.json.context("truth is JSON")?;
+        let out = run_ctxprobe(
+            &args(p.pid, &["--threshold", "500ms", "--duration", "4s"]),
+            Duration::from_secs(30),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, p.pid)?;
+        let waiter = truth["waiter_tid"].as_u64();
+        let un = records
+            .iter()
+            .find(|r| r["type"] == "thread_unblocked" && r["tid"].as_u64() == waiter)
+            .with_context(|| format!("no thread_unblocked for the waiter: {}", out.describe()))?;
+        ensure!(
+            un["woken_by_tid"] == truth["signaller_tid"],
+            "woken_by_tid {} instead of {}",
+            un["woken_by_tid"],
+            truth["signaller_tid"]
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn busy_lockers_are_never_reported() {
+    check(|| {
+        let exe = build_c("busy")?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["4", "30"]);
+        let mut p = Process::spawn("busy", cmd)?;
+        p.wait_json("truth", Duration::from_secs(10), |v| v["tids"].is_array())?;
+        let out = run_ctxprobe(
+            &args(p.pid, &["--threshold", "200ms", "--duration", "3s"]),
+            Duration::from_secs(30),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, p.pid)?;
+        if let Some(r) = records.iter().find(|r| r["type"] == "thread_blocked") {
+            bail!("a busy thread was reported: {r}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn cgo_call_blocked_in_c_names_its_goroutine() {
+    check(|| {
+        let tc = Toolchain::find(LATEST_GO)?;
+        let exe = build_fixture("cgoblock", &tc, &BuildMode::named("cgo")?)?;
+        let mut p = Process::spawn("cgoblock", Command::new(&exe))?;
+        let truth = p.wait_json("truth", Duration::from_secs(20), |v| v["tid"].is_u64())?;
+        let truth = truth.json.context("truth is JSON")?;
+        let out = run_ctxprobe(
+            &args(p.pid, &["--threshold", "500ms", "--duration", "3s"]),
+            Duration::from_secs(30),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, p.pid)?;
+        let rec = records
+            .iter()
+            .find(|r| r["type"] == "thread_blocked" && r["tid"] == truth["tid"])
+            .with_context(|| format!("blocked cgo thread not reported: {}", out.describe()))?;
+        ensure!(
+            addr(&rec["futex_addr"]) == truth["mutex"].as_u64(),
+            "futex {}",
+            rec
+        );
+        ensure!(
+            has_frame(rec, "blocking_lock"),
+            "no C frame in {}",
+            rec["stack"]
+        );
+        ensure!(
+            rec["goid"].is_u64(),
+            "no goroutine for the cgo thread: {rec}"
+        );
+        Ok(())
+    });
+}
