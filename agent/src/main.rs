@@ -333,7 +333,8 @@ impl Watch<'_, '_> {
                 args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
             let mut summary = tokio::time::interval(args.summary_interval);
             summary.tick().await; // the first tick is immediate; the first summary comes later
-            let mut control = tokio::time::interval(Duration::from_millis(250));
+            // Often enough that an over-budget park probe is detached within ~100ms.
+            let mut control = tokio::time::interval(Duration::from_millis(100));
             let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
             let mut next_poll = tokio::time::Instant::now();
             loop {

@@ -294,6 +294,9 @@ fn attach(ctxprobe: &Path, pid: u32, mode: &str) -> Result<Proc> {
     let p = Proc::spawn("ctxprobe", cmd)?;
     p.wait_json(Duration::from_secs(60), |v| v["type"] == "attach")
         .with_context(|| format!("ctxprobe --mode {mode} did not attach"))?;
+    // Measure the steady state ctxprobe runs in for hours, not its first probe-budget window
+    // (adaptive mode samples the park rate for ~100 ms after attaching).
+    std::thread::sleep(Duration::from_millis(500));
     Ok(p)
 }
 

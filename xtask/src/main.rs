@@ -3,6 +3,7 @@
 
 mod bench;
 mod gen_layouts;
+mod matrix;
 
 use std::path::PathBuf;
 
@@ -14,6 +15,8 @@ tasks:
       wait-reason strings from its DWARF/symbols and update gobinary/data/layouts.json.
       Default toolchains: /usr/lib/go-1.19/bin/go and .tools/go1.{21..27}/bin/go.
       --check: regenerate in memory and fail if the committed file differs.
+  matrix [--go 1.19,1.27] [--build stripped,pie] [--cells 1.19:stripped,...]
+      Run the goroutine integration tests per Go version x build mode cell; print a table.
   bench [--help]
       Measure ctxprobe's cost on real workloads, with and without it attached, in one run
       (needs root and `cargo build --release -p ctxprobe` first).";
@@ -23,6 +26,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("gen-layouts") => gen_layouts::run(args.get(1..).unwrap_or_default()),
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
+        Some("matrix") => matrix::run(args.get(1..).unwrap_or_default()),
         Some("help" | "-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
