@@ -198,7 +198,7 @@ pub fn human_duration(ns: u64) -> String {
 fn since_text(source: SinceSource) -> &'static str {
     match source {
         SinceSource::Probe => "exact",
-        SinceSource::Runtime => "at least, per the runtime's GC stamp",
+        SinceSource::Runtime => "about, per the runtime's GC stamp",
         SinceSource::Observed => "at least, since first seen",
         SinceSource::Unknown => "unknown",
     }

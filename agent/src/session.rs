@@ -217,7 +217,7 @@ impl<'a> Session<'a> {
         }
 
         let threshold = self.settings.threshold.as_nanos() as u64;
-        let candidates: Vec<u64> = self
+        let mut candidates: Vec<(u64, u64)> = self
             .tracker
             .parks()
             .filter(|p| {
@@ -226,9 +226,11 @@ impl<'a> Session<'a> {
                     && p.confirmed()
                     && p.blocked(now, target_now).0 >= threshold
             })
-            .map(|p| p.g.addr)
+            .map(|p| (p.g.goid, p.g.addr))
             .collect();
-        for addr in candidates {
+        // Oldest goroutines first, so a report reads in creation order.
+        candidates.sort_unstable();
+        for (_, addr) in candidates {
             let Some(park) = self.tracker.get_mut(addr) else {
                 continue;
             };
