@@ -15,3 +15,6 @@ cargo build --release --locked -p ctxprobe
 cargo xtask gen-layouts --check
 export CTXPROBE_BIN="$PWD/target/release/ctxprobe"
 cargo test --release --locked --workspace
+# Issue 3's matrix, CI subset: the oldest and newest Go, stripped, PIE and cgo builds (the full
+# matrix is `cargo xtask matrix`; its table is in the README).
+cargo xtask matrix --cells 1.19:stripped,1.19:pie,1.27:stripped-pie,1.27:cgo
