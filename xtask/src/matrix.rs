@@ -85,6 +85,8 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     print_table(&results);
+    let passed = results.iter().filter(|r| r.2).count();
+    println!("matrix: {passed} passed, {} failed", results.len() - passed);
     let failed: Vec<String> =
         results.iter().filter(|r| !r.2).map(|r| format!("{}:{}", r.0, r.1)).collect();
     if !failed.is_empty() {
