@@ -5,6 +5,8 @@
 //! 2. A net/http hello-world (fixtures/httpserver) under `wrk -t1 -c32 -d5s`: requests/s
 //!    without and with ctxprobe, as ratios. Runs are interleaved (none, default, precise, none,
 //!    ...) and medians reported, so drift on a shared machine hits every mode alike.
+//! 4. A futex-heavy C program (fixtures/c/busy.c: threads locking one contended mutex): ops/s
+//!    without and with ctxprobe attached (thread mode: futex tracepoints).
 //! 3. `ctxprobe --once` wall time on fixtures/many (100,000 parked goroutines) next to the
 //!    target's own `pprof.Lookup("goroutine").WriteTo(w, 2)` time.
 //!
@@ -23,9 +25,10 @@ use serde_json::Value;
 
 const USAGE: &str = "usage: cargo xtask bench [--go 1.27] [--rounds 3] [--modes default,precise]
     [--pingpong-n 1000000] [--wrk-duration 5s] [--wrk-connections 32] [--many-n 100000]
-    [--only pingpong,wrk,many] [--ctxprobe PATH]
+    [--only pingpong,wrk,many,futex] [--futex-threads 4] [--ctxprobe PATH]
 Build ctxprobe first: cargo build --release -p ctxprobe";
 
+#[derive(Clone)]
 struct Options {
     go: String,
     rounds: usize,
@@ -35,6 +38,7 @@ struct Options {
     wrk_connections: u32,
     many_n: u64,
     only: Vec<String>,
+    futex_threads: u32,
     ctxprobe: Option<PathBuf>,
 }
 
@@ -53,6 +57,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if want("wrk") {
         let bin = build_fixture(&root, &go, &opts.go, "httpserver")?;
         report.push(bench_wrk(&bin, &ctxprobe, &opts)?);
+    }
+    if want("futex") {
+        let bin = build_c(&root, "busy")?;
+        report.push(bench_futex(&bin, &ctxprobe, &opts)?);
     }
     if want("many") {
         let bin = build_fixture(&root, &go, &opts.go, "many")?;
@@ -75,6 +83,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         wrk_connections: 32,
         many_n: 100_000,
         only: Vec::new(),
+        futex_threads: 4,
         ctxprobe: None,
     };
     let mut it = args.iter();
@@ -98,6 +107,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             }
             "--many-n" => o.many_n = value.parse().context("--many-n")?,
             "--only" => o.only = list(),
+            "--futex-threads" => o.futex_threads = value.parse().context("--futex-threads")?,
             "--ctxprobe" => o.ctxprobe = Some(PathBuf::from(value)),
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
@@ -171,6 +181,24 @@ fn build_fixture(root: &Path, go: &Path, version: &str, name: &str) -> Result<Pa
         .with_context(|| format!("running {}", go.display()))?;
     if !status.success() {
         bail!("building fixtures/{name} failed");
+    }
+    Ok(out)
+}
+
+/// `gcc -O2` of fixtures/c/NAME.c into target/fixtures/bench-c/NAME.
+fn build_c(root: &Path, name: &str) -> Result<PathBuf> {
+    let dir = root.join("target/fixtures/bench-c");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-pthread"])
+        .arg(root.join(format!("fixtures/c/{name}.c")))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .context("running gcc")?;
+    if !status.success() {
+        bail!("building fixtures/c/{name}.c failed");
     }
     Ok(out)
 }
@@ -416,6 +444,48 @@ fn bench_wrk(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
     for (mode, v) in &samples {
         let m = median(v);
         s.push_str(&format!("  {:<10} {:>14.0} {:>10.3}\n", mode, m, m / base));
+    }
+    Ok(s)
+}
+
+fn bench_futex(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
+    let secs = opts.wrk_duration.as_secs().max(1);
+    eprintln!(
+        "bench: futex: {} threads on one mutex, {secs}s samples",
+        opts.futex_threads
+    );
+    let mut cmd = Command::new(bin);
+    cmd.args([opts.futex_threads.to_string().as_str(), "serve"]);
+    let mut busy = Proc::spawn("busy", cmd)?;
+    busy.wait_json(Duration::from_secs(10), |v| v["tids"].is_array())?;
+    let pid = busy.pid();
+    let mut measure = || -> Result<f64> {
+        busy.send_line(&secs.to_string())?;
+        let v = busy.wait_json(Duration::from_secs(secs + 30), |v| {
+            v["ops_per_sec"].is_number()
+        })?;
+        Ok(v["ops_per_sec"].as_f64().unwrap_or(f64::NAN))
+    };
+    measure()?; // warm-up
+                // A C program has no goroutines: ctxprobe watches its threads, whatever the mode.
+    let thread_opts = Options {
+        modes: vec!["default".into()],
+        ..opts.clone()
+    };
+    let samples = interleaved(&thread_opts, ctxprobe, pid, measure)?;
+    let base = median(&samples[0].1);
+    let mut s = format!(
+        "Futex-heavy C program ({} threads, one contended pthread mutex; medians of {})\n",
+        opts.futex_threads, opts.rounds
+    );
+    s.push_str(&format!(
+        "  {:<10} {:>14} {:>10}\n",
+        "mode", "ops/s", "ratio"
+    ));
+    for (mode, v) in &samples {
+        let m = median(v);
+        let name = if mode == "none" { "none" } else { "threads" };
+        s.push_str(&format!("  {:<10} {:>14.0} {:>10.3}\n", name, m, m / base));
     }
     Ok(s)
 }

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::workspace_root;
 
-const ALL_GO: &[&str] = &["1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27"];
+const ALL_GO: &[&str] = &[
+    "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27",
+];
 const ALL_BUILDS: &[&str] = &["default", "stripped", "pie", "stripped-pie", "cgo"];
 const TESTS: &[&str] = &["agent_once", "agent_stream"];
 
@@ -27,8 +29,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut list = || -> Result<Vec<String>> {
-            let v = it.next().with_context(|| format!("{a} needs a value\n{USAGE}"))?;
-            Ok(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            let v = it
+                .next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
+            Ok(v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect())
         };
         match a.as_str() {
             "--go" => versions = list()?,
@@ -61,7 +68,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let log_dir = root.join("target/matrix");
     fs::create_dir_all(&log_dir)?;
     // Build the test binaries once, outside the per-cell timing.
-    let status = cargo_test(&root, &["--no-run"]).status().context("cannot run cargo")?;
+    let status = cargo_test(&root, &["--no-run"])
+        .status()
+        .context("cannot run cargo")?;
     if !status.success() {
         bail!("building the integration tests failed");
     }
@@ -80,24 +89,35 @@ pub fn run(args: &[String]) -> Result<()> {
         text.extend_from_slice(&out.stderr);
         fs::write(&log, &text)?;
         let ok = out.status.success();
-        eprintln!("matrix: Go {v} {b}: {} ({secs:.0}s)", if ok { "pass" } else { "FAIL" });
+        eprintln!(
+            "matrix: Go {v} {b}: {} ({secs:.0}s)",
+            if ok { "pass" } else { "FAIL" }
+        );
         results.push((v.clone(), b.clone(), ok, secs));
     }
 
     print_table(&results);
     let passed = results.iter().filter(|r| r.2).count();
     println!("matrix: {passed} passed, {} failed", results.len() - passed);
-    let failed: Vec<String> =
-        results.iter().filter(|r| !r.2).map(|r| format!("{}:{}", r.0, r.1)).collect();
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.2)
+        .map(|r| format!("{}:{}", r.0, r.1))
+        .collect();
     if !failed.is_empty() {
-        bail!("failed cells: {} (logs in {})", failed.join(" "), log_dir.display());
+        bail!(
+            "failed cells: {} (logs in {})",
+            failed.join(" "),
+            log_dir.display()
+        );
     }
     Ok(())
 }
 
 fn cargo_test(root: &std::path::Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(root).args(["test", "--release", "--locked", "-p", "ctxprobe-tests"]);
+    cmd.current_dir(root)
+        .args(["test", "--release", "--locked", "-p", "ctxprobe-tests"]);
     for t in TESTS {
         cmd.args(["--test", t]);
     }
