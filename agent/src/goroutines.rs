@@ -232,3 +232,69 @@ fn le_u32(b: &[u8], off: usize) -> u32 {
         .map(u32::from_le_bytes)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> RuntimeLayout {
+        // Go 1.25's offsets; any plausible layout does for these tests.
+        RuntimeLayout {
+            g_size: 440,
+            g_stack_lo: 0,
+            g_stack_hi: 8,
+            g_m: 48,
+            g_sched_sp: 56,
+            g_sched_pc: 64,
+            g_sched_bp: 96,
+            g_syscallsp: 104,
+            g_syscallpc: 112,
+            g_syscallbp: Some(120),
+            g_atomicstatus: 144,
+            g_goid: 152,
+            g_waitsince: 168,
+            g_waitreason: 176,
+            g_tracking_seq: 191,
+            g_gopc: 280,
+            g_startpc: 296,
+            g_parent_goid: Some(272),
+            g_lockedm: 208,
+            g_labels: 344,
+            m_procid: 64,
+            m_curg: 184,
+        }
+    }
+
+    /// A `g` read from the target is untrusted: garbage and short windows must decode to
+    /// `None` or a value, never a panic.
+    #[test]
+    fn decoding_garbage_never_panics() {
+        let mem = ProcessMemory::new(std::process::id());
+        let layout = layout();
+        let reader = GoroutineReader::new(&mem, &layout, 0, 0);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in (0..reader.window + 16).chain(std::iter::repeat_n(reader.window, 3000)) {
+            let g: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = reader.decode(0x1000, &g);
+        }
+    }
+
+    #[test]
+    fn reading_our_own_unmapped_addresses_fails_cleanly() {
+        let mem = ProcessMemory::new(std::process::id());
+        let layout = layout();
+        // allgs at address 8: unmapped in every process.
+        let reader = GoroutineReader::new(&mem, &layout, 8, 16);
+        assert!(reader.read_all().is_err());
+        let (buf, ok) = mem.read_many(&[8, 16], 32).unwrap();
+        assert_eq!(buf.len(), 64);
+        assert_eq!(ok, vec![false, false]);
+    }
+}

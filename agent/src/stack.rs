@@ -152,60 +152,82 @@ pub fn unwind(
     let stack = mem
         .read_vec(sp, (hi - sp) as usize)
         .map_err(|e| StackError::Unreadable(e.to_string()))?;
-    let word = |addr: u64| -> Option<u64> {
-        let off = addr.checked_sub(sp)? as usize;
-        stack
-            .get(off..off + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-    };
-    let mut pcs = vec![pc];
-    if use_fp {
-        // [fp] = caller's fp, [fp+8] = return address; the chain ends at runtime.goexit
-        // with a zero frame pointer.
-        let mut fp = bp;
-        while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp % 8 == 0 {
-            let (Some(next), Some(ret)) = (word(fp), word(fp + 8)) else {
-                break;
-            };
-            if ret == 0 {
-                break;
-            }
-            pcs.push(ret);
-            if next <= fp {
-                break;
-            }
-            fp = next;
-        }
+    let pcs = if use_fp {
+        walk_frame_pointers(&stack, sp, pc, bp)
     } else {
-        // No frame pointer saved: step frames with the SP delta from the pcsp table.
-        let mut cur_pc = pc;
-        let mut cur_sp = sp;
-        while pcs.len() < MAX_FRAMES {
-            let link = cur_pc.wrapping_sub(bias);
-            let Some(f) = pclntab.func_at(link) else {
-                break;
-            };
+        walk_sp_deltas(&stack, sp, pc, |pc| {
+            let link = pc.wrapping_sub(bias);
+            let f = pclntab.func_at(link)?;
             if f.name == "runtime.goexit" {
-                break;
+                return None;
             }
             let at = if link >= f.end { link - 1 } else { link };
-            let Some(delta) = pclntab.sp_delta_at(at) else {
-                break;
-            };
-            let Ok(delta) = u64::try_from(delta) else {
-                break;
-            };
-            let ret_slot = cur_sp.saturating_add(delta);
-            let Some(ret) = word(ret_slot) else { break };
-            if ret == 0 {
-                break;
-            }
-            pcs.push(ret);
-            cur_pc = ret;
-            cur_sp = ret_slot + 8;
-        }
-    }
+            u64::try_from(pclntab.sp_delta_at(at)?).ok()
+        })
+    };
     Ok(pcs)
+}
+
+/// The word at `addr` of a stack copy that starts at `base`.
+fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
+    let off = usize::try_from(addr.checked_sub(base)?).ok()?;
+    let bytes = stack.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+/// Return addresses by the frame-pointer chain: `[fp]` = caller's fp, `[fp+8]` = return
+/// address; the chain ends at runtime.goexit with a zero frame pointer. `stack` is a copy of
+/// the target's stack from `sp` up.
+fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
+    let hi = sp.saturating_add(stack.len() as u64);
+    let mut pcs = vec![pc];
+    let mut fp = bp;
+    while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp % 8 == 0 {
+        let (Some(next), Some(ret)) = (
+            stack_word(stack, sp, fp),
+            stack_word(stack, sp, fp.saturating_add(8)),
+        ) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        pcs.push(ret);
+        if next <= fp {
+            break;
+        }
+        fp = next;
+    }
+    pcs
+}
+
+/// Return addresses by SP deltas (no frame pointer saved): `frame_size(pc)` is the pcsp table's
+/// value, `None` to stop (unknown function, or the bottom of the stack).
+fn walk_sp_deltas(
+    stack: &[u8],
+    sp: u64,
+    pc: u64,
+    frame_size: impl Fn(u64) -> Option<u64>,
+) -> Vec<u64> {
+    let mut pcs = vec![pc];
+    let mut cur_pc = pc;
+    let mut cur_sp = sp;
+    while pcs.len() < MAX_FRAMES {
+        let Some(delta) = frame_size(cur_pc) else {
+            break;
+        };
+        let ret_slot = cur_sp.saturating_add(delta);
+        let Some(ret) = stack_word(stack, sp, ret_slot) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        pcs.push(ret);
+        cur_pc = ret;
+        cur_sp = ret_slot.saturating_add(8);
+    }
+    pcs
 }
 
 /// The stack as the runtime's traceback prints it: inlined calls expanded, wrappers and the
@@ -240,6 +262,51 @@ mod tests {
         assert!(shown_by_runtime("sync.runtime_Semacquire"));
         assert!(shown_by_runtime("main.worker"));
         assert!(!shown_by_runtime("noDot"));
+    }
+
+    /// Target memory is untrusted: random stacks and registers must never panic or loop.
+    #[test]
+    fn walks_survive_garbage() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..2000 {
+            let len = (next() % 4096) as usize;
+            let sp = next() & !7;
+            let mut stack: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Some rounds get a plausible chain, so the walk goes deep before hitting garbage.
+            if round % 2 == 0 && len >= 64 {
+                for slot in (0..len - 16).step_by(16) {
+                    let fp = sp.wrapping_add(slot as u64 + 16);
+                    stack[slot..slot + 8].copy_from_slice(&fp.to_le_bytes());
+                }
+            }
+            let bp = if round % 3 == 0 { sp } else { next() };
+            let pcs = walk_frame_pointers(&stack, sp, next(), bp);
+            assert!(pcs.len() <= MAX_FRAMES);
+            let delta = next() % 64;
+            let pcs = walk_sp_deltas(&stack, sp, next(), |_| Some(delta));
+            assert!(pcs.len() <= MAX_FRAMES);
+        }
+    }
+
+    #[test]
+    fn walks_a_frame_pointer_chain() {
+        let sp = 0x1000u64;
+        let mut stack = vec![0u8; 64];
+        // frame at 0x1010: caller fp 0x1020, return 0xaaa; frame at 0x1020: fp 0, return 0xbbb
+        stack[16..24].copy_from_slice(&0x1020u64.to_le_bytes());
+        stack[24..32].copy_from_slice(&0xaaau64.to_le_bytes());
+        stack[32..40].copy_from_slice(&0u64.to_le_bytes());
+        stack[40..48].copy_from_slice(&0xbbbu64.to_le_bytes());
+        assert_eq!(
+            walk_frame_pointers(&stack, sp, 0x999, 0x1010),
+            vec![0x999, 0xaaa, 0xbbb]
+        );
     }
 
     #[test]
