@@ -156,11 +156,7 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         threads = Some(start_threads(args, target)?);
     }
     out.emit(&attach)?;
-    let mut watch = Watch {
-        session: Some(&mut session),
-        threads,
-        reported_threads: HashSet::new(),
-    };
+    let mut watch = Watch::new(Some(&mut session), threads);
     let end = watch.stream(args, target, out)?;
     let lost = watch.lost_events();
     // Detach before saying so.
@@ -186,11 +182,7 @@ fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> 
         threshold_ns: args.threshold.as_nanos() as u64,
         layout_source: "none".into(),
     })?;
-    let mut watch = Watch {
-        session: None,
-        threads: Some(threads),
-        reported_threads: HashSet::new(),
-    };
+    let mut watch = Watch::new(None, Some(threads));
     let end = watch.stream(args, target, out)?;
     let lost = watch.lost_events();
     drop(watch);
@@ -258,9 +250,20 @@ struct Watch<'s, 'a> {
     threads: Option<ThreadMonitor>,
     /// Threads with a `thread_blocked` out and no `thread_unblocked` yet.
     reported_threads: HashSet<u32>,
+    /// The last `error` record sent, so a persistent failure is not repeated every poll.
+    last_error: Option<String>,
 }
 
-impl Watch<'_, '_> {
+impl<'s, 'a> Watch<'s, 'a> {
+    fn new(session: Option<&'s mut Session<'a>>, threads: Option<ThreadMonitor>) -> Self {
+        Watch {
+            session,
+            threads,
+            reported_threads: HashSet::new(),
+            last_error: None,
+        }
+    }
+
     fn lost_events(&self) -> u64 {
         let goroutine_lost = self
             .session
@@ -351,9 +354,21 @@ impl Watch<'_, '_> {
                     _ = tokio::time::sleep_until(next_poll) => {
                         let mut took = Duration::ZERO;
                         if let Some(session) = &mut self.session {
-                            if !session.poll(out)? {
-                                self.poll_threads(out)?;
-                                return Ok(End::TargetExited);
+                            match session.poll(out) {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    self.poll_threads(out)?;
+                                    return Ok(End::TargetExited);
+                                }
+                                // A racy read of a live process can fail now and then: say so
+                                // (once per kind of failure) and try again at the next poll.
+                                Err(e) => {
+                                    let message = format!("{e:#}");
+                                    if self.last_error.as_ref() != Some(&message) {
+                                        out.emit(&Event::Error { message: message.clone() })?;
+                                        self.last_error = Some(message);
+                                    }
+                                }
                             }
                             took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
                         }
