@@ -7,7 +7,7 @@
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::trace_point::TracePointLinkId;
 use aya::programs::{ProgramError, TracePoint};
 use aya::{Ebpf, EbpfLoader};
@@ -17,6 +17,7 @@ use crate::abi::{
     FCTR_LOST_EVENTS, FCTR_UPDATE_ERRORS, FCTR_WAITS, FCTR_WAKES,
 };
 use crate::error::{classify, log_excerpt, ProbeError};
+use crate::maps::{self, bpf_error, missing};
 
 const WAITING_MAP: &str = "waiting";
 const LAST_WAKE_MAP: &str = "last_wake";
@@ -224,15 +225,7 @@ impl FutexProbes {
 
     /// Drains the ring buffer without blocking.
     pub fn take_events(&mut self) -> Vec<FutexEvent> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            let bytes: &[u8] = &item;
-            if bytes.len() >= std::mem::size_of::<FutexEvent>() {
-                // SAFETY: length checked; FutexEvent is Pod (any bit pattern is valid).
-                out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FutexEvent>()) });
-            }
-        }
-        out
+        maps::drain(&mut self.events)
     }
 
     /// Readable when events are pending (for epoll/tokio AsyncFd).
@@ -242,25 +235,25 @@ impl FutexProbes {
 
     /// Per-CPU counters summed over CPUs.
     pub fn counters(&self) -> Result<FutexCounters, ProbeError> {
-        let map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or_else(|| missing(COUNTERS_MAP))?;
-        let array = PerCpuArray::<&MapData, u64>::try_from(map)
-            .map_err(|e| bpf_error("open the futex counters map", &e))?;
-        let sum = |idx: u32| -> Result<u64, ProbeError> {
-            let values = array
-                .get(&idx, 0)
-                .map_err(|e| bpf_error("read the futex counters map", &e))?;
-            Ok(values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
-        };
+        let [calls, waits, wakes, events, lost_events, update_errors] = maps::sum_counters(
+            &self.ebpf,
+            COUNTERS_MAP,
+            [
+                FCTR_CALLS,
+                FCTR_WAITS,
+                FCTR_WAKES,
+                FCTR_EVENTS,
+                FCTR_LOST_EVENTS,
+                FCTR_UPDATE_ERRORS,
+            ],
+        )?;
         Ok(FutexCounters {
-            calls: sum(FCTR_CALLS)?,
-            waits: sum(FCTR_WAITS)?,
-            wakes: sum(FCTR_WAKES)?,
-            events: sum(FCTR_EVENTS)?,
-            lost_events: sum(FCTR_LOST_EVENTS)?,
-            update_errors: sum(FCTR_UPDATE_ERRORS)?,
+            calls,
+            waits,
+            wakes,
+            events,
+            lost_events,
+            update_errors,
         })
     }
 }
@@ -321,20 +314,6 @@ fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint, 
     })?;
     prog.try_into()
         .map_err(|e: ProgramError| bpf_error(&format!("use `{name}` as a tracepoint"), &e))
-}
-
-fn missing(map: &str) -> ProbeError {
-    ProbeError::Bpf {
-        action: "find map".to_string(),
-        detail: format!("`{map}` is missing from the embedded futex eBPF object"),
-    }
-}
-
-fn bpf_error(action: &str, err: &(dyn std::error::Error + 'static)) -> ProbeError {
-    classify(err, action, |detail| ProbeError::Bpf {
-        action: action.to_string(),
-        detail,
-    })
 }
 
 fn program_load_error(name: &str, err: ProgramError) -> ProbeError {

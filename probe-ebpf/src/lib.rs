@@ -10,6 +10,7 @@ pub mod abi;
 mod error;
 pub mod futex;
 mod loader;
+mod maps;
 
 pub use abi::{FutexContention, FutexEvent, FutexWaitRec, FutexWakeRec, ParkRecord, WakeEvent};
 pub use error::ProbeError;

@@ -4,7 +4,7 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, UProbe};
 use aya::{Ebpf, EbpfError, EbpfLoader};
@@ -14,6 +14,7 @@ use crate::abi::{
     CTR_WAKE_HITS, CTR_WAKE_MATCHED,
 };
 use crate::error::{classify, errno, log_excerpt, ProbeError};
+use crate::maps::{self, bpf_error, missing};
 
 const PARK_PROG: &str = "park";
 const WAKE_PROG: &str = "wake";
@@ -162,25 +163,26 @@ impl Probes {
 
     /// Per-CPU counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
-        let map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or_else(|| missing(COUNTERS_MAP))?;
-        let array = PerCpuArray::<&MapData, u64>::try_from(map)
-            .map_err(|e| bpf_error("open the counters map", &e))?;
-        let sum = |idx: u32| -> Result<u64, ProbeError> {
-            let values = array
-                .get(&idx, 0)
-                .map_err(|e| bpf_error("read the counters map", &e))?;
-            Ok(values.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
-        };
+        let [park_hits, wake_hits, wake_matched, read_errors, update_errors, lost_events] =
+            maps::sum_counters(
+                &self.ebpf,
+                COUNTERS_MAP,
+                [
+                    CTR_PARK_HITS,
+                    CTR_WAKE_HITS,
+                    CTR_WAKE_MATCHED,
+                    CTR_READ_ERRORS,
+                    CTR_UPDATE_ERRORS,
+                    CTR_LOST_EVENTS,
+                ],
+            )?;
         Ok(Counters {
-            park_hits: sum(CTR_PARK_HITS)?,
-            wake_hits: sum(CTR_WAKE_HITS)?,
-            wake_matched: sum(CTR_WAKE_MATCHED)?,
-            read_errors: sum(CTR_READ_ERRORS)?,
-            update_errors: sum(CTR_UPDATE_ERRORS)?,
-            lost_events: sum(CTR_LOST_EVENTS)?,
+            park_hits,
+            wake_hits,
+            wake_matched,
+            read_errors,
+            update_errors,
+            lost_events,
         })
     }
 
@@ -225,16 +227,7 @@ impl Probes {
 
     /// Drains the ring buffer without blocking.
     pub fn take_wake_events(&mut self) -> Vec<WakeEvent> {
-        let mut out = Vec::new();
-        while let Some(item) = self.events.next() {
-            let bytes: &[u8] = &item;
-            if bytes.len() >= std::mem::size_of::<WakeEvent>() {
-                // SAFETY: length checked; WakeEvent is Pod (any bit pattern is valid); read_unaligned
-                // because the ring buffer only guarantees 8-byte alignment, which we do not rely on.
-                out.push(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<WakeEvent>()) });
-            }
-        }
-        out
+        maps::drain(&mut self.events)
     }
 
     /// Readable when wake events are pending (for epoll/tokio AsyncFd).
@@ -295,20 +288,6 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, ProbeErr
     })?;
     prog.try_into()
         .map_err(|e: ProgramError| bpf_error(&format!("use `{name}` as a uprobe"), &e))
-}
-
-fn missing(map: &str) -> ProbeError {
-    ProbeError::Bpf {
-        action: "find map".to_string(),
-        detail: format!("`{map}` is missing from the embedded eBPF object"),
-    }
-}
-
-fn bpf_error(action: &str, err: &(dyn std::error::Error + 'static)) -> ProbeError {
-    classify(err, action, |detail| ProbeError::Bpf {
-        action: action.to_string(),
-        detail,
-    })
 }
 
 fn load_error(err: EbpfError) -> ProbeError {
