@@ -156,18 +156,7 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         threads = Some(start_threads(args, target)?);
     }
     out.emit(&attach)?;
-    let mut watch = Watch::new(Some(&mut session), threads);
-    let end = watch.stream(args, target, out)?;
-    let lost = watch.lost_events();
-    // Detach before saying so.
-    drop(watch);
-    session.probes = None;
-    out.emit(&Event::Detach {
-        reason: end.name(),
-        lost_events: lost,
-    })?;
-    out.flush()?;
-    Ok(())
+    Watch::new(Some(&mut session), threads).run(args, target, out)
 }
 
 fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
@@ -182,16 +171,7 @@ fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> 
         threshold_ns: args.threshold.as_nanos() as u64,
         layout_source: "none".into(),
     })?;
-    let mut watch = Watch::new(None, Some(threads));
-    let end = watch.stream(args, target, out)?;
-    let lost = watch.lost_events();
-    drop(watch);
-    out.emit(&Event::Detach {
-        reason: end.name(),
-        lost_events: lost,
-    })?;
-    out.flush()?;
-    Ok(())
+    Watch::new(None, Some(threads)).run(args, target, out)
 }
 
 fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {
@@ -262,6 +242,22 @@ impl<'s, 'a> Watch<'s, 'a> {
             reported_threads: HashSet::new(),
             last_error: None,
         }
+    }
+
+    /// Streams until the end, detaches every probe, then says so.
+    fn run(mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
+        let end = self.stream(args, target, out)?;
+        let lost = self.lost_events();
+        if let Some(session) = self.session.take() {
+            session.probes = None;
+        }
+        self.threads = None;
+        out.emit(&Event::Detach {
+            reason: end.name(),
+            lost_events: lost,
+        })?;
+        out.flush()?;
+        Ok(())
     }
 
     fn lost_events(&self) -> u64 {
