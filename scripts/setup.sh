@@ -28,12 +28,22 @@ command -v clang-19 >/dev/null || apt_pkgs+=(clang-19)
 [[ -f /usr/include/bpf/bpf_helpers.h ]] || apt_pkgs+=(libbpf-dev)
 command -v wrk >/dev/null || apt_pkgs+=(wrk)
 [[ $want_debian_go == 1 && ! -x /usr/lib/go-1.19/bin/go ]] && apt_pkgs+=(golang-1.19-go)
+# Go servers built and stripped by Debian, for tests/tests/debian_programs.rs.
+[[ $want_debian_go == 1 && ! -x /usr/bin/caddy ]] && apt_pkgs+=(caddy)
+[[ $want_debian_go == 1 && ! -x /usr/bin/prometheus ]] && apt_pkgs+=(prometheus)
+[[ $want_debian_go == 1 && ! -x /usr/bin/prometheus-node-exporter ]] && apt_pkgs+=(prometheus-node-exporter)
 if ((${#apt_pkgs[@]})); then
   if [[ $(id -u) != 0 ]]; then
     log "need root to install ${apt_pkgs[*]} (run: sudo $0)"; exit 1
   fi
   log "installing Debian packages: ${apt_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start their own servers on loopback: stop invoke-rc.d from starting the
+  # packages' system services (Docker images usually have this policy already).
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
 fi

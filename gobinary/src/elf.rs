@@ -53,8 +53,10 @@ pub struct ElfFile {
 
 impl ElfFile {
     pub fn open(path: &Path) -> Result<ElfFile> {
-        let data = std::fs::read(path)
-            .map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         ElfFile::parse(data)
     }
 
@@ -73,28 +75,47 @@ impl ElfFile {
             .sections()
             .filter_map(|s| {
                 let name = s.name().ok()?.to_string();
-                Some(Section { name, addr: s.address(), size: s.size(), file_range: s.file_range() })
+                Some(Section {
+                    name,
+                    addr: s.address(),
+                    size: s.size(),
+                    file_range: s.file_range(),
+                })
             })
             .collect();
         let segments = file
             .segments()
             .map(|s| {
                 let (file_offset, filesz) = s.file_range();
-                Segment { vaddr: s.address(), memsz: s.size(), file_offset, filesz }
+                Segment {
+                    vaddr: s.address(),
+                    memsz: s.size(),
+                    file_offset,
+                    filesz,
+                }
             })
             .collect();
         let mut symbols = std::collections::HashMap::new();
         for sym in file.symbols() {
             if let Ok(name) = sym.name() {
                 if !name.is_empty() {
-                    symbols
-                        .entry(name.to_string())
-                        .or_insert(Symbol { addr: sym.address(), size: sym.size() });
+                    symbols.entry(name.to_string()).or_insert(Symbol {
+                        addr: sym.address(),
+                        size: sym.size(),
+                    });
                 }
             }
         }
         drop(file);
-        Ok(ElfFile { data, arch, arch_name, is_pie, sections, segments, symbols })
+        Ok(ElfFile {
+            data,
+            arch,
+            arch_name,
+            is_pie,
+            sections,
+            segments,
+            symbols,
+        })
     }
 
     pub fn data(&self) -> &[u8] {
@@ -141,7 +162,9 @@ impl ElfFile {
                 // Re-borrow from self.data so the lifetime is ours, not the parser's.
                 let (off, _) = section.file_range()?;
                 let start = usize::try_from(off).ok()?;
-                self.data.get(start..start.checked_add(b.len())?).map(Cow::Borrowed)
+                self.data
+                    .get(start..start.checked_add(b.len())?)
+                    .map(Cow::Borrowed)
             }
             Cow::Owned(v) => Some(Cow::Owned(v)),
         }
@@ -169,7 +192,10 @@ impl ElfFile {
     /// Bytes at a link-time virtual address, if they are backed by the file.
     pub fn read_vaddr(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let seg = self.segments.iter().find(|s| {
-            addr >= s.vaddr && addr.checked_add(len as u64).is_some_and(|e| e <= s.vaddr + s.filesz)
+            addr >= s.vaddr
+                && addr
+                    .checked_add(len as u64)
+                    .is_some_and(|e| e <= s.vaddr + s.filesz)
         })?;
         let start = usize::try_from(seg.file_offset.checked_add(addr - seg.vaddr)?).ok()?;
         self.data.get(start..start.checked_add(len)?)

@@ -54,7 +54,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// A Go release as `major.minor.patch` (`go1.25.5` → 1, 25, 5). Pre-releases (`go1.26rc1`)
 /// carry patch 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct GoVersion {
     pub major: u32,
     pub minor: u32,
@@ -86,7 +88,11 @@ impl GoVersion {
         } else if idx < 2 {
             return None;
         }
-        Some(GoVersion { major: nums[0], minor: nums[1], patch: nums[2] })
+        Some(GoVersion {
+            major: nums[0],
+            minor: nums[1],
+            patch: nums[2],
+        })
     }
 }
 
@@ -103,11 +109,46 @@ mod tests {
     #[test]
     fn parses_versions() {
         let v = |s| GoVersion::parse(s);
-        assert_eq!(v("go1.25.5"), Some(GoVersion { major: 1, minor: 25, patch: 5 }));
-        assert_eq!(v("go1.21"), Some(GoVersion { major: 1, minor: 21, patch: 0 }));
-        assert_eq!(v("go1.26rc1"), Some(GoVersion { major: 1, minor: 26, patch: 0 }));
-        assert_eq!(v("go1.22.10 X:boringcrypto"), Some(GoVersion { major: 1, minor: 22, patch: 10 }));
-        assert_eq!(v("devel go1.27-abcdef"), Some(GoVersion { major: 1, minor: 27, patch: 0 }));
+        assert_eq!(
+            v("go1.25.5"),
+            Some(GoVersion {
+                major: 1,
+                minor: 25,
+                patch: 5
+            })
+        );
+        assert_eq!(
+            v("go1.21"),
+            Some(GoVersion {
+                major: 1,
+                minor: 21,
+                patch: 0
+            })
+        );
+        assert_eq!(
+            v("go1.26rc1"),
+            Some(GoVersion {
+                major: 1,
+                minor: 26,
+                patch: 0
+            })
+        );
+        assert_eq!(
+            v("go1.22.10 X:boringcrypto"),
+            Some(GoVersion {
+                major: 1,
+                minor: 22,
+                patch: 10
+            })
+        );
+        assert_eq!(
+            v("devel go1.27-abcdef"),
+            Some(GoVersion {
+                major: 1,
+                minor: 27,
+                patch: 0
+            })
+        );
         assert_eq!(v("nonsense"), None);
         assert_eq!(v("go1."), None);
         assert_eq!(v("go1.99999999999999999999"), None);
