@@ -60,6 +60,19 @@ impl RawG {
         self.status == STATUS_SYSCALL
     }
 
+    /// Nothing that locates its stack changed: same goroutine, status and saved registers, and
+    /// it has not run in between.
+    pub fn same_state_as(&self, other: &RawG) -> bool {
+        self.goid == other.goid
+            && self.status == other.status
+            && self.tracking_seq == other.tracking_seq
+            && self.sched_sp == other.sched_sp
+            && self.sched_pc == other.sched_pc
+            && self.sched_bp == other.sched_bp
+            && self.syscallsp == other.syscallsp
+            && self.syscallpc == other.syscallpc
+    }
+
     /// The same park as `other`: same goroutine, still parked at the same place, and it has not
     /// run in between (`trackingSeq` moves on every transition out of running).
     pub fn same_park_as(&self, other: &RawG) -> bool {

@@ -286,6 +286,7 @@ impl<'s, 'a> Watch<'s, 'a> {
             match ev {
                 ThreadEvent::Blocked(mut b) => {
                     if let Some(session) = &self.session {
+                        session.name_go_frames(&mut b.stack);
                         b.goid = session.goid_on_thread(b.tid);
                         // In a Go program, threads idle in the scheduler sleep on futexes all
                         // the time: only threads holding a goroutine, or in non-Go code, matter.

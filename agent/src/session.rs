@@ -15,6 +15,7 @@ use crate::report::{
 };
 use crate::stack::{self, Symbolizer};
 use crate::target::{monotonic_ns, TargetProcess};
+use crate::threads::StackFrame;
 use crate::tracker::{Park, ParkTracker};
 
 /// Most probe-map look-ups per snapshot (each is a syscall on our side).
@@ -163,17 +164,44 @@ impl<'a> Session<'a> {
             if !self.settings.include_system && self.is_system(g) {
                 continue;
             }
-            let blocked = if g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now {
-                Some(((target_now - g.waitsince) as u64, SinceSource::Runtime))
-            } else {
-                None
-            };
-            let report = self.describe(g, blocked);
+            let report = self.describe_consistent(g, target_now);
             out.emit(&Event::Goroutine(report))?;
             n += 1;
         }
         self.last_snapshot = gs;
         Ok(n)
+    }
+
+    /// A goroutine's report whose stack belongs to the state reported: the target keeps
+    /// running while we read, so re-read the `g` after its stack and start over (once) if it
+    /// moved.
+    fn describe_consistent(&mut self, g: &RawG, target_now: i64) -> GoroutineReport {
+        let runtime_blocked = |g: &RawG| {
+            (g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now)
+                .then(|| ((target_now - g.waitsince) as u64, SinceSource::Runtime))
+        };
+        let mut g = g.clone();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut report = self.describe(&g, runtime_blocked(&g));
+            if g.is_running() {
+                return report; // no stack was read
+            }
+            match self.reader.reread(g.addr) {
+                Some(again) if !again.same_state_as(&g) => {
+                    if attempts < 2 {
+                        g = again;
+                        continue;
+                    }
+                    report.stack.clear();
+                    report.stack_error =
+                        Some("the goroutine kept running while its stack was read".into());
+                    return report;
+                }
+                _ => return report,
+            }
+        }
     }
 
     /// Counts non-system goroutines in a snapshot (what `runtime.NumGoroutine` would say).
@@ -387,6 +415,34 @@ impl<'a> Session<'a> {
 }
 
 impl Session<'_> {
+    /// Names the frames of a native (thread) stack that are Go code in the target executable,
+    /// from `.gopclntab`: stripped Go binaries have no `.symtab` or DWARF for the native
+    /// symbolizer to use.
+    pub fn name_go_frames(&self, stack: &mut [StackFrame]) {
+        let exe_name = std::path::Path::new(&self.target.exe_path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        for (i, frame) in stack.iter_mut().enumerate() {
+            if frame.func.is_some() || frame.library != exe_name {
+                continue;
+            }
+            let link = frame.addr.wrapping_sub(self.bias);
+            // Return addresses point after the call; the innermost frame's pc does not.
+            let at = if i == 0 { link } else { link.wrapping_sub(1) };
+            let Some(func) = self.bin.pclntab.func_at(at) else {
+                continue;
+            };
+            frame.offset = Some(link.wrapping_sub(func.entry));
+            frame.func = Some(func.name);
+            if frame.file.is_none() {
+                if let Some((file, line)) = self.bin.pclntab.line_at(at) {
+                    frame.file = Some(file);
+                    frame.line = Some(line);
+                }
+            }
+        }
+    }
+
     /// The goroutine each OS thread is running, from the last snapshot: running and syscall
     /// goroutines have `g.m`, and `m.procid` is the thread id.
     pub fn goid_on_thread(&self, tid: u32) -> Option<u64> {
