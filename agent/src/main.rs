@@ -232,6 +232,9 @@ struct Watch<'s, 'a> {
     reported_threads: HashSet<u32>,
     /// The last `error` record sent, so a persistent failure is not repeated every poll.
     last_error: Option<String>,
+    /// Futex call count and when, at the previous summary.
+    futex_calls_at: Option<(u64, i64)>,
+    started_ns: i64,
 }
 
 impl<'s, 'a> Watch<'s, 'a> {
@@ -241,6 +244,8 @@ impl<'s, 'a> Watch<'s, 'a> {
             threads,
             reported_threads: HashSet::new(),
             last_error: None,
+            futex_calls_at: None,
+            started_ns: monotonic_ns(),
         }
     }
 
@@ -311,10 +316,25 @@ impl<'s, 'a> Watch<'s, 'a> {
         let lost = self.lost_events();
         let goroutines = self.session.as_mut().map(|s| s.summary());
         let contended_futexes = self.threads.as_ref().map(|t| t.top_contended(5));
+        let futex_calls_per_sec = self.threads.as_ref().map(|t| {
+            let calls = t.counters().calls;
+            let now = monotonic_ns();
+            let (prev_calls, prev_ns) = self
+                .futex_calls_at
+                .replace((calls, now))
+                .unwrap_or((0, self.started_ns));
+            let secs = (now - prev_ns) as f64 / 1e9;
+            if secs > 0.0 {
+                calls.saturating_sub(prev_calls) as f64 / secs
+            } else {
+                0.0
+            }
+        });
         out.emit(&Event::Summary {
             goroutines,
             lost_events: lost,
             contended_futexes,
+            futex_calls_per_sec,
         })?;
         Ok(())
     }

@@ -118,6 +118,10 @@ pub enum Event {
         /// The most contended futex words (absent when thread monitoring is off).
         #[serde(skip_serializing_if = "Option::is_none")]
         contended_futexes: Option<Vec<ContendedFutex>>,
+        /// Futex calls of the target per second since the last summary (each costs a
+        /// tracepoint hit).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        futex_calls_per_sec: Option<f64>,
     },
     ThreadBlocked(ThreadBlocked),
     ThreadUnblocked(ThreadUnblocked),
@@ -357,6 +361,7 @@ fn render_text(event: &Event, pid: u32) -> String {
             goroutines: None,
             lost_events,
             contended_futexes,
+            ..
         } => {
             let _ = writeln!(out, "summary: {lost_events} events lost");
             render_futexes(&mut out, contended_futexes.as_deref());
@@ -374,6 +379,7 @@ fn render_text(event: &Event, pid: u32) -> String {
                 }),
             lost_events,
             contended_futexes,
+            ..
         } => {
             let states: Vec<String> = by_state.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let mut reasons: Vec<(&String, &u64)> = by_wait_reason.iter().collect();
