@@ -182,7 +182,7 @@ fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
     let hi = sp.saturating_add(stack.len() as u64);
     let mut pcs = vec![pc];
     let mut fp = bp;
-    while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp % 8 == 0 {
+    while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp.is_multiple_of(8) {
         let (Some(next), Some(ret)) = (
             stack_word(stack, sp, fp),
             stack_word(stack, sp, fp.saturating_add(8)),

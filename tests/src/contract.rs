@@ -184,6 +184,15 @@ fn null_or(v: &Value, key: &str, ok: fn(&Value) -> bool) -> Result<()> {
     Ok(())
 }
 
+/// A `"0x…"` address string.
+fn hex_field(v: &Value, name: &str) -> Result<u64> {
+    let s = str_field(v, name)?;
+    let digits = s
+        .strip_prefix("0x")
+        .with_context(|| format!("{name} {s:?} is not 0x-hex"))?;
+    u64::from_str_radix(digits, 16).with_context(|| format!("{name} {s:?} is not 0x-hex"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,13 +224,4 @@ mod tests {
         let bad = json!({"type":"detach","time":t,"pid":7,"reason":"bored","lost_events":0});
         assert!(check_record(&bad, 7).is_err());
     }
-}
-
-/// A `"0x…"` address string.
-fn hex_field(v: &Value, name: &str) -> Result<u64> {
-    let s = str_field(v, name)?;
-    let digits = s
-        .strip_prefix("0x")
-        .with_context(|| format!("{name} {s:?} is not 0x-hex"))?;
-    u64::from_str_radix(digits, 16).with_context(|| format!("{name} {s:?} is not 0x-hex"))
 }
