@@ -44,8 +44,9 @@ pub struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub summary_interval: Duration,
 
-    /// adaptive: park probe within --probe-budget, snapshots otherwise; precise: park and wake
-    /// probes always on (exact, costs ~1 µs per park); poll: snapshots only, no BPF.
+    /// adaptive: park probe within --probe-budget, snapshots otherwise, threads from /proc;
+    /// precise: park and wake probes and futex tracepoints always on (exact times and wakers,
+    /// ~1.2 µs per park); poll: snapshots only, no BPF.
     #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
     pub mode: Mode,
 

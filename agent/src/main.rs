@@ -83,14 +83,6 @@ fn run(args: Args) -> Result<()> {
                     target.exe_path
                 );
             }
-            if args.mode == Mode::Poll {
-                bail!(
-                    "process {} ({}) is not a Go program ({why}): watching its threads needs BPF, \
-                     which --mode poll turns off",
-                    target.pid,
-                    target.exe_path
-                );
-            }
             None
         }
         Err(other) => bail!("process {} ({}): {other}", target.pid, target.exe_path),
@@ -150,13 +142,12 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         return Ok(());
     }
 
-    let mut threads = None;
     if args.mode != Mode::Poll {
         session.probes = Some(start_probes(target, bin, args.mode, args.probe_budget)?);
-        threads = Some(start_threads(args, target)?);
     }
+    let threads = start_threads(args, target)?;
     out.emit(&attach)?;
-    Watch::new(Some(&mut session), threads).run(args, target, out)
+    Watch::new(Some(&mut session), Some(threads)).run(args, target, out)
 }
 
 fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
@@ -178,6 +169,7 @@ fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {
     ThreadMonitor::start(&ThreadSettings {
         pid: target.pid,
         threshold: args.threshold,
+        tracepoints: args.mode == Mode::Precise,
     })
     .context("cannot watch the target's threads")
 }
@@ -316,8 +308,8 @@ impl<'s, 'a> Watch<'s, 'a> {
         let lost = self.lost_events();
         let goroutines = self.session.as_mut().map(|s| s.summary());
         let contended_futexes = self.threads.as_ref().map(|t| t.top_contended(5));
-        let futex_calls_per_sec = self.threads.as_ref().map(|t| {
-            let calls = t.counters().calls;
+        let futex_calls_per_sec = self.threads.as_ref().and_then(|t| t.counters()).map(|c| {
+            let calls = c.calls;
             let now = monotonic_ns();
             let (prev_calls, prev_ns) = self
                 .futex_calls_at

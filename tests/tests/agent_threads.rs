@@ -135,7 +135,51 @@ fn deadlocked_c_threads_are_reported_with_their_locks_and_stacks() {
 }
 
 #[test]
-fn signalled_condvar_waiter_is_unblocked_by_its_signaller() {
+fn signalled_condvar_waiter_is_unblocked_by_its_signaller_in_precise_mode() {
+    check(|| {
+        let exe = build_c("condvar")?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("2000"); // signal after 2 s
+        let mut p = Process::spawn("condvar", cmd)?;
+        let truth = p.wait_json("truth", Duration::from_secs(10), |v| {
+            v["waiter_tid"].is_u64()
+        })?;
+        let truth = truth.json.context("truth is JSON")?;
+        let out = run_ctxprobe(
+            // Only the futex tracepoints (precise mode) see who woke a thread.
+            &args(
+                p.pid,
+                &[
+                    "--threshold",
+                    "500ms",
+                    "--duration",
+                    "4s",
+                    "--mode",
+                    "precise",
+                ],
+            ),
+            Duration::from_secs(30),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, p.pid)?;
+        let waiter = truth["waiter_tid"].as_u64();
+        let un = records
+            .iter()
+            .find(|r| r["type"] == "thread_unblocked" && r["tid"].as_u64() == waiter)
+            .with_context(|| format!("no thread_unblocked for the waiter: {}", out.describe()))?;
+        ensure!(
+            un["woken_by_tid"] == truth["signaller_tid"],
+            "woken_by_tid {} instead of {}",
+            un["woken_by_tid"],
+            truth["signaller_tid"]
+        );
+        Ok(())
+    });
+}
+
+/// The default mode polls /proc: the wait's end is seen, not who ended it.
+#[test]
+fn signalled_condvar_waiter_is_unblocked() {
     check(|| {
         let exe = build_c("condvar")?;
         let mut cmd = Command::new(&exe);
@@ -152,15 +196,27 @@ fn signalled_condvar_waiter_is_unblocked_by_its_signaller() {
         ensure_success(&out)?;
         let records = check_all_records(&out, p.pid)?;
         let waiter = truth["waiter_tid"].as_u64();
+        let blocked = records
+            .iter()
+            .find(|r| r["type"] == "thread_blocked" && r["tid"].as_u64() == waiter)
+            .with_context(|| format!("no thread_blocked for the waiter: {}", out.describe()))?;
+        ensure!(
+            has_frame(blocked, "wait_for_signal"),
+            "no wait_for_signal frame in {}",
+            blocked["stack"]
+        );
         let un = records
             .iter()
             .find(|r| r["type"] == "thread_unblocked" && r["tid"].as_u64() == waiter)
             .with_context(|| format!("no thread_unblocked for the waiter: {}", out.describe()))?;
         ensure!(
-            un["woken_by_tid"] == truth["signaller_tid"],
-            "woken_by_tid {} instead of {}",
-            un["woken_by_tid"],
-            truth["signaller_tid"]
+            un["woken_by_tid"].is_null() && un["result"].is_null(),
+            "unblocked record: {un}"
+        );
+        let ns = un["blocked_ns"].as_u64().context("blocked_ns")?;
+        ensure!(
+            (1_000_000_000..3_000_000_000).contains(&ns),
+            "blocked_ns {ns} for a 2 s wait"
         );
         Ok(())
     });

@@ -71,6 +71,65 @@ pub fn parse_syscall(s: &str) -> Option<SyscallState> {
     })
 }
 
+/// A thread's scheduler record, from `/proc/PID/task/TID/sched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedState {
+    /// `se.exec_start`: the scheduler's per-CPU task clock (ns) when the thread last ran. For a
+    /// sleeping thread, about when it went to sleep.
+    pub exec_start_ns: u64,
+    /// `nr_switches`: context switches in or out of the CPU; unchanged means it did not run.
+    pub nr_switches: u64,
+}
+
+pub fn sched_state(pid: u32, tid: u32) -> Option<SchedState> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    parse_sched(&s)
+}
+
+/// Parses the `se.exec_start` ("ms.nnnnnn", ns precision) and `nr_switches` lines.
+pub fn parse_sched(s: &str) -> Option<SchedState> {
+    let mut exec_start_ns = None;
+    let mut nr_switches = None;
+    for line in s.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "se.exec_start" => exec_start_ns = parse_ms_ns(value.trim()),
+            "nr_switches" => nr_switches = value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+    Some(SchedState {
+        exec_start_ns: exec_start_ns?,
+        nr_switches: nr_switches?,
+    })
+}
+
+/// "4258056.930374" (ms, then the ns below the ms as 6 digits) to ns.
+fn parse_ms_ns(s: &str) -> Option<u64> {
+    let (ms, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let ms: u64 = ms.parse().ok()?;
+    if frac.is_empty() || frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ns: u64 = format!("{frac:0<6}").parse().ok()?;
+    ms.checked_mul(1_000_000)?.checked_add(ns)
+}
+
+/// The CPU the thread last ran on (field 39 of `/proc/PID/task/TID/stat`).
+pub fn last_cpu(pid: u32, tid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    parse_stat_cpu(&s)
+}
+
+/// The comm field may hold spaces and parentheses: fields are counted after the last ')'.
+pub fn parse_stat_cpu(s: &str) -> Option<u32> {
+    let (_, rest) = s.rsplit_once(')')?;
+    // `rest` starts at field 3 (state).
+    rest.split_whitespace().nth(39 - 3)?.parse().ok()
+}
+
 /// One line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
@@ -151,6 +210,24 @@ mod tests {
         assert_eq!(parse_syscall("running\n"), None);
         assert_eq!(parse_syscall("-1 0x7ffd 0x4011\n"), None);
         assert_eq!(parse_syscall("202 0x1 0x2\n"), None);
+    }
+
+    #[test]
+    fn parses_sched_and_stat() {
+        let s = "cat (32174, #threads: 1)\n---------\nse.exec_start                                :       4258056.930374\nse.vruntime   :   134.606701\nnr_switches                                  :                    17\nnr_voluntary_switches  :  1\n";
+        assert_eq!(
+            parse_sched(s),
+            Some(SchedState {
+                exec_start_ns: 4_258_056_930_374,
+                nr_switches: 17
+            })
+        );
+        assert_eq!(parse_sched("nr_switches : 3\n"), None);
+        assert_eq!(parse_ms_ns("12.5"), Some(12_500_000));
+        assert_eq!(parse_ms_ns("12.x"), None);
+        let stat = "77 (a) b (c)) S 1 77 77 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 500 1000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(parse_stat_cpu(stat), Some(1));
+        assert_eq!(parse_stat_cpu("77 (x) S 1"), None);
     }
 
     #[test]
