@@ -345,8 +345,9 @@ impl<'s, 'a> Watch<'s, 'a> {
                 args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
             let mut summary = tokio::time::interval(args.summary_interval);
             summary.tick().await; // the first tick is immediate; the first summary comes later
-            // Often enough that an over-budget park probe is detached within ~100ms.
-            let mut control = tokio::time::interval(Duration::from_millis(100));
+            // Often enough that a burst of parks costs at most ~25 ms of probing before the park
+            // probe is detached (each tick is one counters read).
+            let mut control = tokio::time::interval(Duration::from_millis(25));
             let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
             let mut next_poll = tokio::time::Instant::now();
             loop {
