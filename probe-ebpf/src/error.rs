@@ -101,6 +101,31 @@ pub(crate) fn log_excerpt(log: &str, max_lines: usize) -> String {
     format!("{} | ... | {}", head.join(" | "), tail.join(" | "))
 }
 
+/// Verifier log lines kept in an error (its first and last: the reason is at the end).
+pub(crate) const VERIFIER_LOG_LINES: usize = 12;
+
+/// A program that failed to load: a verifier verdict with an excerpt of its log, or (EPERM) a
+/// matter of capabilities.
+pub(crate) fn program_load_error(name: &str, err: aya::programs::ProgramError) -> ProbeError {
+    match &err {
+        // EPERM/EACCES from BPF_PROG_LOAD usually mean missing capabilities, not a verifier verdict.
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } if !matches!(io_error.raw_os_error(), Some(libc::EPERM)) => ProbeError::Verifier {
+            program: name.to_string(),
+            detail: io_error.to_string(),
+            log: log_excerpt(&verifier_log.to_string(), VERIFIER_LOG_LINES),
+        },
+        _ => classify(&err, &format!("load eBPF program `{name}`"), |detail| {
+            ProbeError::Bpf {
+                action: format!("load program `{name}`"),
+                detail,
+            }
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use crate::abi::{
     FutexContention, FutexEvent, FutexWaitRec, FutexWakeRec, FCTR_CALLS, FCTR_EVENTS,
     FCTR_LOST_EVENTS, FCTR_UPDATE_ERRORS, FCTR_WAITS, FCTR_WAKES,
 };
-use crate::error::{classify, log_excerpt, ProbeError};
+use crate::error::{classify, program_load_error, ProbeError};
 use crate::maps::{self, bpf_error, missing};
 
 const WAITING_MAP: &str = "waiting";
@@ -24,7 +24,6 @@ const LAST_WAKE_MAP: &str = "last_wake";
 const CONTENTION_MAP: &str = "contention";
 const EVENTS_MAP: &str = "futex_events";
 const COUNTERS_MAP: &str = "futex_counters";
-const VERIFIER_LOG_LINES: usize = 12;
 const TRACEFS: &str = "/sys/kernel/tracing";
 const BPF_NOEXIST: u64 = 1;
 
@@ -314,24 +313,4 @@ fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint, 
     })?;
     prog.try_into()
         .map_err(|e: ProgramError| bpf_error(&format!("use `{name}` as a tracepoint"), &e))
-}
-
-fn program_load_error(name: &str, err: ProgramError) -> ProbeError {
-    match &err {
-        // EPERM/EACCES from BPF_PROG_LOAD usually mean missing capabilities, not a verifier verdict.
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } if !matches!(io_error.raw_os_error(), Some(libc::EPERM)) => ProbeError::Verifier {
-            program: name.to_string(),
-            detail: io_error.to_string(),
-            log: log_excerpt(&verifier_log.to_string(), VERIFIER_LOG_LINES),
-        },
-        _ => classify(&err, &format!("load eBPF program `{name}`"), |detail| {
-            ProbeError::Bpf {
-                action: format!("load program `{name}`"),
-                detail,
-            }
-        }),
-    }
 }

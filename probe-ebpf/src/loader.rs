@@ -13,7 +13,9 @@ use crate::abi::{
     ParkRecord, WakeEvent, CTR_LOST_EVENTS, CTR_PARK_HITS, CTR_READ_ERRORS, CTR_UPDATE_ERRORS,
     CTR_WAKE_HITS, CTR_WAKE_MATCHED,
 };
-use crate::error::{classify, errno, log_excerpt, ProbeError};
+use crate::error::{
+    classify, errno, log_excerpt, program_load_error, ProbeError, VERIFIER_LOG_LINES,
+};
 use crate::maps::{self, bpf_error, missing};
 
 const PARK_PROG: &str = "park";
@@ -22,7 +24,6 @@ const PARKS_MAP: &str = "parks";
 const WATCH_MAP: &str = "watch";
 const EVENTS_MAP: &str = "events";
 const COUNTERS_MAP: &str = "counters";
-const VERIFIER_LOG_LINES: usize = 12;
 
 /// Where and how to probe one Go process.
 #[derive(Debug, Clone)]
@@ -303,24 +304,4 @@ fn load_error(err: EbpfError) -> ProbeError {
         };
     }
     bpf_error("load the eBPF object (create maps)", &err)
-}
-
-fn program_load_error(name: &str, err: ProgramError) -> ProbeError {
-    match &err {
-        // EPERM/EACCES from BPF_PROG_LOAD usually mean missing capabilities, not a verifier verdict.
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } if !matches!(io_error.raw_os_error(), Some(libc::EPERM)) => ProbeError::Verifier {
-            program: name.to_string(),
-            detail: io_error.to_string(),
-            log: log_excerpt(&verifier_log.to_string(), VERIFIER_LOG_LINES),
-        },
-        _ => classify(&err, &format!("load eBPF program `{name}`"), |detail| {
-            ProbeError::Bpf {
-                action: format!("load program `{name}`"),
-                detail,
-            }
-        }),
-    }
 }
