@@ -1,0 +1,217 @@
+//! The streaming loop: snapshots, probe budget, thread waits, summaries, until the duration
+//! ends, a signal arrives or the target exits.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::cli::Args;
+use crate::report::{Event, Reporter};
+use crate::session::{End, Session};
+use crate::target::{monotonic_ns, TargetProcess};
+use crate::threads::{self, ThreadEvent, ThreadMonitor};
+
+fn default_poll_interval(threshold: Duration) -> Duration {
+    (threshold / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// What the streaming loop drives: the goroutine session (Go programs) and the thread monitor.
+pub struct Watch<'s, 'a> {
+    session: Option<&'s mut Session<'a>>,
+    threads: Option<ThreadMonitor>,
+    /// Threads with a `thread_blocked` out and no `thread_unblocked` yet.
+    reported_threads: HashSet<u32>,
+    /// The last `error` record sent, so a persistent failure is not repeated every poll.
+    last_error: Option<String>,
+    /// Futex call count and when, at the previous summary.
+    futex_calls_at: Option<(u64, i64)>,
+    started_ns: i64,
+}
+
+impl<'s, 'a> Watch<'s, 'a> {
+    pub fn new(session: Option<&'s mut Session<'a>>, threads: Option<ThreadMonitor>) -> Self {
+        Watch {
+            session,
+            threads,
+            reported_threads: HashSet::new(),
+            last_error: None,
+            futex_calls_at: None,
+            started_ns: monotonic_ns(),
+        }
+    }
+
+    /// Streams until the end, detaches every probe, then says so.
+    pub fn run(mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
+        let end = self.stream(args, target, out)?;
+        let lost = self.lost_events();
+        if let Some(session) = self.session.take() {
+            session.probes = None;
+        }
+        self.threads = None;
+        out.emit(&Event::Detach {
+            reason: end.name(),
+            lost_events: lost,
+        })?;
+        out.flush()?;
+        Ok(())
+    }
+
+    fn lost_events(&self) -> u64 {
+        let goroutine_lost = self
+            .session
+            .as_ref()
+            .and_then(|s| s.probes.as_ref())
+            .map(|p| p.lost_events());
+        goroutine_lost.unwrap_or(0) + self.threads.as_ref().map(|t| t.lost_events()).unwrap_or(0)
+    }
+
+    fn poll_threads(&mut self, out: &mut Reporter) -> Result<()> {
+        let Some(threads) = &mut self.threads else {
+            return Ok(());
+        };
+        let events = match threads.poll() {
+            Ok(ev) => ev,
+            Err(e) => {
+                out.emit(&Event::Error {
+                    message: format!("threads: {e:#}"),
+                })?;
+                return Ok(());
+            }
+        };
+        for ev in events {
+            match ev {
+                ThreadEvent::Blocked(mut b) => {
+                    if let Some(session) = &self.session {
+                        session.name_go_frames(&mut b.stack);
+                        b.goid = session.goid_on_thread(b.tid);
+                        // In a Go program, threads idle in the scheduler sleep on futexes all
+                        // the time: only threads holding a goroutine, or in non-Go code, matter.
+                        if b.goid.is_none() && is_go_runtime_idle(&b.stack) {
+                            continue;
+                        }
+                    }
+                    self.reported_threads.insert(b.tid);
+                    out.emit(&Event::ThreadBlocked(b))?;
+                }
+                ThreadEvent::Unblocked(u) => {
+                    if self.reported_threads.remove(&u.tid) {
+                        out.emit(&Event::ThreadUnblocked(u))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn summary(&mut self, out: &mut Reporter) -> Result<()> {
+        let lost = self.lost_events();
+        let goroutines = self.session.as_mut().map(|s| s.summary());
+        let contended_futexes = self.threads.as_ref().map(|t| t.top_contended(5));
+        let futex_calls_per_sec = self.threads.as_ref().and_then(|t| t.counters()).map(|c| {
+            let calls = c.calls;
+            let now = monotonic_ns();
+            let (prev_calls, prev_ns) = self
+                .futex_calls_at
+                .replace((calls, now))
+                .unwrap_or((0, self.started_ns));
+            let secs = (now - prev_ns) as f64 / 1e9;
+            if secs > 0.0 {
+                calls.saturating_sub(prev_calls) as f64 / secs
+            } else {
+                0.0
+            }
+        });
+        out.emit(&Event::Summary {
+            goroutines,
+            lost_events: lost,
+            contended_futexes,
+            futex_calls_per_sec,
+        })?;
+        Ok(())
+    }
+
+    fn stream(&mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<End> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .enable_io()
+            .build()
+            .context("cannot start the event loop")?;
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+            let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+            let base_poll =
+                args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
+            let mut summary = tokio::time::interval(args.summary_interval);
+            summary.tick().await; // the first tick is immediate; the first summary comes later
+            // Often enough that a burst of parks costs at most ~25 ms of probing before the park
+            // probe is detached (each tick is one counters read).
+            let mut control = tokio::time::interval(Duration::from_millis(25));
+            let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+            let mut next_poll = tokio::time::Instant::now();
+            loop {
+                let until_deadline = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sigterm.recv() => return Ok(End::Signal),
+                    _ = sigint.recv() => return Ok(End::Signal),
+                    _ = until_deadline => return Ok(End::Duration),
+                    _ = tokio::time::sleep_until(next_poll) => {
+                        let mut took = Duration::ZERO;
+                        if let Some(session) = &mut self.session {
+                            match session.poll(out) {
+                                Ok(true) => {}
+                                Ok(false) => {
+                                    self.poll_threads(out)?;
+                                    return Ok(End::TargetExited);
+                                }
+                                // A racy read of a live process can fail now and then: say so
+                                // (once per kind of failure) and try again at the next poll.
+                                Err(e) => {
+                                    let message = format!("{e:#}");
+                                    if self.last_error.as_ref() != Some(&message) {
+                                        out.emit(&Event::Error { message: message.clone() })?;
+                                        self.last_error = Some(message);
+                                    }
+                                }
+                            }
+                            took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
+                        }
+                        self.poll_threads(out)?;
+                        // Keep our reads of a very large process under ~5% of the time.
+                        next_poll = tokio::time::Instant::now() + base_poll.max(took * 20);
+                    }
+                    _ = control.tick() => {
+                        if let Some(session) = &mut self.session {
+                            if let Some(p) = &mut session.probes {
+                                if let Err(e) = p.tick(monotonic_ns()) {
+                                    out.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+                                }
+                            }
+                            session.drain_wake_events(out)?;
+                        }
+                        if !target.is_alive() {
+                            // Waits that ended as it exited are still in the ring buffer.
+                            self.poll_threads(out)?;
+                            return Ok(End::TargetExited);
+                        }
+                    }
+                    _ = summary.tick() => self.summary(out)?,
+                }
+            }
+        })
+    }
+}
+
+/// A thread whose stack is only Go runtime code (an idle M in `futexsleep`, for example).
+fn is_go_runtime_idle(stack: &[threads::StackFrame]) -> bool {
+    stack
+        .iter()
+        .filter_map(|f| f.func.as_deref())
+        .all(|name| name.starts_with("runtime."))
+}
