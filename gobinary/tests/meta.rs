@@ -2,6 +2,7 @@
 //! every supported Go toolchain (normal, stripped, PIE, stripped PIE).
 
 mod meta_support;
+mod support;
 
 use gobinary::buildinfo::BuildInfo;
 use gobinary::elf::ElfFile;

@@ -2,26 +2,14 @@
 //! build-info, wait-reason, layout and allgadd parsers. Only the absence of panics is checked.
 
 mod meta_support;
+mod support;
+
+use support::Rng;
 
 use gobinary::buildinfo::BuildInfo;
 use gobinary::elf::ElfFile;
 use gobinary::{layout, runtime_vars, waitreason};
 use meta_support::{build, toolchains, Variant};
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// File ranges worth hitting: headers, the buildinfo blob, the wait-reason table, DWARF.
 fn hot_ranges(elf: &ElfFile) -> Vec<(usize, usize)> {

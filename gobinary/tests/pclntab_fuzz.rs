@@ -2,6 +2,9 @@
 //! never panic), and parse speed on a large real binary.
 
 mod pclntab_support;
+mod support;
+
+use support::Rng;
 
 use std::time::Instant;
 
@@ -10,25 +13,6 @@ use gobinary::pclntab::Pclntab;
 use gobinary::prologue::after_stack_check;
 use gobinary::GoVersion;
 use pclntab_support::{build, go_tool};
-
-/// Deterministic xorshift64* so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-}
 
 /// Zeroes e_shoff/e_shnum/e_shstrndx: what a binary with its section headers stripped
 /// (sstrip) looks like.

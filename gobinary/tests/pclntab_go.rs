@@ -4,6 +4,7 @@
 //! frames. One test per toolchain and build mode.
 
 mod pclntab_support;
+mod support;
 
 use gobinary::elf::ElfFile;
 use gobinary::pclntab::{Frame, Pclntab};

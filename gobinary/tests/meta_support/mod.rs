@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use crate::support::go_command;
+
 pub const PROGRAM: &str = r#"package main
 
 import (
@@ -33,29 +35,7 @@ func main() {
 
 pub const MODULE: &str = "example.com/metaprobe";
 
-/// (minor, path to `go`), oldest first.
-pub fn toolchains() -> Vec<(u32, PathBuf)> {
-    let root = workspace_root();
-    let mut out = vec![(19, PathBuf::from("/usr/lib/go-1.19/bin/go"))];
-    for minor in 21..=27 {
-        out.push((minor, root.join(format!(".tools/go1.{minor}/bin/go"))));
-    }
-    for (minor, go) in &out {
-        assert!(
-            go.exists(),
-            "Go 1.{minor} toolchain missing at {} (run scripts/setup.sh --all-go)",
-            go.display()
-        );
-    }
-    out
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+pub use crate::support::toolchains;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
@@ -122,17 +102,14 @@ pub fn build(go: &Path, variant: Variant) -> PathBuf {
     std::fs::write(dir.join("go.mod"), format!("module {MODULE}\n\ngo 1.19\n"))
         .expect("write go.mod");
     let tmp = dir.join("prog.tmp");
-    let mut cmd = Command::new(go);
+    let mut cmd = go_command(go);
     cmd.arg("build")
         .args(args)
         .arg("-o")
         .arg(&tmp)
         .arg(".")
         .current_dir(&dir);
-    cmd.env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOCACHE", workspace_root().join(".tools/gocache"))
-        .env("CGO_ENABLED", "0");
+    cmd.env("CGO_ENABLED", "0");
     for (k, v) in env {
         cmd.env(k, v);
     }

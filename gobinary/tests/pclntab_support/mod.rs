@@ -8,51 +8,15 @@ use std::process::Command;
 
 use gobinary::GoVersion;
 
+use crate::support::go_command;
+
 /// One build of the oracle.
 pub struct Build {
     pub binary: PathBuf,
     pub version: GoVersion,
 }
 
-/// The `go` command of toolchain `minor` (19 = Debian's golang-1.19; others from .tools).
-/// Panics with a clear message when it is not installed: these tests must never pass silently.
-pub fn go_tool(minor: u32) -> PathBuf {
-    let root = workspace_root();
-    let candidates = if minor == 19 {
-        vec![
-            PathBuf::from("/usr/lib/go-1.19/bin/go"),
-            root.join(".tools/go1.19/bin/go"),
-        ]
-    } else {
-        vec![root.join(format!(".tools/go1.{minor}/bin/go"))]
-    };
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "Go 1.{minor} toolchain not found (looked at {candidates:?}); \
-             install it with scripts/setup.sh --all-go"
-            )
-        })
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn gocache() -> PathBuf {
-    let shared = workspace_root().join(".tools/gocache");
-    if shared.is_dir() {
-        shared
-    } else {
-        std::env::temp_dir().join("ctxprobe-gocache")
-    }
-}
+pub use crate::support::go_tool;
 
 /// Builds the oracle with Go 1.`minor` and extra `go build` flags into a per-label temp dir.
 pub fn build(minor: u32, label: &str, flags: &[&str]) -> Build {
@@ -61,16 +25,13 @@ pub fn build(minor: u32, label: &str, flags: &[&str]) -> Build {
     let dir = std::env::temp_dir().join(format!("ctxprobe-pclntab-tests/{label}"));
     std::fs::create_dir_all(&dir).expect("create temp dir");
     let binary = dir.join("callers");
-    let out = Command::new(&go)
+    let out = go_command(&go)
         .arg("build")
         .args(flags)
         .arg("-o")
         .arg(&binary)
         .arg(&src)
         .current_dir(&dir)
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOCACHE", gocache())
         .env("GO111MODULE", "auto")
         .env_remove("GOROOT")
         .output()
