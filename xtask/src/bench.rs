@@ -432,20 +432,22 @@ fn bench_wrk(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
     };
     run_wrk()?; // warm-up
     let samples = interleaved(opts, ctxprobe, server.pid(), run_wrk)?;
-    let base = median(&samples[0].1);
-    let mut s = format!(
-        "net/http hello-world under wrk -t1 -c{} -d{secs}s (medians of {} interleaved runs)\n",
+    let title = format!(
+        "net/http hello-world under wrk -t1 -c{} -d{secs}s (medians of {} interleaved runs)",
         opts.wrk_connections, opts.rounds
     );
-    s.push_str(&format!(
-        "  {:<10} {:>14} {:>10}\n",
-        "mode", "requests/s", "ratio"
-    ));
-    for (mode, v) in &samples {
+    Ok(ratio_table(&title, "requests/s", &samples))
+}
+
+/// Medians per mode and their ratio to the first ("none") row.
+fn ratio_table(title: &str, unit: &str, samples: &[(String, Vec<f64>)]) -> String {
+    let base = samples.first().map(|s| median(&s.1)).unwrap_or(f64::NAN);
+    let mut s = format!("{title}\n  {:<10} {:>14} {:>10}\n", "mode", unit, "ratio");
+    for (mode, v) in samples {
         let m = median(v);
         s.push_str(&format!("  {:<10} {:>14.0} {:>10.3}\n", mode, m, m / base));
     }
-    Ok(s)
+    s
 }
 
 fn bench_futex(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
@@ -467,27 +469,14 @@ fn bench_futex(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
         Ok(v["ops_per_sec"].as_f64().unwrap_or(f64::NAN))
     };
     measure()?; // warm-up
-                // A C program has no goroutines: ctxprobe watches its threads, whatever the mode.
-    let thread_opts = Options {
-        modes: vec!["default".into()],
-        ..opts.clone()
-    };
-    let samples = interleaved(&thread_opts, ctxprobe, pid, measure)?;
-    let base = median(&samples[0].1);
-    let mut s = format!(
-        "Futex-heavy C program ({} threads, one contended pthread mutex; medians of {})\n",
+                // A C program has no goroutines: ctxprobe watches its threads (from /proc by default, with
+                // the futex tracepoints in precise mode).
+    let samples = interleaved(opts, ctxprobe, pid, measure)?;
+    let title = format!(
+        "Futex-heavy C program ({} threads, one contended pthread mutex; medians of {})",
         opts.futex_threads, opts.rounds
     );
-    s.push_str(&format!(
-        "  {:<10} {:>14} {:>10}\n",
-        "mode", "ops/s", "ratio"
-    ));
-    for (mode, v) in &samples {
-        let m = median(v);
-        let name = if mode == "none" { "none" } else { "threads" };
-        s.push_str(&format!("  {:<10} {:>14.0} {:>10.3}\n", name, m, m / base));
-    }
-    Ok(s)
+    Ok(ratio_table(&title, "ops/s", &samples))
 }
 
 fn bench_many(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
