@@ -1,13 +1,13 @@
 //! Tests that attach BPF run one at a time: two probes on the same machine would slow each
 //! other's targets and make timing assertions flaky. The guard serialises within this process
-//! (a mutex) and across test binaries run in parallel (a file lock).
+//! (a mutex) and across test binaries run in parallel, from any checkout on this machine (a file
+//! lock in the system's temporary directory).
 
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::Result;
 
 use crate::gobuild::FileLock;
-use crate::workspace_root;
 
 static BPF: Mutex<()> = Mutex::new(());
 
@@ -20,9 +20,7 @@ pub struct SerialGuard {
 pub fn bpf_serial() -> Result<SerialGuard> {
     // A test that panicked while holding the mutex has already failed; the lock is still fine.
     let mutex = BPF.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = workspace_root().join("target/fixtures");
-    std::fs::create_dir_all(&dir)?;
-    let file = FileLock::acquire(&dir.join(".bpf-tests.lock"))?;
+    let file = FileLock::acquire(&std::env::temp_dir().join("ctxprobe-bpf-tests.lock"))?;
     Ok(SerialGuard {
         _file: file,
         _mutex: mutex,
