@@ -86,8 +86,12 @@ impl<'s, 'a> Watch<'s, 'a> {
                         session.name_go_frames(&mut b.stack);
                         b.goid = session.goid_on_thread(b.tid);
                         // In a Go program, threads idle in the scheduler sleep on futexes all
-                        // the time: only threads holding a goroutine, or in non-Go code, matter.
-                        if b.goid.is_none() && is_go_runtime_idle(&b.stack) {
+                        // the time: only threads holding a goroutine, or in non-Go code, matter
+                        // (--include-system shows them too).
+                        if b.goid.is_none()
+                            && !session.settings.include_system
+                            && threads::is_go_runtime_idle(&b.stack)
+                        {
                             continue;
                         }
                     }
@@ -206,12 +210,4 @@ impl<'s, 'a> Watch<'s, 'a> {
             }
         })
     }
-}
-
-/// A thread whose stack is only Go runtime code (an idle M in `futexsleep`, for example).
-fn is_go_runtime_idle(stack: &[threads::StackFrame]) -> bool {
-    stack
-        .iter()
-        .filter_map(|f| f.func.as_deref())
-        .all(|name| name.starts_with("runtime."))
 }

@@ -41,6 +41,27 @@ pub struct Func {
     pub func_id: u8,
     /// An ABI0/ABIInternal wrapper or other compiler-generated wrapper (funcID wrapper).
     pub wrapper: bool,
+    /// Raw `abi.FuncFlag` bits (see [`Func::is_top_frame`] and [`Func::writes_sp`]).
+    pub flag: u8,
+}
+
+/// `abi.FuncFlagTopFrame` and `abi.FuncFlagSPWrite`: the same bits in every supported release
+/// (`funcFlag_TOPFRAME`, `funcFlag_SPWRITE` in Go 1.19's runtime/symtab.go).
+const FUNC_FLAG_TOP_FRAME: u8 = 1;
+const FUNC_FLAG_SP_WRITE: u8 = 2;
+
+impl Func {
+    /// The runtime marks the outermost function of a stack (`runtime.mstart`, `runtime.goexit`,
+    /// `runtime.rt0_go`, the signal trampoline): nothing called it.
+    pub fn is_top_frame(&self) -> bool {
+        self.flag & FUNC_FLAG_TOP_FRAME != 0
+    }
+
+    /// The function writes SP (switches stacks: `runtime.mcall`, `runtime.systemstack`,
+    /// `runtime.asmcgocall`, ...): its caller cannot be found from its frame size.
+    pub fn writes_sp(&self) -> bool {
+        self.flag & FUNC_FLAG_SP_WRITE != 0
+    }
 }
 
 const MAGIC_GO118: u32 = 0xffff_fff0;
@@ -538,6 +559,7 @@ struct RawFunc {
     npcdata: u32,
     cu_offset: u32,
     func_id: u8,
+    flag: u8,
     nfuncdata: u8,
 }
 
@@ -582,6 +604,7 @@ impl Pclntab {
             npcdata: rd_u32(d, off + 28)?,
             cu_offset: rd_u32(d, off + 32)?,
             func_id: *d.get(off + fid)?,
+            flag: *d.get(off + fid + 1)?,
             nfuncdata: *d.get(off + fid + 3)?,
         })
     }
@@ -602,6 +625,7 @@ impl Pclntab {
             end: f.end,
             func_id: f.func_id,
             wrapper: f.func_id == self.wrapper_id,
+            flag: f.flag,
         })
     }
 

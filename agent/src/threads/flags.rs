@@ -7,6 +7,7 @@ use crate::procmem::ProcessMemory;
 
 use super::modules::AddressSpace;
 use super::procfs::{self, SyscallState};
+use super::unwind::StackEnd;
 use super::{ops, symbols, unwind, StackFrame, ThreadBlocked, ThreadEvent, ThreadUnblocked};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +79,17 @@ impl Flags {
         out: &mut Vec<ThreadEvent>,
     ) {
         let name = procfs::thread_name(self.pid, tid);
-        let stack = st.map(|st| self.stack(st)).unwrap_or_default();
+        let (stack, end) = match st {
+            Some(st) => self.stack(st),
+            None => (
+                Vec::new(),
+                StackEnd::Cut("the wait ended before its stack could be read".into()),
+            ),
+        };
+        let (stack_complete, stack_error) = match end {
+            StackEnd::Outermost => (true, None),
+            StackEnd::Cut(why) => (false, Some(why)),
+        };
         out.push(ThreadEvent::Blocked(ThreadBlocked {
             tid,
             thread_name: name.clone(),
@@ -87,6 +98,8 @@ impl Flags {
             blocked_ns: now.saturating_sub(wait.start_ns),
             since_exact: wait.exact,
             stack,
+            stack_complete,
+            stack_error,
             goid: None,
         }));
         self.flagged.insert(
@@ -116,9 +129,12 @@ impl Flags {
         }));
     }
 
-    fn stack(&mut self, st: &SyscallState) -> Vec<StackFrame> {
+    fn stack(&mut self, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
         self.space.begin_batch();
-        let pcs = unwind::unwind(&mut self.space, &self.mem, st.sp, st.pc);
-        symbols::symbolize(&mut self.space, &pcs)
+        let unwound = unwind::unwind(&mut self.space, &self.mem, st.sp, st.pc);
+        (
+            symbols::symbolize(&mut self.space, &unwound.pcs),
+            unwound.end,
+        )
     }
 }

@@ -13,6 +13,7 @@
 
 mod contention;
 mod flags;
+mod idle;
 mod modules;
 mod ops;
 mod proc_waits;
@@ -38,6 +39,7 @@ use procfs::{SyscallState, SYS_FUTEX, SYS_FUTEX_WAIT, SYS_FUTEX_WAITV};
 use tracepoints::TraceWaits;
 use unwind::ReadWord;
 
+pub use idle::is_go_runtime_idle;
 pub use symbols::StackFrame;
 
 /// Waits at least this long (or the threshold, if shorter) count in `top_contended`; shorter ones
@@ -66,6 +68,11 @@ pub struct ThreadBlocked {
     pub since_exact: bool,
     /// Innermost first; empty if the wait ended before its stack could be read.
     pub stack: Vec<StackFrame>,
+    /// The walk reached the thread's outermost frame (`clone`, `start_thread`, `_start`, Go's
+    /// `runtime.mstart`, `runtime.goexit`...): no frame is missing below the last one.
+    pub stack_complete: bool,
+    /// Why the stack ends early, when it does.
+    pub stack_error: Option<String>,
     /// For Go programs, the goroutine the thread was running (filled in by the caller).
     pub goid: Option<u64>,
 }

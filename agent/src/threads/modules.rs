@@ -12,6 +12,10 @@ use gimli::{
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
+use gobinary::buildinfo::BuildInfo;
+use gobinary::elf::ElfFile;
+use gobinary::pclntab::{Func, Pclntab};
+
 use super::procfs::{self, Mapping};
 
 /// How to recover one register of the caller, from the CFI row of a pc.
@@ -78,6 +82,9 @@ pub struct ElfModule {
     symbols: Vec<Symbol>,
     /// DWARF lines and inlined functions; None without debug info or if it does not load.
     pub dwarf: Option<addr2line::Loader>,
+    /// A Go executable's (or Go shared library's) function table: names in stripped binaries,
+    /// and the runtime's own marks of outermost and stack-switching functions.
+    go: Option<Pclntab>,
 }
 
 impl std::fmt::Debug for ElfModule {
@@ -120,6 +127,7 @@ impl ElfModule {
             got: file.section_by_name(".got").map_or(0, |s| s.address()),
         };
         let symbols = collect_symbols(&file);
+        let is_go = file.section_by_name(".go.buildinfo").is_some();
         let has_dwarf = file.section_by_name(".debug_info").is_some()
             || file.section_by_name(".gnu_debuglink").is_some();
         // The loader maps the file again and follows .gnu_debuglink to separate debug files.
@@ -128,6 +136,7 @@ impl ElfModule {
         } else {
             None
         };
+        let go = if is_go { go_functions(data) } else { None };
         Ok(ElfModule {
             name,
             segments,
@@ -137,7 +146,13 @@ impl ElfModule {
             addrs,
             symbols,
             dwarf,
+            go,
         })
+    }
+
+    /// The Go function containing `svma`, for Go binaries.
+    pub fn go_func(&self, svma: u64) -> Option<Func> {
+        self.go.as_ref()?.func_at(svma)
     }
 
     /// The file's own (link-time) address of a byte at `file_offset`.
@@ -216,6 +231,14 @@ impl ElfModule {
             .ok()?;
         to_rule(row)
     }
+}
+
+/// The function table of a Go binary; None if it does not parse (then its Go frames are named and
+/// unwound like any other code, from its symbols and CFI).
+fn go_functions(data: Vec<u8>) -> Option<Pclntab> {
+    let elf = ElfFile::parse(data).ok()?;
+    let version = BuildInfo::from_elf(&elf).ok()?.version;
+    Pclntab::from_elf(&elf, version).ok()
 }
 
 fn to_rule(row: &gimli::UnwindTableRow<usize>) -> Option<FrameRule> {

@@ -37,59 +37,148 @@ impl ReadWord for crate::procmem::ProcessMemory {
     }
 }
 
-/// Return addresses of the stack, innermost first; the first is `pc` itself.
-pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) -> Vec<u64> {
+/// Where a walk ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StackEnd {
+    /// At the thread's outermost frame: nothing called the last function (see
+    /// [`outermost_by_name`], [`Unwound`]).
+    Outermost,
+    /// Before it, for this reason: the stack has more frames than were found.
+    Cut(String),
+}
+
+/// A walked stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwound {
+    /// Return addresses, innermost first; the first is the pc itself. Every one is in executable
+    /// code of a mapped file (the walk stops before an address that is not).
+    pub pcs: Vec<u64>,
+    pub end: StackEnd,
+}
+
+/// C functions no caller is above: the kernel starts threads in `clone`/`clone3` (glibc, musl),
+/// processes in `_start`. glibc marks most of them with an undefined return address in their
+/// CFI too, which is checked as well; names catch unwinders' lookups that land in a mark-less
+/// part of them.
+fn outermost_by_name(name: &str) -> bool {
+    matches!(
+        name,
+        "_start" | "start_thread" | "clone" | "__clone" | "clone3" | "__clone3" | "thread_start"
+    )
+}
+
+/// What the walk must know about the function a frame is in.
+enum FrameKind {
+    /// Go's `runtime.asmcgocall`: C runs on the g0 stack, the caller is on the goroutine's.
+    AsmCgoCall,
+    /// The thread's outermost frame (see [`StackEnd::Outermost`]).
+    Outermost,
+    /// A Go function that switched stacks (its caller cannot be found from its frame).
+    SwitchedStacks(String),
+    Other,
+}
+
+fn frame_kind(module: &ElfModule, svma: u64) -> FrameKind {
+    if let Some(f) = module.go_func(svma) {
+        // The runtime's own marks (in stripped binaries too): mstart, goexit, rt0_go are where
+        // its traceback ends. mcall switches to g0's stack top, left by mstart, and never returns
+        // there: like the runtime, end there.
+        if f.name == "runtime.asmcgocall" {
+            return FrameKind::AsmCgoCall;
+        }
+        if f.is_top_frame() || f.name == "runtime.mcall" {
+            return FrameKind::Outermost;
+        }
+        if f.writes_sp() {
+            return FrameKind::SwitchedStacks(f.name);
+        }
+        return FrameKind::Other;
+    }
+    match module.symbol(svma) {
+        Some(s) if matches!(s.name, "runtime.asmcgocall" | "runtime.asmcgocall.abi0") => {
+            FrameKind::AsmCgoCall
+        }
+        Some(s) if outermost_by_name(s.name) => FrameKind::Outermost,
+        _ => FrameKind::Other,
+    }
+}
+
+/// Walks the stack from `sp` and `pc`, innermost first, until the thread's outermost frame, or
+/// until a frame that cannot be walked past (then `end` says why).
+pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) -> Unwound {
     let mut ctx = UnwindContext::new();
     let mut pcs = vec![pc];
     let (mut sp, mut pc, mut bp): (u64, u64, Option<u64>) = (sp, pc, None);
-    while pcs.len() < MAX_FRAMES {
+    let end = loop {
+        if pcs.len() >= MAX_FRAMES {
+            break StackEnd::Cut(format!("stack cut at {MAX_FRAMES} frames"));
+        }
+        let innermost = pcs.len() == 1;
         // A return address points after the call; look up the call itself.
-        let lookup = if pcs.len() == 1 {
-            pc
-        } else {
-            pc.saturating_sub(1)
+        let lookup = if innermost { pc } else { pc.saturating_sub(1) };
+        let Some((module, svma)) = space.lookup(lookup) else {
+            // Only the innermost pc gets here: return addresses are checked before they are kept.
+            break StackEnd::Cut(format!("pc {pc:#x} is not in a mapped executable file"));
         };
-        let found = space.lookup(lookup);
-        if pcs.len() > 1
-            && found
-                .as_ref()
-                .is_some_and(|(m, svma)| is_asmcgocall(m, *svma))
-        {
-            // A cgo call: continue on the goroutine stack the call switched away from.
-            let Some((next_pc, next_sp, next_bp)) = leave_asmcgocall(space, mem, sp) else {
-                break;
-            };
-            pcs.push(next_pc);
-            (sp, pc, bp) = (next_sp, next_pc, next_bp);
-            continue;
+        let (next_pc, next_sp, next_bp, rule) = match frame_kind(&module, svma) {
+            FrameKind::Outermost => break StackEnd::Outermost,
+            FrameKind::SwitchedStacks(name) if !innermost => {
+                break StackEnd::Cut(format!("{name} switched stacks"))
+            }
+            FrameKind::AsmCgoCall if !innermost => {
+                // A cgo call: continue on the goroutine stack the call switched away from.
+                let Some((next_pc, next_sp, next_bp)) = leave_asmcgocall(space, mem, sp) else {
+                    break StackEnd::Cut("cannot find the goroutine stack of a cgo call".into());
+                };
+                (next_pc, next_sp, next_bp, None)
+            }
+            _ => {
+                let rule = module.frame_rule(svma, &mut ctx);
+                if rule.as_ref().is_some_and(|r| r.ra == SavedReg::Undefined) {
+                    // The CFI's own mark of an outermost frame (glibc's clone, clone3, _start).
+                    break StackEnd::Outermost;
+                }
+                let needs_bp = rule.as_ref().is_none_or(|r| r.cfa_reg == RBP);
+                if needs_bp && bp.is_none() {
+                    bp = guess_frame_pointer(space, mem, sp);
+                }
+                let step = match &rule {
+                    Some(rule) => cfi_step(rule, mem, sp, bp),
+                    None => fp_step(mem, sp, bp),
+                };
+                let Some((next_pc, next_sp, next_bp)) = step else {
+                    let how = if rule.is_some() {
+                        "its CFI"
+                    } else {
+                        "frame pointers"
+                    };
+                    break StackEnd::Cut(format!("cannot unwind past {pc:#x} with {how}"));
+                };
+                (next_pc, next_sp, next_bp, rule)
+            }
+        };
+        if next_pc == 0 {
+            // A zero return address is how thread and process entry code ends the chain.
+            break StackEnd::Outermost;
         }
-        let rule = found.and_then(|(module, svma)| module.frame_rule(svma, &mut ctx));
-        let needs_bp = rule.as_ref().is_none_or(|r| r.cfa_reg == RBP);
-        if needs_bp && bp.is_none() {
-            bp = guess_frame_pointer(space, mem, sp);
-        }
-        let step = match rule {
-            Some(rule) => cfi_step(&rule, mem, sp, bp),
-            None => fp_step(mem, sp, bp),
-        };
-        let Some((next_pc, next_sp, next_bp)) = step else {
-            break;
-        };
         // The stack grows down: a caller's frame is above. Go switches to the g0 stack in cgo
         // calls, which only the frame-pointer chain follows, so that case is not checked.
-        if next_pc == 0 || (rule.is_some() && next_sp <= sp) {
-            break;
+        if rule.is_some() && next_sp <= sp {
+            break StackEnd::Cut(format!(
+                "the frame above {pc:#x} is not above it on the stack"
+            ));
+        }
+        // Stale stack memory past the real end holds old return addresses and garbage: a
+        // return address must be in executable code.
+        if space.lookup(next_pc.saturating_sub(1)).is_none() {
+            break StackEnd::Cut(format!(
+                "return address {next_pc:#x} is not in executable code"
+            ));
         }
         pcs.push(next_pc);
         (sp, pc, bp) = (next_sp, next_pc, next_bp);
-    }
-    pcs
-}
-
-fn is_asmcgocall(module: &ElfModule, svma: u64) -> bool {
-    module
-        .symbol(svma)
-        .is_some_and(|s| matches!(s.name, "runtime.asmcgocall" | "runtime.asmcgocall.abi0"))
+    };
+    Unwound { pcs, end }
 }
 
 /// Go's runtime.asmcgocall calls C on the g0 stack with, at the callee's CFA, [sp] = the goroutine
