@@ -17,15 +17,15 @@ use crate::report::Format;
 )]
 pub struct Args {
     /// Process id of the Go program to inspect.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_pid, allow_hyphen_values = true)]
     pub pid: u32,
 
     /// Report goroutines parked at least this long (e.g. 500ms, 10s, 2m).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub threshold: Duration,
 
     /// Stop after this long (default: until Ctrl-C, SIGTERM or the target exits).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 
     /// Print every goroutine once (all states) and exit: pprof's debug=2 dump, from outside.
@@ -41,7 +41,7 @@ pub struct Args {
     pub output: Option<PathBuf>,
 
     /// How often to print a summary.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub summary_interval: Duration,
 
     /// adaptive: park probe within --probe-budget, snapshots otherwise, threads from /proc;
@@ -51,12 +51,12 @@ pub struct Args {
     pub mode: Mode,
 
     /// In adaptive mode, the most target CPU the park probe may cost, in percent of one core.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = parse_budget, allow_hyphen_values = true)]
     pub probe_budget: f64,
 
     /// How often to snapshot the goroutine list (default: a quarter of the threshold, between
     /// 100ms and 1s, slowed down for very large processes).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub poll_interval: Option<Duration>,
 
     /// Also report the runtime's own goroutines (GC workers, finalizer...), which the runtime
@@ -70,11 +70,81 @@ pub struct Args {
     pub assume_layout: bool,
 }
 
+// Values may start with '-' (allow_hyphen_values): clap would otherwise take `--duration -1`
+// for an unknown flag `-1` and say so, instead of what is wrong with the value.
+
+/// A process id: a whole number from 1 up.
+pub fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(format!(
+            "'{s}' is not a process id (a whole number from 1 up)"
+        )),
+    }
+}
+
+/// Percent of one core, more than 0 and at most 100.
+pub fn parse_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a budget (percent of one core, more than 0 and at most 100)"
+        )),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.starts_with('-') && s[1..].starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("'{s}': a duration cannot be negative"));
+    }
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 500ms, 10s or 2m ({e})"))?;
     if d.is_zero() {
         return Err(format!("'{s}': the duration must be more than zero"));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one line main() prints for a command line clap refuses.
+    fn refusal(args: &[&str]) -> String {
+        let err = Args::try_parse_from(std::iter::once("ctxprobe").chain(args.iter().copied()))
+            .expect_err("must be refused");
+        crate::cli_error_line(&err)
+    }
+
+    #[test]
+    fn negative_numbers_get_the_message_for_their_value() {
+        assert_eq!(
+            refusal(&["--pid", "1", "--duration", "-1"]),
+            "invalid value '-1' for '--duration <DURATION>': '-1': a duration cannot be negative"
+        );
+        assert_eq!(
+            refusal(&["--pid", "-5"]),
+            "invalid value '-5' for '--pid <PID>': '-5' is not a process id (a whole number from 1 up)"
+        );
+        assert_eq!(
+            refusal(&["--pid", "1", "--threshold", "-3s"]),
+            "invalid value '-3s' for '--threshold <THRESHOLD>': '-3s': a duration cannot be negative"
+        );
+        assert_eq!(
+            refusal(&["--pid", "1", "--probe-budget", "-1"]),
+            "invalid value '-1' for '--probe-budget <PROBE_BUDGET>': '-1' is not a budget \
+             (percent of one core, more than 0 and at most 100)"
+        );
+        assert_eq!(
+            refusal(&["--pid", "0"]),
+            "invalid value '0' for '--pid <PID>': '0' is not a process id (a whole number from 1 up)"
+        );
+    }
+
+    #[test]
+    fn good_values_still_parse() {
+        let a = Args::try_parse_from(["ctxprobe", "--pid", "42", "--threshold", "2s"]).unwrap();
+        assert_eq!((a.pid, a.threshold), (42, Duration::from_secs(2)));
+        assert_eq!(parse_budget("0.5"), Ok(0.5));
+    }
 }

@@ -5,6 +5,7 @@
 //! with nothing left attached.
 
 mod cli;
+mod denied;
 mod goroutines;
 mod probes;
 mod procmem;
@@ -42,16 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // clap's own message spans several lines; the first says what is wrong.
-            let text = e.render().to_string();
-            let first: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .take_while(|l| !l.is_empty())
-                .collect();
-            let first = first.join(" ");
-            let first = first.strip_prefix("error: ").unwrap_or(&first);
-            eprintln!("ctxprobe: {first} (see ctxprobe --help)");
+            eprintln!("ctxprobe: {} (see ctxprobe --help)", cli_error_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -64,6 +56,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap's message spans several lines; the first paragraph says what is wrong: one line of it.
+fn cli_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let first = first.join(" ");
+    first.strip_prefix("error: ").unwrap_or(&first).to_string()
 }
 
 fn run(args: Args) -> Result<()> {
@@ -117,8 +121,9 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         Err(e) => {
             if let Some(crate::procmem::MemError::Permission) = e.downcast_ref() {
                 bail!(
-                    "not permitted to read the memory of process {}: run ctxprobe as root (sudo)",
-                    target.pid
+                    "not permitted to read the memory of process {}: {}",
+                    target.pid,
+                    crate::denied::cause(target.pid)
                 );
             }
             return Err(e);

@@ -17,7 +17,8 @@ pub struct ProcessMemory {
 pub enum MemError {
     #[error("the target process has exited")]
     Gone,
-    #[error("not permitted to read the target's memory (run as root, or with CAP_SYS_PTRACE)")]
+    /// Callers that report it before attaching explain why (crate::denied).
+    #[error("not permitted to read the target's memory")]
     Permission,
     #[error("cannot read target memory at {addr:#x} ({len} bytes): {source}")]
     Fault {

@@ -36,9 +36,14 @@ impl TargetProcess {
         let exe_link = proc_dir.join("exe");
         let exe_path = match fs::read_link(&exe_link) {
             Ok(p) => p.display().to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-                "not permitted to inspect process {pid}: run ctxprobe as root (sudo ctxprobe --pid {pid})"
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let comm = fs::read_to_string(proc_dir.join("comm")).unwrap_or_default();
+                bail!(
+                    "not permitted to inspect process {pid} ({}): {}",
+                    comm.trim_end(),
+                    crate::denied::cause(pid)
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("process {pid} has no executable (a kernel thread or a zombie)")
             }
