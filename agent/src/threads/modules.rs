@@ -155,6 +155,11 @@ impl ElfModule {
         self.go.as_ref()?.func_at(svma)
     }
 
+    /// The size of a Go function's frame at `svma` (its pcsp table), for Go binaries.
+    pub fn go_frame_size(&self, svma: u64) -> Option<i64> {
+        self.go.as_ref()?.sp_delta_at(svma)
+    }
+
     /// The file's own (link-time) address of a byte at `file_offset`.
     fn svma_of_offset(&self, file_offset: u64) -> Option<u64> {
         self.segments

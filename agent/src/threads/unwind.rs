@@ -120,7 +120,8 @@ pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) ->
             // Only the innermost pc gets here: return addresses are checked before they are kept.
             break StackEnd::Cut(format!("pc {pc:#x} is not in a mapped executable file"));
         };
-        let (next_pc, next_sp, next_bp, rule) = match frame_kind(&module, svma) {
+        // `framed`: the caller's frame was found from this frame's size, so it must be above.
+        let (next_pc, next_sp, next_bp, framed) = match frame_kind(&module, svma) {
             FrameKind::Outermost => break StackEnd::Outermost,
             FrameKind::SwitchedStacks(name) if !innermost => {
                 break StackEnd::Cut(format!("{name} switched stacks"))
@@ -130,7 +131,16 @@ pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) ->
                 let Some((next_pc, next_sp, next_bp)) = leave_asmcgocall(space, mem, sp) else {
                     break StackEnd::Cut("cannot find the goroutine stack of a cgo call".into());
                 };
-                (next_pc, next_sp, next_bp, None)
+                (next_pc, next_sp, next_bp, false)
+            }
+            FrameKind::Other if module.go_func(svma).is_some() => {
+                let step = module
+                    .go_frame_size(svma)
+                    .and_then(|size| go_step(size, mem, sp, bp));
+                let Some((next_pc, next_sp, next_bp)) = step else {
+                    break StackEnd::Cut(format!("cannot unwind past {pc:#x} with its frame size"));
+                };
+                (next_pc, next_sp, next_bp, true)
             }
             _ => {
                 let rule = module.frame_rule(svma, &mut ctx);
@@ -154,7 +164,7 @@ pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) ->
                     };
                     break StackEnd::Cut(format!("cannot unwind past {pc:#x} with {how}"));
                 };
-                (next_pc, next_sp, next_bp, rule)
+                (next_pc, next_sp, next_bp, rule.is_some())
             }
         };
         if next_pc == 0 {
@@ -163,7 +173,7 @@ pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) ->
         }
         // The stack grows down: a caller's frame is above. Go switches to the g0 stack in cgo
         // calls, which only the frame-pointer chain follows, so that case is not checked.
-        if rule.is_some() && next_sp <= sp {
+        if framed && next_sp <= sp {
             break StackEnd::Cut(format!(
                 "the frame above {pc:#x} is not above it on the stack"
             ));
@@ -240,6 +250,25 @@ fn follows_call(mem: &dyn ReadWord, ra: u64) -> bool {
     }
     let is_ff2 = |at: usize| b[at] == 0xff && (b[at + 1] >> 3) & 7 == 2;
     b[3] == 0xe8 || is_ff2(6) || is_ff2(5) || is_ff2(4) || is_ff2(2) || is_ff2(1)
+}
+
+/// One frame up in Go code, from the function's frame size at the pc (`.gopclntab`'s pcsp table,
+/// which stripped binaries keep; Go's own CFI is made from it): the return address is right above
+/// the frame, and a function with a frame saved the caller's rbp right below it.
+fn go_step(
+    frame_size: i64,
+    mem: &dyn ReadWord,
+    sp: u64,
+    bp: Option<u64>,
+) -> Option<(u64, u64, Option<u64>)> {
+    let ra_at = sp.checked_add(u64::try_from(frame_size).ok()?)?;
+    let ra = mem.read_word(ra_at)?;
+    let next_bp = if frame_size >= 8 {
+        mem.read_word(ra_at - 8)
+    } else {
+        bp
+    };
+    Some((ra, ra_at.checked_add(8)?, next_bp))
 }
 
 /// One frame up by CFI: (caller pc, caller sp, caller rbp).
