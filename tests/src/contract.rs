@@ -36,6 +36,14 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
             u64_field(v, "blocked_ns")?;
             bool_field(v, "since_exact")?;
             null_or(v, "goid", Value::is_u64)?;
+            let complete = bool_field(v, "stack_complete")?;
+            null_or(v, "stack_error", Value::is_string)?;
+            if complete != v["stack_error"].is_null() {
+                bail!(
+                    "stack_complete {complete} with stack_error {}",
+                    v["stack_error"]
+                );
+            }
             for f in v["stack"].as_array().context("stack is not an array")? {
                 hex_field(f, "addr").with_context(|| format!("native frame {f}"))?;
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use ctxprobe_tests::gobuild::build_fixture;
+use ctxprobe_tests::leaky::Leaky;
 use ctxprobe_tests::probe::{args, run_ctxprobe};
 use ctxprobe_tests::process::Process;
 use ctxprobe_tests::scenario::{check_all_records, ensure_success, preconditions};
@@ -47,6 +48,16 @@ fn build_c(name: &str) -> Result<PathBuf> {
 
 fn addr(v: &Value) -> Option<u64> {
     u64::from_str_radix(v.as_str()?.strip_prefix("0x")?, 16).ok()
+}
+
+/// The walk reached the thread's outermost frame: complete, no error.
+fn ensure_complete(rec: &Value) -> Result<()> {
+    ensure!(
+        rec["stack_complete"] == true && rec["stack_error"].is_null(),
+        "stack of thread {} not complete: {rec}",
+        rec["tid"]
+    );
+    Ok(())
 }
 
 fn has_frame(rec: &Value, func: &str) -> bool {
@@ -106,6 +117,7 @@ fn deadlocked_c_threads_are_reported_with_their_locks_and_stacks() {
                 "no lock_both frame in {}",
                 rec["stack"]
             );
+            ensure_complete(rec)?;
             ensure!(
                 rec["blocked_ns"].as_u64() >= Some(500_000_000),
                 "blocked_ns {}",
@@ -205,6 +217,7 @@ fn signalled_condvar_waiter_is_unblocked() {
             "no wait_for_signal frame in {}",
             blocked["stack"]
         );
+        ensure_complete(blocked)?;
         let un = records
             .iter()
             .find(|r| r["type"] == "thread_unblocked" && r["tid"].as_u64() == waiter)
@@ -275,6 +288,128 @@ fn cgo_call_blocked_in_c_names_its_goroutine() {
             rec["goid"].is_u64(),
             "no goroutine for the cgo thread: {rec}"
         );
+        // Through the cgo call onto the goroutine's stack, down to where the goroutine started.
+        ensure_complete(rec)?;
+        // Debian's libc has no symbols for its internal futex wait: only Go frames are checked.
+        let funcs: Vec<&str> = rec["stack"]
+            .as_array()
+            .context("stack")?
+            .iter()
+            .filter_map(|f| f["func"].as_str())
+            .collect();
+        ensure!(
+            funcs.contains(&"main.blockInC")
+                && funcs.last().map(|f| base_name(f)) == Some("runtime.goexit"),
+            "cgo thread stack {funcs:?}"
+        );
         Ok(())
     });
+}
+
+/// Where the runtime's own traceback ends a thread's stack: `runtime.mstart` (an M's start,
+/// whatever created the thread below it), `runtime.mcall` (the scheduler on g0's stack top),
+/// `runtime.goexit` (a goroutine's start), `runtime.rt0_go` (the main thread).
+const GO_OUTERMOST: &[&str] = &[
+    "runtime.mstart",
+    "runtime.mcall",
+    "runtime.goexit",
+    "runtime.rt0_go",
+];
+
+/// `.symtab` names of assembly functions carry an ABI suffix; `.gopclntab` names do not.
+fn base_name(f: &str) -> &str {
+    f.strip_suffix(".abi0").unwrap_or(f)
+}
+
+/// Every frame's function name; an unnamed frame is an error.
+fn frame_names(rec: &Value) -> Result<Vec<String>> {
+    rec["stack"]
+        .as_array()
+        .context("stack")?
+        .iter()
+        .map(|f| {
+            f["func"]
+                .as_str()
+                .map(str::to_string)
+                .with_context(|| format!("unnamed frame {f} in {}", rec["stack"]))
+        })
+        .collect()
+}
+
+/// Issue 11 item 5 and issue 7 item 7: the runtime's idle threads (templateThread, stopm,
+/// sysmon, locked Ms) of cgo and non-cgo, plain and stripped PIE binaries, old and new Go, are
+/// walked to their outermost frame and no further (the walk used to run past `runtime.mstart`
+/// and `clone` into stale stack memory and print frames that were not there), and the CLI does
+/// not report them unless asked (--include-system).
+#[test]
+fn idle_runtime_threads_end_at_their_outermost_frame_and_are_not_reported() {
+    check(|| {
+        let cells = [
+            (LATEST_GO, "cgo"),
+            (LATEST_GO, "stripped-pie"),
+            ("1.19", "cgo"),
+            ("1.19", "default"),
+        ];
+        let failures: Vec<String> = cells
+            .iter()
+            .filter_map(|(go, mode)| {
+                idle_threads(go, mode)
+                    .err()
+                    .map(|e| format!("[Go {go} {mode}] {e:#}"))
+            })
+            .collect();
+        ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+        Ok(())
+    });
+}
+
+fn idle_threads(go: &str, mode: &str) -> Result<()> {
+    let tc = Toolchain::find(go)?;
+    let leaky = Leaky::start(&tc, &BuildMode::named(mode)?, &["-grow-every", "0"])?;
+    let pid = leaky.pid();
+    let run = |extra: &[&str]| -> Result<Vec<Value>> {
+        let mut a = vec!["--threshold", "500ms", "--duration", "3s", "--mode", "poll"];
+        a.extend_from_slice(extra);
+        let out = run_ctxprobe(&args(pid, &a), Duration::from_secs(30))?;
+        ensure_success(&out)?;
+        Ok(check_all_records(&out, pid)?
+            .into_iter()
+            .filter(|r| r["type"] == "thread_blocked")
+            .collect())
+    };
+
+    let blocked = run(&["--include-system"])?;
+    let idle = blocked.iter().filter(|r| r["goid"].is_null()).count();
+    ensure!(
+        idle >= 2,
+        "{idle} idle runtime threads reported with --include-system: {blocked:#?}"
+    );
+    for rec in &blocked {
+        ensure_complete(rec)?;
+        let funcs = frame_names(rec)?;
+        let (last, inner) = funcs.split_last().context("empty stack")?;
+        ensure!(
+            GO_OUTERMOST.contains(&base_name(last)),
+            "thread {} ends at {last}, not at an outermost frame: {funcs:?}",
+            rec["tid"]
+        );
+        ensure!(
+            !inner.iter().any(|f| GO_OUTERMOST.contains(&base_name(f))),
+            "thread {} walked past an outermost frame: {funcs:?}",
+            rec["tid"]
+        );
+        if rec["goid"].is_null() {
+            ensure!(
+                funcs.iter().all(|f| f.starts_with("runtime.")),
+                "idle thread {} has frames outside the runtime: {funcs:?}",
+                rec["tid"]
+            );
+        }
+    }
+
+    let blocked = run(&[])?;
+    if let Some(rec) = blocked.iter().find(|r| r["goid"].is_null()) {
+        bail!("a thread idle in the runtime was reported: {rec}");
+    }
+    Ok(())
 }
