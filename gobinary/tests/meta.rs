@@ -334,3 +334,36 @@ fn clear_errors_for_non_go_and_foreign_binaries() {
     );
     assert!(!err.to_string().contains('\n'));
 }
+
+/// The runtime's own function flags, which the thread unwinder stops at: the outermost frames
+/// (TOPFRAME) and the stack switchers (SPWRITE), in every release and build kind.
+#[test]
+fn function_flags_mark_outermost_and_stack_switching_functions() {
+    for (minor, go) in toolchains() {
+        for variant in [Variant::Normal, Variant::PieStripped] {
+            let elf = open(&go, variant);
+            let version = BuildInfo::from_elf(&elf).expect("buildinfo").version;
+            let pcln = Pclntab::from_elf(&elf, version)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: pclntab: {e}"));
+            let func = |name: &str| {
+                pcln.func_by_name(name)
+                    .unwrap_or_else(|| panic!("1.{minor} {variant:?}: no {name}"))
+            };
+            for name in ["runtime.mstart", "runtime.goexit", "runtime.rt0_go"] {
+                assert!(func(name).is_top_frame(), "1.{minor} {variant:?}: {name}");
+            }
+            for name in ["runtime.mcall", "runtime.systemstack", "runtime.asmcgocall"] {
+                let f = func(name);
+                assert!(f.writes_sp(), "1.{minor} {variant:?}: {name}");
+                assert!(!f.is_top_frame(), "1.{minor} {variant:?}: {name}");
+            }
+            for name in ["runtime.mstart0", "runtime.futexsleep", "runtime.gopark"] {
+                let f = func(name);
+                assert!(
+                    !f.is_top_frame() && !f.writes_sp(),
+                    "1.{minor} {variant:?}: {name}"
+                );
+            }
+        }
+    }
+}

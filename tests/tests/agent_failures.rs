@@ -97,23 +97,154 @@ fn refuses_bad_arguments() {
 }
 
 #[test]
+fn refuses_negative_numbers_like_other_bad_values() {
+    // Issue 11 item 6: a leading '-' used to make clap take the value for an unknown flag.
+    check(|| {
+        let me = std::process::id();
+        for (bad, line) in [
+            (
+                &["--duration", "-1"][..],
+                "ctxprobe: invalid value '-1' for '--duration <DURATION>': '-1': a duration \
+                 cannot be negative (see ctxprobe --help)"
+                    .to_string(),
+            ),
+            (
+                &["--threshold", "-3s"],
+                "ctxprobe: invalid value '-3s' for '--threshold <THRESHOLD>': '-3s': a duration \
+                 cannot be negative (see ctxprobe --help)"
+                    .to_string(),
+            ),
+            (
+                &["--probe-budget", "-1"],
+                "ctxprobe: invalid value '-1' for '--probe-budget <PROBE_BUDGET>': '-1' is not a \
+                 budget (percent of one core, more than 0 and at most 100) (see ctxprobe --help)"
+                    .to_string(),
+            ),
+        ] {
+            let out = run_ctxprobe(&args(me, bad), Duration::from_secs(20))?;
+            ensure_refusal_line(&out, &format!("{bad:?}"), &line, 2)?;
+        }
+        let out = run_ctxprobe(
+            &["--pid".to_string(), "-5".to_string()],
+            Duration::from_secs(20),
+        )?;
+        ensure_refusal_line(
+            &out,
+            "--pid -5",
+            "ctxprobe: invalid value '-5' for '--pid <PID>': '-5' is not a process id (a whole \
+             number from 1 up) (see ctxprobe --help)",
+            2,
+        )
+    });
+}
+
+/// A clean refusal (see ensure_clean_refusal) with exactly this stderr line and exit status.
+fn ensure_refusal_line(out: &ProbeOutput, what: &str, line: &str, code: i32) -> Result<()> {
+    ensure_clean_refusal(out, what)?;
+    if out.stderr.trim_end() != line || out.status.code() != Some(code) {
+        bail!(
+            "{what}: want exit status {code} and\n  {line}\ngot {}",
+            out.describe()
+        );
+    }
+    Ok(())
+}
+
+/// Runs ctxprobe as `cmd` (which wraps or configures it) to completion.
+fn run_wrapped(name: &str, cmd: Command) -> Result<ProbeOutput> {
+    let started = Instant::now();
+    let mut p = Process::spawn(name, cmd)?;
+    p.close_stdin();
+    let status = p.wait_exit(Duration::from_secs(20))?;
+    Ok(ProbeOutput {
+        status,
+        lines: p.lines().to_vec(),
+        stderr: p.stderr(),
+        elapsed: started.elapsed(),
+    })
+}
+
+#[test]
 fn refuses_without_root() {
     check(|| {
         let (tc, _) = matrix()?.into_iter().next().context("empty matrix")?;
         let leaky = Leaky::start(&tc, &BuildMode::default_build(), &["-grow-every", "0"])?;
+        let pid = leaky.pid();
         let mut cmd = Command::new(ctxprobe_bin()?);
-        cmd.args(args(leaky.pid(), &[]));
+        cmd.args(args(pid, &[]));
         cmd.uid(65534).gid(65534); // nobody
-        let started = Instant::now();
-        let mut p = Process::spawn("ctxprobe as nobody", cmd)?;
-        p.close_stdin();
-        let status = p.wait_exit(Duration::from_secs(20))?;
-        let out = ProbeOutput {
-            status,
-            lines: p.lines().to_vec(),
-            stderr: p.stderr(),
-            elapsed: started.elapsed(),
-        };
-        ensure_clean_refusal(&out, "not root")
+        let out = run_wrapped("ctxprobe as nobody", cmd)?;
+        ensure_refusal_line(
+            &out,
+            "not root",
+            &format!(
+                "ctxprobe: not permitted to inspect process {pid} (leaky): it belongs to uid 0; \
+                 run ctxprobe as root (sudo ctxprobe --pid {pid})"
+            ),
+            1,
+        )
+    });
+}
+
+/// Issue 11 item 6: root that may not inspect a process is told why, never "run as root".
+#[test]
+fn root_inside_a_user_namespace_is_told_so() {
+    check(|| {
+        let mut sleep = Command::new("sleep");
+        sleep.arg("60");
+        let target = Process::spawn("sleep", sleep)?;
+        let pid = target.pid;
+        // Root mapped into a new user namespace: uid 0 there, no privilege over the host's
+        // processes (util-linux's unshare writes the uid map).
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--user", "--map-root-user"])
+            .arg(ctxprobe_bin()?)
+            .args(args(pid, &[]));
+        let out = run_wrapped("ctxprobe in a user namespace", cmd)?;
+        ensure_refusal_line(
+            &out,
+            "user namespace",
+            &format!(
+                "ctxprobe: not permitted to inspect process {pid} (sleep): ctxprobe is root only \
+                 inside a user namespace (uid_map \"0 0 1\"), which gives no privilege over \
+                 process {pid} outside it; run ctxprobe in the host's user namespace"
+            ),
+            1,
+        )
+    });
+}
+
+#[test]
+fn root_without_cap_sys_ptrace_is_told_so() {
+    check(|| {
+        let mut sleep = Command::new("sleep");
+        sleep.arg("60");
+        let target = Process::spawn("sleep", sleep)?;
+        let pid = target.pid;
+        let mut cmd = Command::new(ctxprobe_bin()?);
+        cmd.args(args(pid, &[]));
+        // Root's capabilities after exec are its bounding set: drop CAP_SYS_PTRACE (19) from it,
+        // as container runtimes do.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_CAPBSET_DROP, 19, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = run_wrapped("ctxprobe without CAP_SYS_PTRACE", cmd)?;
+        ensure_refusal_line(
+            &out,
+            "no CAP_SYS_PTRACE",
+            &format!(
+                "ctxprobe: not permitted to inspect process {pid} (sleep): ctxprobe runs as root \
+                 without CAP_SYS_PTRACE (dropped from its capabilities, e.g. by a container \
+                 runtime, systemd or setpriv), and process {pid} has privileges ctxprobe lacks; \
+                 give ctxprobe CAP_SYS_PTRACE"
+            ),
+            1,
+        )
     });
 }

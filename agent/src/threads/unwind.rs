@@ -349,6 +349,39 @@ mod tests {
     }
 
     #[test]
+    fn go_step_uses_the_frame_size() {
+        // A 0x20-byte frame: return address at sp+0x20, saved rbp below it.
+        let mem = Words(HashMap::from([(0x1020, 0x40_1234), (0x1018, 0x2000)]));
+        assert_eq!(
+            go_step(0x20, &mem, 0x1000, None),
+            Some((0x40_1234, 0x1028, Some(0x2000)))
+        );
+        // A leaf without a frame (runtime.futex): return address at sp, rbp unchanged.
+        let mem = Words(HashMap::from([(0x1000, 0x40_5678)]));
+        assert_eq!(
+            go_step(0, &mem, 0x1000, Some(0x3000)),
+            Some((0x40_5678, 0x1008, Some(0x3000)))
+        );
+        assert_eq!(go_step(-8, &mem, 0x1000, None), None, "negative size");
+        assert_eq!(go_step(0x40, &mem, 0x1000, None), None, "unreadable");
+    }
+
+    #[test]
+    fn thread_entry_functions_are_outermost() {
+        for name in ["clone", "clone3", "__clone3", "start_thread", "_start"] {
+            assert!(outermost_by_name(name), "{name}");
+        }
+        for name in [
+            "pthread_mutex_lock",
+            "crosscall1",
+            "main",
+            "__libc_start_main",
+        ] {
+            assert!(!outermost_by_name(name), "{name}");
+        }
+    }
+
+    #[test]
     fn fp_step_follows_chain_and_rejects_garbage() {
         let mem = Words(HashMap::from([(0x2008, 0x40_0000), (0x2000, 0x3000)]));
         assert_eq!(
