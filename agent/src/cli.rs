@@ -60,7 +60,7 @@ pub struct Args {
     pub poll_interval: Option<Duration>,
 
     /// Also report the runtime's own goroutines (GC workers, finalizer...), which the runtime
-    /// itself leaves out of its dumps.
+    /// itself leaves out of its dumps, and threads idle in the Go runtime.
     #[arg(long)]
     pub include_system: bool,
 

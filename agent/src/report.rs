@@ -319,6 +319,9 @@ fn render_text(event: &Event, pid: u32) -> String {
                     .unwrap_or_default()
             );
             render_native_stack(&mut out, &t.stack);
+            if let Some(e) = &t.stack_error {
+                let _ = writeln!(out, "    (stack ends early: {e})");
+            }
             out.push('\n');
         }
         Event::ThreadUnblocked(t) => {
