@@ -231,6 +231,13 @@ fn check_deadlock(events: &[ThreadEvent], truth: &Value) {
             "stack of {tid}:\n  {}",
             show(&b.stack)
         );
+        // Down to glibc's clone3, whose CFI marks it outermost.
+        assert!(
+            b.stack_complete && b.stack_error.is_none(),
+            "stack of {tid} ends early ({:?}):\n  {}",
+            b.stack_error,
+            show(&b.stack)
+        );
     }
     assert!(
         unblocked(events).is_empty(),

@@ -86,6 +86,11 @@ fn frame_kind(module: &ElfModule, svma: u64) -> FrameKind {
         if f.name == "runtime.asmcgocall" {
             return FrameKind::AsmCgoCall;
         }
+        if f.name.to_ascii_lowercase().contains("sigtramp") {
+            // Marked TOPFRAME too, but the code the signal interrupted is below, in the kernel's
+            // signal frame, which this walk does not read.
+            return FrameKind::SwitchedStacks(format!("{} (a signal handler)", f.name));
+        }
         if f.is_top_frame() || f.name == "runtime.mcall" {
             return FrameKind::Outermost;
         }
@@ -124,7 +129,7 @@ pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) ->
         let (next_pc, next_sp, next_bp, framed) = match frame_kind(&module, svma) {
             FrameKind::Outermost => break StackEnd::Outermost,
             FrameKind::SwitchedStacks(name) if !innermost => {
-                break StackEnd::Cut(format!("{name} switched stacks"))
+                break StackEnd::Cut(format!("{name} switched stacks"));
             }
             FrameKind::AsmCgoCall if !innermost => {
                 // A cgo call: continue on the goroutine stack the call switched away from.
