@@ -302,6 +302,18 @@ fn cgo_call_blocked_in_c_names_its_goroutine() {
                 && funcs.last().map(|f| base_name(f)) == Some("runtime.goexit"),
             "cgo thread stack {funcs:?}"
         );
+        // A thread C code started, holding no goroutine, blocked in C: reported too.
+        let c_thread = records
+            .iter()
+            .find(|r| r["type"] == "thread_blocked" && r["tid"] == truth["c_tid"])
+            .with_context(|| format!("blocked C thread not reported: {}", out.describe()))?;
+        ensure!(
+            addr(&c_thread["futex_addr"]) == truth["mutex"].as_u64()
+                && c_thread["goid"].is_null()
+                && has_frame(c_thread, "c_thread_main"),
+            "C thread record {c_thread}"
+        );
+        ensure_complete(c_thread)?;
         Ok(())
     });
 }
