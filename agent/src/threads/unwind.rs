@@ -138,7 +138,8 @@ pub fn unwind(space: &mut AddressSpace, mem: &dyn ReadWord, sp: u64, pc: u64) ->
                 };
                 (next_pc, next_sp, next_bp, false)
             }
-            FrameKind::Other if module.go_func(svma).is_some() => {
+            // Go code (an innermost stack switcher too: it has not switched yet).
+            _ if module.go_func(svma).is_some() => {
                 let step = module
                     .go_frame_size(svma)
                     .and_then(|size| go_step(size, mem, sp, bp));
