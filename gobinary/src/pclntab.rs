@@ -158,6 +158,8 @@ pub struct Pclntab {
     /// Bytes from `moduledata.gofunc` on (inline trees live there), if found.
     gofunc: Vec<u8>,
     names: OnceLock<HashMap<Box<str>, u32>>,
+    /// Link-time address of `runtime.firstmoduledata`, if found.
+    moduledata: Option<u64>,
 }
 
 fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
@@ -380,6 +382,7 @@ impl Pclntab {
             functab,
             gofunc: Vec::new(),
             names: OnceLock::new(),
+            moduledata,
         };
         // moduledata.gofunc at this version's offset first; the other known offsets and the
         // symbol in case the version is new or wrong. Take the first whose inline trees make
@@ -491,6 +494,12 @@ impl Pclntab {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Link-time address of `runtime.firstmoduledata` (found from the pclntab's address, so
+    /// stripped binaries have it too).
+    pub fn moduledata_addr(&self) -> Option<u64> {
+        self.moduledata
     }
 
     /// Link-time address where text starts (the base of every entry offset).
