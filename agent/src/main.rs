@@ -5,6 +5,7 @@
 //! with nothing left attached.
 
 mod cli;
+mod contexts;
 mod goroutines;
 mod probes;
 mod procmem;

@@ -41,6 +41,9 @@ pub struct Func {
     pub func_id: u8,
     /// An ABI0/ABIInternal wrapper or other compiler-generated wrapper (funcID wrapper).
     pub wrapper: bool,
+    /// `_func.args`: bytes of arguments above its return address (incl. register-arg spill
+    /// slots); negative for variadic assembly functions.
+    pub args: i32,
 }
 
 const MAGIC_GO118: u32 = 0xffff_fff0;
@@ -541,6 +544,7 @@ struct RawFunc {
     entry: u64,
     end: u64,
     name_off: u32,
+    args: i32,
     pcsp: u32,
     pcfile: u32,
     pcln: u32,
@@ -585,6 +589,7 @@ impl Pclntab {
                 .text_start
                 .checked_add(u64::from(end_off.max(entry_off)))?,
             name_off: rd_u32(d, off + 4)?,
+            args: rd_u32(d, off + 8)? as i32,
             pcsp: rd_u32(d, off + 16)?,
             pcfile: rd_u32(d, off + 20)?,
             pcln: rd_u32(d, off + 24)?,
@@ -611,6 +616,7 @@ impl Pclntab {
             end: f.end,
             func_id: f.func_id,
             wrapper: f.func_id == self.wrapper_id,
+            args: f.args,
         })
     }
 

@@ -1,0 +1,48 @@
+//! Target memory for context diagnosis, with a read budget: a corrupt or hostile process cannot
+//! make one snapshot read without bound.
+
+use std::cell::Cell;
+
+use gobinary::rtype::Memory;
+
+use crate::procmem::ProcessMemory;
+
+/// Bytes one snapshot may read for context diagnosis (stacks are read by the unwinder anyway;
+/// this covers contexts, type metadata, sudogs and channels).
+pub const SNAPSHOT_READ_BUDGET: u64 = 8 * 1024 * 1024;
+
+pub struct BudgetedMemory<'a> {
+    mem: &'a ProcessMemory,
+    left: Cell<u64>,
+}
+
+impl<'a> BudgetedMemory<'a> {
+    pub fn new(mem: &'a ProcessMemory, budget: u64) -> Self {
+        BudgetedMemory {
+            mem,
+            left: Cell::new(budget),
+        }
+    }
+
+    /// Gives the budget back (at the start of a snapshot).
+    pub fn refill(&self, budget: u64) {
+        self.left.set(budget);
+    }
+
+    pub fn exhausted(&self) -> bool {
+        self.left.get() == 0
+    }
+}
+
+impl Memory for BudgetedMemory<'_> {
+    fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let want = len as u64;
+        let left = self.left.get();
+        if want > left {
+            self.left.set(0);
+            return None;
+        }
+        self.left.set(left - want);
+        self.mem.read_vec(addr, len).ok()
+    }
+}
