@@ -131,16 +131,6 @@ impl std::fmt::Display for StackError {
     }
 }
 
-/// Return addresses of a non-running goroutine, innermost first (runtime addresses).
-pub fn unwind(
-    mem: &ProcessMemory,
-    pclntab: &Pclntab,
-    bias: u64,
-    g: &RawG,
-) -> Result<Vec<u64>, StackError> {
-    unwind_with_stack(mem, pclntab, bias, g).map(|u| u.pcs)
-}
-
 /// A goroutine's unwound stack with the memory it was read from, for analyses that look at
 /// the words of its frames (contexts held).
 pub struct Unwound {
@@ -173,7 +163,8 @@ impl Unwound {
     }
 }
 
-/// [`unwind`], keeping the stack copy.
+/// Return addresses of a non-running goroutine, innermost first (runtime addresses), with the
+/// stack copy they were read from.
 pub fn unwind_with_stack(
     mem: &ProcessMemory,
     pclntab: &Pclntab,

@@ -67,7 +67,7 @@ impl<'a, M: Memory> TypeReader<'a, M> {
 
     /// True if `addr` lies in this module's type data (every static type descriptor does).
     pub fn is_type(&self, addr: u64) -> bool {
-        addr >= self.types && addr < self.etypes && addr % 8 == 0
+        addr >= self.types && addr < self.etypes && addr.is_multiple_of(8)
     }
 
     fn header(&self, typ: u64) -> Option<Vec<u8>> {
@@ -174,7 +174,7 @@ impl<'a, M: Memory> TypeReader<'a, M> {
 
     /// If `itab` is an itab whose interface is `context.Context`, its concrete type.
     pub fn context_itab_type(&self, itab: u64) -> Option<u64> {
-        if itab % 8 != 0 {
+        if !itab.is_multiple_of(8) {
             return None;
         }
         let inter = self

@@ -92,7 +92,7 @@ impl Decoder {
 
     /// The concrete type if `itab` is a `context.Context` itab (cached per address).
     pub fn context_type<M: Memory>(&mut self, types: &TypeReader<'_, M>, itab: u64) -> Option<u64> {
-        if itab < self.image.0 || itab >= self.image.1 || itab % 8 != 0 {
+        if itab < self.image.0 || itab >= self.image.1 || !itab.is_multiple_of(8) {
             return None;
         }
         if let Some(t) = self.itab_types.get(&itab) {

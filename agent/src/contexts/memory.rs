@@ -28,10 +28,6 @@ impl<'a> BudgetedMemory<'a> {
     pub fn refill(&self, budget: u64) {
         self.left.set(budget);
     }
-
-    pub fn exhausted(&self) -> bool {
-        self.left.get() == 0
-    }
 }
 
 impl Memory for BudgetedMemory<'_> {

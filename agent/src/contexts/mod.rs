@@ -4,10 +4,12 @@
 //! - [`chain`]: one context link decoded from memory through the runtime's type metadata;
 //! - [`waits`]: the channels of `g.waiting`'s sudogs;
 //! - [`verdict`]: the verdict, a pure function of the two;
-//! - [`memory`]: target reads under a per-snapshot budget.
+//! - [`memory`]: target reads under a per-snapshot budget;
+//! - [`text`]: the text format's lines.
 
 pub mod chain;
 pub mod memory;
+pub mod text;
 pub mod verdict;
 pub mod waits;
 
@@ -104,8 +106,7 @@ impl ContextAnalyzer {
         })
     }
 
-    /// Contexts on `g`'s stack, what it waits on, and the verdict. `now_unix_ns` dates
-    /// deadlines.
+    /// Contexts on `g`'s stack, what it waits on, and the verdict.
     pub fn diagnose(
         &mut self,
         mem: &BudgetedMemory<'_>,
@@ -113,7 +114,6 @@ impl ContextAnalyzer {
         g: &RawG,
         wait_reason: Option<&str>,
         unwound: &Unwound,
-        now_unix_ns: i64,
     ) -> ContextDiagnosis {
         // A copy, so the reader does not borrow self (the decoder's caches are updated).
         let layout = self.layout.clone();
@@ -131,7 +131,7 @@ impl ContextAnalyzer {
             if contexts.len() >= MAX_CONTEXTS {
                 break;
             }
-            if let Some(held) = self.describe(&types, value, frame, &waited, now_unix_ns) {
+            if let Some(held) = self.describe(&types, value, frame, &waited) {
                 contexts.push(held);
             }
         }
@@ -193,7 +193,6 @@ impl ContextAnalyzer {
         value: Iface,
         frame: String,
         waited: &HashSet<u64>,
-        now_unix_ns: i64,
     ) -> Option<HeldContext> {
         let mut links = Vec::new();
         let mut at = Some(value);
@@ -210,6 +209,16 @@ impl ContextAnalyzer {
             };
             at = link.parent;
             links.push(link);
+        }
+        // A chain must end at a root or at a type with no parent field: a cancelCtx or value
+        // context always has a parent. Anything else is a stale or mismatched pair of stack
+        // words (a dead slot, an itab next to an unrelated word), not a context.
+        let complete = links.len() >= MAX_CHAIN
+            || links
+                .last()
+                .is_some_and(|l| l.parent.is_none() && matches!(l.own, Own::Root | Own::Opaque));
+        if !complete {
+            return None;
         }
         let first = links.first()?;
         let type_name = first.type_name.clone();
@@ -247,7 +256,7 @@ impl ContextAnalyzer {
                 _ => {}
             }
         }
-        let deadline = facts.deadline_unix_ns.map(|d| rfc3339(d, now_unix_ns));
+        let deadline = facts.deadline_unix_ns.map(rfc3339);
         Some(HeldContext {
             frame,
             type_name,
@@ -288,7 +297,7 @@ fn frame_of(
 }
 
 /// RFC 3339 of a Unix-nanosecond instant (what humantime prints, UTC).
-fn rfc3339(unix_ns: i64, _now: i64) -> String {
+fn rfc3339(unix_ns: i64) -> String {
     let t = if unix_ns >= 0 {
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns as u64)
     } else {
