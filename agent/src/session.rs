@@ -218,6 +218,7 @@ impl<'a> Session<'a> {
                         continue;
                     }
                     report.stack.clear();
+                    report.contexts = ContextDiagnosis::default();
                     report.stack_error =
                         Some("the goroutine kept running while its stack was read".into());
                     return report;
