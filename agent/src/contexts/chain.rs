@@ -77,22 +77,21 @@ struct FieldAt {
 pub struct Decoder {
     shapes: HashMap<u64, Rc<TypeShape>>,
     itab_types: HashMap<u64, Option<u64>>,
-    image: (u64, u64),
 }
 
 impl Decoder {
-    /// `image`: the runtime address range of the executable's mapping (static itabs live there).
-    pub fn new(image: (u64, u64)) -> Self {
+    pub fn new() -> Self {
         Decoder {
             shapes: HashMap::new(),
             itab_types: HashMap::new(),
-            image,
         }
     }
 
-    /// The concrete type if `itab` is a `context.Context` itab (cached per address).
+    /// The concrete type if `itab` is a `context.Context` itab (cached per address). The
+    /// linker places static itabs among the type descriptors (`[types, etypes)`, every
+    /// supported release), which also keeps return addresses and data words from being read.
     pub fn context_type<M: Memory>(&mut self, types: &TypeReader<'_, M>, itab: u64) -> Option<u64> {
-        if itab < self.image.0 || itab >= self.image.1 || !itab.is_multiple_of(8) {
+        if !types.is_type(itab) {
             return None;
         }
         if let Some(t) = self.itab_types.get(&itab) {

@@ -92,17 +92,10 @@ impl ContextAnalyzer {
     pub fn new(bin: &gobinary::GoBinary, bias: u64) -> Option<Self> {
         let layout = bin.objects.clone()?;
         let moduledata = bin.pclntab.moduledata_addr()?.checked_add(bias)?;
-        let segs = bin.elf.segments();
-        let lo = segs.iter().map(|s| s.vaddr).min()?.checked_add(bias)?;
-        let hi = segs
-            .iter()
-            .map(|s| s.vaddr.saturating_add(s.memsz))
-            .max()?
-            .checked_add(bias)?;
         Some(ContextAnalyzer {
             layout,
             moduledata,
-            decoder: Decoder::new((lo, hi)),
+            decoder: Decoder::new(),
         })
     }
 
@@ -178,7 +171,11 @@ impl ContextAnalyzer {
             .collect();
         for i in 0..words.len().saturating_sub(1) {
             let (itab, data) = (words[i], words[i + 1]);
-            if self.decoder.context_type(types, itab).is_none() || !seen.insert((itab, data)) {
+            // A context never has a nil data word (even Background points at zerobase).
+            if data == 0
+                || self.decoder.context_type(types, itab).is_none()
+                || !seen.insert((itab, data))
+            {
                 continue;
             }
             let addr = u.sp + 8 * i as u64;
