@@ -128,7 +128,7 @@ impl Decoder {
         let parent = match shape.parent {
             Some(off) => {
                 let itab = word(off)?;
-                let pdata = word(off + 8)?;
+                let pdata = word(off.saturating_add(8))?;
                 (itab != 0).then_some((itab, pdata))
             }
             None => None,
@@ -136,18 +136,21 @@ impl Decoder {
         let own = if shape.detach {
             Own::Detach
         } else if shape.is_cancel {
-            let err = shape
-                .err
-                .and_then(|f| error_value(types, word(f.offset)?, word(f.offset + 8)?, f));
-            let cause = shape
-                .cause
-                .and_then(|f| error_value(types, word(f.offset)?, word(f.offset + 8)?, f));
+            let err = shape.err.and_then(|f| {
+                error_value(types, word(f.offset)?, word(f.offset.saturating_add(8))?, f)
+            });
+            let cause = shape.cause.and_then(|f| {
+                error_value(types, word(f.offset)?, word(f.offset.saturating_add(8))?, f)
+            });
             let err_text = err.map(|e| match cause {
                 // A cause given by the canceller (WithCancelCause, ...): its type names it.
                 Some(c) if c.1 != e.1 || c.0 != e.0 => types.name(c.0).unwrap_or(e_text(types, e)),
                 _ => e_text(types, e),
             });
-            let done = shape.done.and_then(|off| word(off + 8)).filter(|&c| c != 0);
+            let done = shape
+                .done
+                .and_then(|off| word(off.saturating_add(8)))
+                .filter(|&c| c != 0);
             let deadline = shape
                 .deadline
                 .and_then(|(wall, ext)| Some(unix_nanos(word(wall)?, word(ext)? as i64)));
@@ -214,19 +217,23 @@ fn derive_shape<M: Memory>(types: &TypeReader<'_, M>, typ: u64) -> Option<TypeSh
         shape.is_cancel = true;
         let at = |n: &str| cf.iter().find(|f| f.name == n);
         if shape.parent.is_none() {
-            shape.parent = context_field(types, &cf).map(|o| o + base);
+            shape.parent = context_field(types, &cf).map(|o| o.saturating_add(base));
         }
         let err_field = |f: &StructField| FieldAt {
-            offset: base + f.offset,
+            offset: base.saturating_add(f.offset),
             atomic_value: types.kind(f.typ) == Some(kind::STRUCT),
         };
         shape.err = at("err").map(err_field);
         shape.cause = at("cause").map(err_field);
         // done is an atomic.Value{v any}: the channel is the eface's data word.
-        shape.done = at("done").map(|f| base + f.offset);
+        shape.done = at("done").map(|f| base.saturating_add(f.offset));
         if let Some(d) = fields.iter().find(|f| f.name == "deadline") {
             let tf = types.struct_fields(d.typ).unwrap_or_default();
-            let off = |n: &str| tf.iter().find(|f| f.name == n).map(|f| d.offset + f.offset);
+            let off = |n: &str| {
+                tf.iter()
+                    .find(|f| f.name == n)
+                    .map(|f| d.offset.saturating_add(f.offset))
+            };
             if let (Some(w), Some(e)) = (off("wall"), off("ext")) {
                 shape.deadline = Some((w, e));
             }
@@ -323,5 +330,75 @@ mod tests {
         let secs_since_1885 = (1_700_000_000 + UNIX_TO_INTERNAL - WALL_TO_INTERNAL) as u64;
         let wall = (1 << 63) | (secs_since_1885 << 30) | 7;
         assert_eq!(unix_nanos(wall, 12345), 1_700_000_000_000_000_007);
+    }
+}
+
+#[cfg(test)]
+mod garbage_tests {
+    use super::*;
+    use gobinary::objlayout::ObjectLayout;
+
+    /// A flat region of random bytes; everything else unreadable.
+    struct Garbage {
+        base: u64,
+        bytes: Vec<u8>,
+    }
+
+    impl Memory for Garbage {
+        fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+            let off = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+            self.bytes
+                .get(off..off.checked_add(len)?)
+                .map(<[u8]>::to_vec)
+        }
+    }
+
+    fn layout() -> ObjectLayout {
+        gobinary::layout::tables()
+            .get("1.27")
+            .and_then(|t| t.objects.clone())
+            .expect("1.27 object table")
+    }
+
+    /// Target memory is untrusted: decoding contexts out of random bytes (words pointing back
+    /// into the region, so chains and field lists are followed) must never panic or loop.
+    #[test]
+    fn decoding_garbage_never_panics() {
+        let lay = layout();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let base = 0x10_0000u64;
+        let len = 16 * 1024usize;
+        for round in 0..300 {
+            let mut bytes = vec![0u8; len];
+            for w in bytes.chunks_exact_mut(8) {
+                let v = match next() % 4 {
+                    0 => base + next() % len as u64,
+                    1 => next() % 64,
+                    2 => next(),
+                    _ => 0,
+                };
+                w.copy_from_slice(&v.to_le_bytes());
+            }
+            let mem = Garbage { base, bytes };
+            let types = TypeReader {
+                mem: &mem,
+                layout: &lay,
+                types: base,
+                etypes: base + len as u64,
+            };
+            let mut dec = Decoder::new();
+            for _ in 0..100 {
+                let a = base + (next() % len as u64 & !7);
+                let _ = dec.context_type(&types, a);
+                let _ = dec.link(&types, a, base + next() % len as u64);
+            }
+            let _ = round;
+        }
     }
 }
