@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use gobinary::waitreason::status_name;
 use gobinary::GoBinary;
 
-use crate::contexts::memory::{BudgetedMemory, SNAPSHOT_READ_BUDGET};
+use crate::contexts::memory::{BudgetedMemory, GOROUTINE_READ_BUDGET};
 use crate::contexts::{ContextAnalyzer, ContextDiagnosis};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::probes::ProbeController;
@@ -95,14 +95,13 @@ impl<'a> Session<'a> {
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
             contexts: ContextAnalyzer::new(bin, bias),
-            context_mem: BudgetedMemory::new(mem, SNAPSHOT_READ_BUDGET),
+            context_mem: BudgetedMemory::new(mem, GOROUTINE_READ_BUDGET),
         }
     }
 
     /// Reads the goroutine list; `Ok(None)` when the target has gone.
     pub fn snapshot(&mut self) -> Result<Option<Vec<RawG>>> {
         let start = monotonic_ns();
-        self.context_mem.refill(SNAPSHOT_READ_BUDGET);
         match self.reader.read_all() {
             Ok(gs) => {
                 self.last_snapshot_ns = monotonic_ns() - start;

@@ -13,6 +13,9 @@ use gobinary::rtype::{kind, Memory, StructField, TypeReader};
 /// A context interface value: (itab, data).
 pub type Iface = (u64, u64);
 
+/// Most bytes of one context value read (context's own structs are under 200 bytes; a user's
+/// wrapper with its Context field further in is read up to here).
+const MAX_VALUE_READ: u64 = 4096;
 /// Longest error text read (`errors.errorString`).
 const MAX_ERR_TEXT: u64 = 200;
 /// Nanoseconds from year 1 to 1970 and from year 1 to 1885, as package time computes them.
@@ -62,6 +65,8 @@ struct TypeShape {
     done: Option<u64>,
     deadline: Option<(u64, u64)>,
     is_cancel: bool,
+    /// Bytes of the value to read: up to the last field used.
+    read_len: usize,
     /// Where the value is: at `data` (false) or `*data` is not needed (pointer types point at
     /// their struct; non-pointer structs are stored indirectly at `data`).
     direct_struct: bool,
@@ -77,6 +82,7 @@ struct FieldAt {
 pub struct Decoder {
     shapes: HashMap<u64, Rc<TypeShape>>,
     itab_types: HashMap<u64, Option<u64>>,
+    names: HashMap<u64, Option<String>>,
 }
 
 impl Decoder {
@@ -84,7 +90,18 @@ impl Decoder {
         Decoder {
             shapes: HashMap::new(),
             itab_types: HashMap::new(),
+            names: HashMap::new(),
         }
+    }
+
+    /// A type's name, cached (type descriptors are static).
+    pub fn type_name<M: Memory>(&mut self, types: &TypeReader<'_, M>, typ: u64) -> Option<String> {
+        if let Some(n) = self.names.get(&typ) {
+            return n.clone();
+        }
+        let n = types.name(typ);
+        self.names.insert(typ, n.clone());
+        n
     }
 
     /// The concrete type if `itab` is a `context.Context` itab (cached per address). The
@@ -118,12 +135,19 @@ impl Decoder {
                 parent: None,
             });
         }
-        // Field reads relative to the value.
+        // The fields read, in one read of the value's head (one syscall per link).
+        let value: Vec<u8> = if shape.direct_struct {
+            data.to_le_bytes().to_vec()
+        } else if shape.read_len == 0 {
+            Vec::new()
+        } else {
+            types.mem.read(data, shape.read_len)?
+        };
         let word = |off: u64| -> Option<u64> {
-            if shape.direct_struct {
-                return (off == 0).then_some(data);
-            }
-            types.mem.read_u64(data.checked_add(off)?)
+            let o = usize::try_from(off).ok()?;
+            Some(u64::from_le_bytes(
+                value.get(o..o.checked_add(8)?)?.try_into().ok()?,
+            ))
         };
         let parent = match shape.parent {
             Some(off) => {
@@ -144,7 +168,9 @@ impl Decoder {
             });
             let err_text = err.map(|e| match cause {
                 // A cause given by the canceller (WithCancelCause, ...): its type names it.
-                Some(c) if c.1 != e.1 || c.0 != e.0 => types.name(c.0).unwrap_or(e_text(types, e)),
+                Some(c) if c.1 != e.1 || c.0 != e.0 => {
+                    types.name(c.0).unwrap_or_else(|| e_text(types, e))
+                }
                 _ => e_text(types, e),
             });
             let done = shape
@@ -239,6 +265,15 @@ fn derive_shape<M: Memory>(types: &TypeReader<'_, M>, typ: u64) -> Option<TypeSh
             }
         }
     }
+    let ends = [
+        shape.parent.map(|o| o.saturating_add(16)),
+        shape.err.map(|f| f.offset.saturating_add(16)),
+        shape.cause.map(|f| f.offset.saturating_add(16)),
+        shape.done.map(|o| o.saturating_add(16)),
+        shape.deadline.map(|(w, e)| w.max(e).saturating_add(8)),
+    ];
+    let end = ends.into_iter().flatten().max().unwrap_or(0);
+    shape.read_len = usize::try_from(end.min(MAX_VALUE_READ)).unwrap_or(0);
     Some(shape)
 }
 
@@ -394,7 +429,7 @@ mod garbage_tests {
             };
             let mut dec = Decoder::new();
             for _ in 0..100 {
-                let a = base + (next() % len as u64 & !7);
+                let a = base + ((next() % len as u64) & !7);
                 let _ = dec.context_type(&types, a);
                 let _ = dec.link(&types, a, base + next() % len as u64);
             }

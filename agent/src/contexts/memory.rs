@@ -1,5 +1,5 @@
 //! Target memory for context diagnosis, with a read budget: a corrupt or hostile process cannot
-//! make one snapshot read without bound.
+//! make the diagnosis of one goroutine read without bound.
 
 use std::cell::Cell;
 
@@ -7,9 +7,9 @@ use gobinary::rtype::Memory;
 
 use crate::procmem::ProcessMemory;
 
-/// Bytes one snapshot may read for context diagnosis (stacks are read by the unwinder anyway;
-/// this covers contexts, type metadata, sudogs and channels).
-pub const SNAPSHOT_READ_BUDGET: u64 = 8 * 1024 * 1024;
+/// Bytes the diagnosis of one goroutine may read (its stack was read by the unwinder already;
+/// this covers contexts, type metadata, sudogs and channels: about 1 KiB in practice).
+pub const GOROUTINE_READ_BUDGET: u64 = 256 * 1024;
 
 pub struct BudgetedMemory<'a> {
     mem: &'a ProcessMemory,
@@ -24,7 +24,7 @@ impl<'a> BudgetedMemory<'a> {
         }
     }
 
-    /// Gives the budget back (at the start of a snapshot).
+    /// Gives the budget back (before each goroutine).
     pub fn refill(&self, budget: u64) {
         self.left.set(budget);
     }

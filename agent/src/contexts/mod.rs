@@ -84,6 +84,8 @@ pub struct ContextAnalyzer {
     layout: ObjectLayout,
     /// Runtime address of `runtime.firstmoduledata`.
     moduledata: u64,
+    /// `[types, etypes)`, read from the module data once.
+    types_range: Option<(u64, u64)>,
     decoder: Decoder,
 }
 
@@ -95,6 +97,7 @@ impl ContextAnalyzer {
         Some(ContextAnalyzer {
             layout,
             moduledata,
+            types_range: None,
             decoder: Decoder::new(),
         })
     }
@@ -108,13 +111,27 @@ impl ContextAnalyzer {
         wait_reason: Option<&str>,
         unwound: &Unwound,
     ) -> ContextDiagnosis {
+        mem.refill(memory::GOROUTINE_READ_BUDGET);
         // A copy, so the reader does not borrow self (the decoder's caches are updated).
         let layout = self.layout.clone();
-        let Some(types) = TypeReader::new(mem, &layout, self.moduledata) else {
+        if self.types_range.is_none() {
+            // Static: read once.
+            self.types_range =
+                TypeReader::new(mem, &layout, self.moduledata).map(|t| (t.types, t.etypes));
+        }
+        let Some((lo, hi)) = self.types_range else {
             return ContextDiagnosis::default();
         };
+        let types = TypeReader {
+            mem,
+            layout: &layout,
+            types: lo,
+            etypes: hi,
+        };
         let raw_waits = if g.is_waiting() {
-            waits::channel_waits(&types, &layout, g.addr, wait_reason)
+            let decoder = &mut self.decoder;
+            let mut name = |t: u64| decoder.type_name(&types, t);
+            waits::channel_waits(&types, &layout, g.addr, wait_reason, &mut name)
         } else {
             Vec::new()
         };
