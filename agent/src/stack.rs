@@ -56,6 +56,11 @@ impl<'a> Symbolizer<'a> {
         frames
     }
 
+    /// Live pointer words of the frame of the function at `pc` (a runtime address inside it).
+    pub fn stack_liveness(&self, pc: u64) -> Option<gobinary::pclntab::StackLiveness> {
+        self.pclntab.stack_liveness(pc.wrapping_sub(self.bias))
+    }
+
     /// Bytes of arguments (incl. spilled register arguments) of the function at `pc`.
     pub fn func_args(&self, pc: u64) -> Option<u64> {
         let f = self.pclntab.func_at(pc.wrapping_sub(self.bias))?;

@@ -52,6 +52,43 @@ const HEADER_LEN: usize = 72;
 /// `abi.PCDATA_InlTreeIndex` and `abi.FUNCDATA_InlTree` (unchanged since Go 1.12).
 const PCDATA_INL_TREE_INDEX: u32 = 2;
 const FUNCDATA_INL_TREE: u32 = 3;
+/// `abi.PCDATA_StackMapIndex`, `abi.FUNCDATA_ArgsPointerMaps`, `abi.FUNCDATA_LocalsPointerMaps`
+/// (unchanged since Go 1.12).
+const PCDATA_STACK_MAP_INDEX: u32 = 1;
+const FUNCDATA_ARGS_POINTER_MAPS: u32 = 0;
+const FUNCDATA_LOCALS_POINTER_MAPS: u32 = 1;
+/// Larger stack maps than this many words are malformed.
+const MAX_STACK_MAP_BITS: i32 = 1 << 20;
+
+/// Which stack words of a frame hold live pointers at one pc (what the GC scans): the runtime's
+/// `getStackMap`. Bit i of `locals` is the word at `varp - 8 * locals_words + 8 * i` (`varp`:
+/// the saved frame pointer's slot, just below the return address); bit i of `args` the word at
+/// `fp + 8 * i` (`fp`: just above the return address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackLiveness {
+    pub locals_words: u32,
+    pub locals: Vec<u8>,
+    pub args_words: u32,
+    pub args: Vec<u8>,
+}
+
+impl StackLiveness {
+    fn bit(bits: &[u8], i: u64) -> bool {
+        usize::try_from(i / 8)
+            .ok()
+            .and_then(|b| bits.get(b))
+            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
+    }
+
+    /// Whether the local word `i` (counted from the bottom of the locals area) is live.
+    pub fn local_live(&self, i: u64) -> bool {
+        i < u64::from(self.locals_words) && Self::bit(&self.locals, i)
+    }
+
+    pub fn arg_live(&self, i: u64) -> bool {
+        i < u64::from(self.args_words) && Self::bit(&self.args, i)
+    }
+}
 /// Deeper inline chains than this are malformed (the compiler's own budget is far lower).
 const MAX_INLINE_DEPTH: usize = 256;
 /// moduledata offsets stable in every supported version (reference §1.5).
@@ -792,6 +829,61 @@ impl Pclntab {
             }
         }
         seen > 0
+    }
+
+    /// Offset into `gofunc` of funcdata `i`, if present.
+    fn funcdata(&self, f: &RawFunc, i: u32) -> Option<usize> {
+        if u32::from(f.nfuncdata) <= i {
+            return None;
+        }
+        let npcdata = usize::try_from(f.npcdata).ok()?;
+        let pos = f
+            .off
+            .checked_add(self.format.func_id_off + 4)?
+            .checked_add(npcdata.checked_mul(4)?)?
+            .checked_add(4 * i as usize)?;
+        let off = rd_u32(&self.data, pos)?;
+        (off != u32::MAX).then_some(off as usize)
+    }
+
+    /// Bitmap `index` of the `runtime.stackmap` at `gofunc + off`: `{n, nbit int32, bytedata}`.
+    fn stack_map(&self, off: usize, index: i32) -> Option<(u32, Vec<u8>)> {
+        let head = self.gofunc.get(off..off.checked_add(8)?)?;
+        let n = rd_u32(head, 0)? as i32;
+        let nbit = rd_u32(head, 4)? as i32;
+        if n <= 0 || !(0..=MAX_STACK_MAP_BITS).contains(&nbit) || index < 0 || index >= n {
+            return None;
+        }
+        let bytes = usize::try_from(nbit).ok()?.div_ceil(8);
+        let start = off
+            .checked_add(8)?
+            .checked_add(bytes.checked_mul(usize::try_from(index).ok()?)?)?;
+        let data = self.gofunc.get(start..start.checked_add(bytes)?)?;
+        Some((nbit as u32, data.to_vec()))
+    }
+
+    /// The frame's live pointer words at `pc` (a link-time address inside the function: a
+    /// return address minus one). None when the function has no usable maps.
+    pub fn stack_liveness(&self, pc: u64) -> Option<StackLiveness> {
+        let f = self.raw_func(self.index_at(pc)?)?;
+        let index = match self.pcdata_value(&f, PCDATA_STACK_MAP_INDEX, pc) {
+            -1 => 0,
+            i => i,
+        };
+        let (locals_words, locals) = match self.funcdata(&f, FUNCDATA_LOCALS_POINTER_MAPS) {
+            Some(off) => self.stack_map(off, index)?,
+            None => (0, Vec::new()),
+        };
+        let (args_words, args) = match self.funcdata(&f, FUNCDATA_ARGS_POINTER_MAPS) {
+            Some(off) => self.stack_map(off, index).unwrap_or((0, Vec::new())),
+            None => (0, Vec::new()),
+        };
+        Some(StackLiveness {
+            locals_words,
+            locals,
+            args_words,
+            args,
+        })
     }
 
     fn inlined_call(&self, tree: usize, ix: usize) -> Option<InlinedCall> {

@@ -37,7 +37,7 @@ fn check_cell(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
     let cases = fixture.ready["cases"]
         .as_array()
         .context("ready line without cases")?;
-    ensure!(cases.len() >= 9, "fixture reported {} cases", cases.len());
+    ensure!(cases.len() >= 10, "fixture reported {} cases", cases.len());
     let mut problems = Vec::new();
     for case in cases {
         let name = case["name"].as_str().unwrap_or("?");

@@ -2,12 +2,14 @@
 //! chains to the root and state, the channels it waits on, and a verdict (issue 8).
 //!
 //! - [`chain`]: one context link decoded from memory through the runtime's type metadata;
+//! - [`liveness`]: which stack words are live pointers (the functions' stack maps);
 //! - [`waits`]: the channels of `g.waiting`'s sudogs;
 //! - [`verdict`]: the verdict, a pure function of the two;
 //! - [`memory`]: target reads under a per-snapshot budget;
 //! - [`text`]: the text format's lines.
 
 pub mod chain;
+pub mod liveness;
 pub mod memory;
 pub mod text;
 pub mod verdict;
@@ -175,6 +177,7 @@ impl ContextAnalyzer {
         u: &Unwound,
     ) -> Vec<(Iface, String)> {
         let slots = u.return_slots();
+        let live = liveness::FrameLiveness::new(sym, &u.pcs, &slots);
         let func_of = |pc: u64| {
             sym.func_name(pc.wrapping_sub(1))
                 .unwrap_or_else(|| "?".to_string())
@@ -196,6 +199,10 @@ impl ContextAnalyzer {
                 continue;
             }
             let addr = u.sp + 8 * i as u64;
+            // Stack maps mark only an interface's data word (its itab is never in the heap).
+            if live.is_live(addr + 8) == Some(false) {
+                continue;
+            }
             out.push(((itab, data), frame_of(addr, &u.pcs, &slots, sym, &func_of)));
         }
         out
