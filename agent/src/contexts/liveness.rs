@@ -2,24 +2,45 @@
 //! (what the garbage collector scans): a context left in a dead slot (a loop's previous
 //! iteration, a returned call's temporary) is not one the goroutine holds.
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use gobinary::pclntab::StackLiveness;
 
 use crate::stack::Symbolizer;
+
+/// Stack maps by pc: goroutines parked at the same places share them.
+#[derive(Default)]
+pub struct StackMapCache(HashMap<u64, Option<Rc<StackLiveness>>>);
+
+impl StackMapCache {
+    fn get(&mut self, sym: &Symbolizer<'_>, pc: u64) -> Option<Rc<StackLiveness>> {
+        self.0
+            .entry(pc)
+            .or_insert_with(|| sym.stack_liveness(pc.wrapping_sub(1)).map(Rc::new))
+            .clone()
+    }
+}
 
 pub struct FrameLiveness {
     /// `slots[k]` holds the return address into frame `k + 1`; frame `k` lies below it.
     slots: Vec<u64>,
     /// Stack maps of frame `k` at its pc (None: unknown).
-    maps: Vec<Option<StackLiveness>>,
+    maps: Vec<Option<Rc<StackLiveness>>>,
 }
 
 impl FrameLiveness {
     /// `pcs[k]` is frame k's pc (the saved pc, then return addresses).
-    pub fn new(sym: &Symbolizer<'_>, pcs: &[u64], slots: &[u64]) -> Self {
+    pub fn new(
+        cache: &mut StackMapCache,
+        sym: &Symbolizer<'_>,
+        pcs: &[u64],
+        slots: &[u64],
+    ) -> Self {
         let maps = pcs
             .iter()
             .take(slots.len())
-            .map(|&pc| sym.stack_liveness(pc.wrapping_sub(1)))
+            .map(|&pc| cache.get(sym, pc))
             .collect();
         FrameLiveness {
             slots: slots.to_vec(),

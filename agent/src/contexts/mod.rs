@@ -89,6 +89,7 @@ pub struct ContextAnalyzer {
     /// `[types, etypes)`, read from the module data once.
     types_range: Option<(u64, u64)>,
     decoder: Decoder,
+    stack_maps: liveness::StackMapCache,
 }
 
 impl ContextAnalyzer {
@@ -101,6 +102,7 @@ impl ContextAnalyzer {
             moduledata,
             types_range: None,
             decoder: Decoder::new(),
+            stack_maps: liveness::StackMapCache::default(),
         })
     }
 
@@ -177,7 +179,7 @@ impl ContextAnalyzer {
         u: &Unwound,
     ) -> Vec<(Iface, String)> {
         let slots = u.return_slots();
-        let live = liveness::FrameLiveness::new(sym, &u.pcs, &slots);
+        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
         let func_of = |pc: u64| {
             sym.func_name(pc.wrapping_sub(1))
                 .unwrap_or_else(|| "?".to_string())
