@@ -1,6 +1,7 @@
 //! Context diagnosis (issue 8): `ctxprobe --once` against the contexts fixture, whose goroutines
 //! each hold one context pattern and which prints the truth about each. Compared exactly on
-//! Go 1.19, 1.21 and the newest release, plain and stripped. Needs root and a built ctxprobe.
+//! Go 1.19, 1.21 and the newest release, plain and stripped (and the newest stripped PIE).
+//! Needs root and a built ctxprobe.
 
 use std::time::Duration;
 
@@ -25,6 +26,15 @@ fn contexts_match_fixture_truth() {
                 failures.push(format!("[Go {v} {m}] {e:#}"));
             }
         }
+    }
+    // And a PIE build: type metadata and module data at a load bias.
+    if let Err(e) = preconditions().and_then(|()| {
+        check_cell(
+            &Toolchain::find(LATEST_GO)?,
+            &BuildMode::named("stripped-pie")?,
+        )
+    }) {
+        failures.push(format!("[Go {LATEST_GO} stripped-pie] {e:#}"));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

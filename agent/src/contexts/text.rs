@@ -83,3 +83,49 @@ fn blocked_on(d: &ContextDiagnosis, wait_reason: Option<&str>) -> Option<String>
         Some(format!("blocked on {reason} ({})", chans.join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contexts::{ChanWait, ContextFacts, Verdict};
+
+    #[test]
+    fn line_says_chain_state_wait_and_verdict() {
+        let d = ContextDiagnosis {
+            contexts: vec![HeldContext {
+                frame: "main.worker".into(),
+                type_name: "*context.cancelCtx".into(),
+                cancelled: true,
+                err: Some("context canceled".into()),
+                deadline: None,
+                done_waited: false,
+                chain: vec![
+                    "*context.cancelCtx".into(),
+                    "*context.valueCtx".into(),
+                    "context.backgroundCtx".into(),
+                ],
+                facts: ContextFacts::default(),
+            }],
+            waits_on: vec![ChanWait {
+                chan: "0xc000010000".into(),
+                dir: Some("send"),
+                elem_type: Some("main.result".into()),
+                cap: 0,
+                len: 0,
+                closed: false,
+                ctx_done: false,
+            }],
+            context_verdict: Some(Verdict::IgnoresCancellation),
+        };
+        assert_eq!(
+            lines(&d, Some("chan send")),
+            vec![
+                "context *context.cancelCtx (cancelled: context canceled) ← *context.valueCtx \
+                 ← context.backgroundCtx in main.worker; blocked on chan send (chan main.result, \
+                 cap 0): ignores cancellation"
+                    .to_string()
+            ]
+        );
+        assert!(lines(&ContextDiagnosis::default(), Some("chan send")).is_empty());
+    }
+}
