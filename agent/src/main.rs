@@ -5,6 +5,7 @@
 //! with nothing left attached.
 
 mod cli;
+mod contexts;
 mod denied;
 mod goroutines;
 mod probes;

@@ -46,6 +46,9 @@ pub struct GoroutineReport {
     pub parent_goid: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub system: bool,
+    /// `contexts`, `waits_on`, `context_verdict` (context diagnosis).
+    #[serde(flatten)]
+    pub contexts: crate::contexts::ContextDiagnosis,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -226,6 +229,9 @@ fn render_goroutine(out: &mut String, g: &GoroutineReport) {
     }
     if let Some(e) = &g.stack_error {
         let _ = writeln!(out, "    ({e})");
+    }
+    for line in crate::contexts::text::lines(&g.contexts, g.wait_reason.as_deref()) {
+        let _ = writeln!(out, "    {line}");
     }
     if let Some(c) = &g.created_by {
         let parent = g

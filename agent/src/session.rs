@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use gobinary::waitreason::status_name;
 use gobinary::GoBinary;
 
+use crate::contexts::memory::{BudgetedMemory, GOROUTINE_READ_BUDGET};
+use crate::contexts::{ContextAnalyzer, ContextDiagnosis};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
@@ -42,6 +44,9 @@ pub struct Session<'a> {
     last_snapshot: Vec<RawG>,
     pub last_snapshot_ns: i64,
     prev_site_counts: HashMap<u64, u64>,
+    /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
+    contexts: Option<ContextAnalyzer>,
+    context_mem: BudgetedMemory<'a>,
 }
 
 /// Why the loop ended.
@@ -89,6 +94,8 @@ impl<'a> Session<'a> {
             last_snapshot: Vec::new(),
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
+            contexts: ContextAnalyzer::new(bin, bias),
+            context_mem: BudgetedMemory::new(mem, GOROUTINE_READ_BUDGET),
         }
     }
 
@@ -135,15 +142,29 @@ impl<'a> Session<'a> {
 
     /// A full report of one goroutine: stack read now, symbolized.
     fn describe(&mut self, g: &RawG, blocked: Option<(u64, SinceSource)>) -> GoroutineReport {
-        let (stack, stack_error) = match stack::unwind(self.mem, &self.bin.pclntab, self.bias, g) {
-            Ok(pcs) => (stack::symbolize(&self.sym, &pcs), None),
-            Err(e) => (Vec::new(), Some(e.to_string())),
-        };
+        let wait_reason = self.wait_reason_name(g);
+        let (stack, stack_error, contexts) =
+            match stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g) {
+                Ok(unwound) => {
+                    let contexts = match self.contexts.as_mut() {
+                        Some(a) => a.diagnose(
+                            &self.context_mem,
+                            &self.sym,
+                            g,
+                            wait_reason.as_deref(),
+                            &unwound,
+                        ),
+                        None => ContextDiagnosis::default(),
+                    };
+                    (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
+                }
+                Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),
+            };
         let system = self.is_system(g);
         GoroutineReport {
             goid: g.goid,
             state: status_name(g.status),
-            wait_reason: self.wait_reason_name(g),
+            wait_reason,
             blocked_ns: blocked.map(|b| b.0),
             since_exact: blocked.is_some_and(|b| b.1 == SinceSource::Probe),
             since_source: blocked.map(|b| b.1).unwrap_or(SinceSource::Unknown),
@@ -152,6 +173,7 @@ impl<'a> Session<'a> {
             created_by: self.sym.creation_site(g.gopc),
             parent_goid: g.parent_goid.filter(|&p| p != 0),
             system,
+            contexts,
         }
     }
 
@@ -195,6 +217,7 @@ impl<'a> Session<'a> {
                         continue;
                     }
                     report.stack.clear();
+                    report.contexts = ContextDiagnosis::default();
                     report.stack_error =
                         Some("the goroutine kept running while its stack was read".into());
                     return report;

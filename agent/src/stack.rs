@@ -56,6 +56,17 @@ impl<'a> Symbolizer<'a> {
         frames
     }
 
+    /// Live pointer words of the frame of the function at `pc` (a runtime address inside it).
+    pub fn stack_liveness(&self, pc: u64) -> Option<gobinary::pclntab::StackLiveness> {
+        self.pclntab.stack_liveness(pc.wrapping_sub(self.bias))
+    }
+
+    /// Bytes of arguments (incl. spilled register arguments) of the function at `pc`.
+    pub fn func_args(&self, pc: u64) -> Option<u64> {
+        let f = self.pclntab.func_at(pc.wrapping_sub(self.bias))?;
+        u64::try_from(f.args).ok()
+    }
+
     pub fn func_name(&self, pc: u64) -> Option<String> {
         self.pclntab
             .func_at(pc.wrapping_sub(self.bias))
@@ -125,13 +136,46 @@ impl std::fmt::Display for StackError {
     }
 }
 
-/// Return addresses of a non-running goroutine, innermost first (runtime addresses).
-pub fn unwind(
+/// A goroutine's unwound stack with the memory it was read from, for analyses that look at
+/// the words of its frames (contexts held).
+pub struct Unwound {
+    /// Return addresses, innermost first (the first is the saved pc).
+    pub pcs: Vec<u64>,
+    /// The stack copy, from `sp` up.
+    pub stack: Vec<u8>,
+    pub sp: u64,
+}
+
+impl Unwound {
+    /// Where each return address was found: `slots[i]` holds `pcs[i + 1]`.
+    pub fn return_slots(&self) -> Vec<u64> {
+        let mut slots = Vec::new();
+        let mut from = self.sp;
+        for &pc in self.pcs.iter().skip(1) {
+            let mut at = from;
+            let found = loop {
+                match stack_word(&self.stack, self.sp, at) {
+                    Some(w) if w == pc => break Some(at),
+                    Some(_) => at = at.saturating_add(8),
+                    None => break None,
+                }
+            };
+            let Some(at) = found else { break };
+            slots.push(at);
+            from = at.saturating_add(8);
+        }
+        slots
+    }
+}
+
+/// Return addresses of a non-running goroutine, innermost first (runtime addresses), with the
+/// stack copy they were read from.
+pub fn unwind_with_stack(
     mem: &ProcessMemory,
     pclntab: &Pclntab,
     bias: u64,
     g: &RawG,
-) -> Result<Vec<u64>, StackError> {
+) -> Result<Unwound, StackError> {
     if g.is_running() {
         return Err(StackError::Running);
     }
@@ -165,7 +209,7 @@ pub fn unwind(
             u64::try_from(pclntab.sp_delta_at(at)?).ok()
         })
     };
-    Ok(pcs)
+    Ok(Unwound { pcs, stack, sp })
 }
 
 /// The word at `addr` of a stack copy that starts at `base`.

@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::buildinfo::BuildInfo;
 use crate::elf::{Arch, ElfFile};
 use crate::layout::{LayoutSource, RuntimeLayout};
+use crate::objlayout::{self, ObjectLayout};
 use crate::pclntab::Pclntab;
 use crate::runtime_vars::RuntimeVars;
 use crate::{layout, runtime_vars, waitreason, Error, Result};
@@ -24,6 +25,8 @@ pub struct GoBinary {
     /// Indexed by `g.waitreason`.
     pub wait_reasons: Vec<String>,
     pub vars: RuntimeVars,
+    /// Offsets for context diagnosis; None when neither DWARF nor a table has them.
+    pub objects: Option<ObjectLayout>,
 }
 
 impl GoBinary {
@@ -57,6 +60,7 @@ impl GoBinary {
                 ))
             })?;
         let vars = runtime_vars::locate(&elf, &pclntab)?;
+        let objects = objlayout::for_binary(&elf, version, opts.allow_nearest_layout);
         Ok(GoBinary {
             elf,
             build_info,
@@ -65,6 +69,7 @@ impl GoBinary {
             layout_source,
             wait_reasons,
             vars,
+            objects,
         })
     }
 }

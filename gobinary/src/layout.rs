@@ -60,6 +60,9 @@ pub struct VersionTable {
     /// The toolchain the entry was generated with (`go1.25.5`).
     pub go_version: String,
     pub layout: RuntimeLayout,
+    /// Offsets for reading channels, sudogs and runtime type metadata (context diagnosis).
+    #[serde(default)]
+    pub objects: Option<crate::objlayout::ObjectLayout>,
     /// `runtime.waitReasonStrings` of that toolchain.
     pub wait_reasons: Vec<String>,
 }
@@ -217,10 +220,10 @@ pub fn known_versions() -> Vec<String> {
     keys.into_iter().map(|(_, k)| k).collect()
 }
 
-struct StructInfo {
-    name: String,
-    size: u64,
-    fields: HashMap<String, u64>,
+pub(crate) struct StructInfo {
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) fields: HashMap<String, u64>,
 }
 
 type Slice<'a> = EndianSlice<'a, LittleEndian>;
@@ -235,7 +238,7 @@ fn dwarf_err(e: gimli::Error) -> Error {
 /// Walks `.debug_info` until every struct in `wanted` has been seen. Go binaries carry
 /// megabytes of DWARF and the linker emits a type in the unit of its package, so the `runtime`
 /// unit is searched first and the rest only if something is still missing.
-fn read_structs(elf: &ElfFile, wanted: &[&str]) -> Result<HashMap<String, StructInfo>> {
+pub(crate) fn read_structs(elf: &ElfFile, wanted: &[&str]) -> Result<HashMap<String, StructInfo>> {
     let load = |name: &str| {
         elf.section_data_decompressed(name)
             .unwrap_or(Cow::Borrowed(&[]))

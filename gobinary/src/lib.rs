@@ -11,6 +11,9 @@
 //! - [`buildinfo`]: Go version and build settings from `.go.buildinfo`.
 //! - [`pclntab`]: function table, symbolization with inlined frames, function lookup by name.
 //! - [`layout`]: runtime struct field offsets (from the binary's DWARF, else generated tables).
+//! - [`objlayout`]: offsets of sudog, hchan, moduledata and runtime type metadata.
+//! - [`rtype`]: runtime type metadata (names, kinds, struct fields) and context itabs, read
+//!   through a [`rtype::Memory`].
 //! - [`waitreason`]: the runtime's own wait-reason strings and status names.
 //! - [`runtime_vars`]: addresses of runtime variables (`allgs`, `allglen`) even when stripped.
 //! - [`prologue`]: where a Go function's prologue ends (for cheap, emulated uprobes).
@@ -20,8 +23,10 @@ pub mod buildinfo;
 pub mod elf;
 pub mod gobinary;
 pub mod layout;
+pub mod objlayout;
 pub mod pclntab;
 pub mod prologue;
+pub mod rtype;
 pub mod runtime_vars;
 pub mod waitreason;
 

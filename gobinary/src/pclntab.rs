@@ -43,6 +43,9 @@ pub struct Func {
     pub wrapper: bool,
     /// Raw `abi.FuncFlag` bits (see [`Func::is_top_frame`] and [`Func::writes_sp`]).
     pub flag: u8,
+    /// `_func.args`: bytes of arguments above its return address (incl. register-arg spill
+    /// slots); negative for variadic assembly functions.
+    pub args: i32,
 }
 
 /// `abi.FuncFlagTopFrame` and `abi.FuncFlagSPWrite`: the same bits in every supported release
@@ -70,6 +73,43 @@ const HEADER_LEN: usize = 72;
 /// `abi.PCDATA_InlTreeIndex` and `abi.FUNCDATA_InlTree` (unchanged since Go 1.12).
 const PCDATA_INL_TREE_INDEX: u32 = 2;
 const FUNCDATA_INL_TREE: u32 = 3;
+/// `abi.PCDATA_StackMapIndex`, `abi.FUNCDATA_ArgsPointerMaps`, `abi.FUNCDATA_LocalsPointerMaps`
+/// (unchanged since Go 1.12).
+const PCDATA_STACK_MAP_INDEX: u32 = 1;
+const FUNCDATA_ARGS_POINTER_MAPS: u32 = 0;
+const FUNCDATA_LOCALS_POINTER_MAPS: u32 = 1;
+/// Larger stack maps than this many words are malformed.
+const MAX_STACK_MAP_BITS: i32 = 1 << 20;
+
+/// Which stack words of a frame hold live pointers at one pc (what the GC scans): the runtime's
+/// `getStackMap`. Bit i of `locals` is the word at `varp - 8 * locals_words + 8 * i` (`varp`:
+/// the saved frame pointer's slot, just below the return address); bit i of `args` the word at
+/// `fp + 8 * i` (`fp`: just above the return address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackLiveness {
+    pub locals_words: u32,
+    pub locals: Vec<u8>,
+    pub args_words: u32,
+    pub args: Vec<u8>,
+}
+
+impl StackLiveness {
+    fn bit(bits: &[u8], i: u64) -> bool {
+        usize::try_from(i / 8)
+            .ok()
+            .and_then(|b| bits.get(b))
+            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
+    }
+
+    /// Whether the local word `i` (counted from the bottom of the locals area) is live.
+    pub fn local_live(&self, i: u64) -> bool {
+        i < u64::from(self.locals_words) && Self::bit(&self.locals, i)
+    }
+
+    pub fn arg_live(&self, i: u64) -> bool {
+        i < u64::from(self.args_words) && Self::bit(&self.args, i)
+    }
+}
 /// Deeper inline chains than this are malformed (the compiler's own budget is far lower).
 const MAX_INLINE_DEPTH: usize = 256;
 /// moduledata offsets stable in every supported version (reference §1.5).
@@ -179,6 +219,8 @@ pub struct Pclntab {
     /// Bytes from `moduledata.gofunc` on (inline trees live there), if found.
     gofunc: Vec<u8>,
     names: OnceLock<HashMap<Box<str>, u32>>,
+    /// Link-time address of `runtime.firstmoduledata`, if found.
+    moduledata: Option<u64>,
 }
 
 fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
@@ -401,6 +443,7 @@ impl Pclntab {
             functab,
             gofunc: Vec::new(),
             names: OnceLock::new(),
+            moduledata,
         };
         // moduledata.gofunc at this version's offset first; the other known offsets and the
         // symbol in case the version is new or wrong. Take the first whose inline trees make
@@ -514,6 +557,12 @@ impl Pclntab {
         self.len() == 0
     }
 
+    /// Link-time address of `runtime.firstmoduledata` (found from the pclntab's address, so
+    /// stripped binaries have it too).
+    pub fn moduledata_addr(&self) -> Option<u64> {
+        self.moduledata
+    }
+
     /// Link-time address where text starts (the base of every entry offset).
     pub fn text_start(&self) -> u64 {
         self.text_start
@@ -553,6 +602,7 @@ struct RawFunc {
     entry: u64,
     end: u64,
     name_off: u32,
+    args: i32,
     pcsp: u32,
     pcfile: u32,
     pcln: u32,
@@ -598,6 +648,7 @@ impl Pclntab {
                 .text_start
                 .checked_add(u64::from(end_off.max(entry_off)))?,
             name_off: rd_u32(d, off + 4)?,
+            args: rd_u32(d, off + 8)? as i32,
             pcsp: rd_u32(d, off + 16)?,
             pcfile: rd_u32(d, off + 20)?,
             pcln: rd_u32(d, off + 24)?,
@@ -626,6 +677,7 @@ impl Pclntab {
             func_id: f.func_id,
             wrapper: f.func_id == self.wrapper_id,
             flag: f.flag,
+            args: f.args,
         })
     }
 
@@ -801,6 +853,61 @@ impl Pclntab {
             }
         }
         seen > 0
+    }
+
+    /// Offset into `gofunc` of funcdata `i`, if present.
+    fn funcdata(&self, f: &RawFunc, i: u32) -> Option<usize> {
+        if u32::from(f.nfuncdata) <= i {
+            return None;
+        }
+        let npcdata = usize::try_from(f.npcdata).ok()?;
+        let pos = f
+            .off
+            .checked_add(self.format.func_id_off + 4)?
+            .checked_add(npcdata.checked_mul(4)?)?
+            .checked_add(4 * i as usize)?;
+        let off = rd_u32(&self.data, pos)?;
+        (off != u32::MAX).then_some(off as usize)
+    }
+
+    /// Bitmap `index` of the `runtime.stackmap` at `gofunc + off`: `{n, nbit int32, bytedata}`.
+    fn stack_map(&self, off: usize, index: i32) -> Option<(u32, Vec<u8>)> {
+        let head = self.gofunc.get(off..off.checked_add(8)?)?;
+        let n = rd_u32(head, 0)? as i32;
+        let nbit = rd_u32(head, 4)? as i32;
+        if n <= 0 || !(0..=MAX_STACK_MAP_BITS).contains(&nbit) || index < 0 || index >= n {
+            return None;
+        }
+        let bytes = usize::try_from(nbit).ok()?.div_ceil(8);
+        let start = off
+            .checked_add(8)?
+            .checked_add(bytes.checked_mul(usize::try_from(index).ok()?)?)?;
+        let data = self.gofunc.get(start..start.checked_add(bytes)?)?;
+        Some((nbit as u32, data.to_vec()))
+    }
+
+    /// The frame's live pointer words at `pc` (a link-time address inside the function: a
+    /// return address minus one). None when the function has no usable maps.
+    pub fn stack_liveness(&self, pc: u64) -> Option<StackLiveness> {
+        let f = self.raw_func(self.index_at(pc)?)?;
+        let index = match self.pcdata_value(&f, PCDATA_STACK_MAP_INDEX, pc) {
+            -1 => 0,
+            i => i,
+        };
+        let (locals_words, locals) = match self.funcdata(&f, FUNCDATA_LOCALS_POINTER_MAPS) {
+            Some(off) => self.stack_map(off, index)?,
+            None => (0, Vec::new()),
+        };
+        let (args_words, args) = match self.funcdata(&f, FUNCDATA_ARGS_POINTER_MAPS) {
+            Some(off) => self.stack_map(off, index).unwrap_or((0, Vec::new())),
+            None => (0, Vec::new()),
+        };
+        Some(StackLiveness {
+            locals_words,
+            locals,
+            args_words,
+            args,
+        })
     }
 
     fn inlined_call(&self, tree: usize, ix: usize) -> Option<InlinedCall> {

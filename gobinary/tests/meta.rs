@@ -367,3 +367,62 @@ fn function_flags_mark_outermost_and_stack_switching_functions() {
         }
     }
 }
+
+/// The file's bytes as the process would see them (non-PIE: link addresses are runtime ones).
+struct FileMemory<'a>(&'a ElfFile);
+
+impl gobinary::rtype::Memory for FileMemory<'_> {
+    fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        self.0.read_vaddr(addr, len).map(<[u8]>::to_vec)
+    }
+}
+
+#[test]
+fn object_layout_from_dwarf_equals_table_and_decodes_types() {
+    use gobinary::objlayout;
+    use gobinary::rtype::{kind, TypeReader};
+    for (minor, go) in toolchains() {
+        let version = GoVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        };
+        let table = layout::tables()
+            .get(&format!("1.{minor}"))
+            .and_then(|t| t.objects.clone())
+            .unwrap_or_else(|| panic!("no object table for 1.{minor}"));
+        let elf = open(&go, Variant::Normal);
+        let dwarf = objlayout::from_dwarf(&elf).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+        assert_eq!(dwarf, table, "1.{minor}: DWARF differs from table");
+        let stripped = open(&go, Variant::Stripped);
+        assert_eq!(
+            objlayout::for_binary(&stripped, version, false).as_ref(),
+            Some(&table),
+            "1.{minor} stripped"
+        );
+
+        // Type metadata through the module data found from the pclntab (as in a stripped
+        // binary), checked against the symbol table's type symbols.
+        let pcln = Pclntab::from_elf(&elf, version).expect("pclntab");
+        let md = pcln.moduledata_addr().expect("moduledata found");
+        if let Some(sym) = elf.symbol("runtime.firstmoduledata") {
+            assert_eq!(sym.addr, md, "1.{minor}: moduledata address");
+        }
+        let mem = FileMemory(&elf);
+        let types = TypeReader::new(&mem, &table, md).expect("types range");
+        // Type symbols are not in .symtab: find the descriptor by scanning the type data.
+        let ptr = (types.types..types.etypes)
+            .step_by(8)
+            .find(|&a| {
+                types.kind(a) == Some(kind::POINTER)
+                    && types.name(a).as_deref() == Some("*sync.Mutex")
+            })
+            .unwrap_or_else(|| panic!("1.{minor}: no *sync.Mutex type descriptor"));
+        let elem = types.ptr_elem(ptr).expect("elem");
+        assert_eq!(types.name(elem).as_deref(), Some("sync.Mutex"));
+        let fields = types.struct_fields(elem).expect("fields");
+        assert!(!fields.is_empty(), "1.{minor}: sync.Mutex fields");
+        assert_eq!(fields[0].offset, 0);
+        assert_eq!(types.size(elem), Some(8), "1.{minor}: sizeof(sync.Mutex)");
+    }
+}

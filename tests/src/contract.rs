@@ -83,6 +83,7 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
                 f => check_frame(f).context("created_by")?,
             }
             null_or(v, "parent_goid", Value::is_u64)?;
+            check_contexts(v)?;
         }
         "unblocked" => {
             u64_field(v, "goid")?;
@@ -139,6 +140,52 @@ pub fn check_time(s: &str) -> Result<()> {
         bail!("time {s:?} is not RFC 3339 UTC with nanoseconds (YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ)");
     }
     Ok(())
+}
+
+/// `contexts`, `waits_on`, `context_verdict` (issue 8).
+fn check_contexts(v: &Value) -> Result<()> {
+    let contexts = v["contexts"]
+        .as_array()
+        .context("contexts is not an array")?;
+    for c in contexts {
+        (|| -> Result<()> {
+            str_field(c, "frame")?;
+            str_field(c, "type")?;
+            bool_field(c, "cancelled")?;
+            null_or(c, "err", Value::is_string)?;
+            bool_field(c, "done_waited")?;
+            match c.get("deadline") {
+                Some(Value::String(d)) => check_time(d)?,
+                Some(Value::Null) => {}
+                other => bail!("deadline {other:?}"),
+            }
+            let chain = c["chain"].as_array().context("chain is not an array")?;
+            if chain.is_empty() || !chain.iter().all(Value::is_string) || chain[0] != c["type"] {
+                bail!("chain must start with the context's own type");
+            }
+            Ok(())
+        })()
+        .with_context(|| format!("context {c}"))?;
+    }
+    let waits = v["waits_on"]
+        .as_array()
+        .context("waits_on is not an array")?;
+    for w in waits {
+        (|| -> Result<()> {
+            hex_field(w, "chan")?;
+            null_or(w, "dir", |d| d == "send" || d == "recv")?;
+            null_or(w, "elem_type", Value::is_string)?;
+            u64_field(w, "cap")?;
+            u64_field(w, "len")?;
+            bool_field(w, "closed")?;
+            bool_field(w, "ctx_done")?;
+            Ok(())
+        })()
+        .with_context(|| format!("waits_on entry {w}"))?;
+    }
+    null_or(v, "context_verdict", |x| {
+        x == "ignores_cancellation" || x == "uncancellable" || x == "waits_for_cancel"
+    })
 }
 
 fn check_frame(f: &Value) -> Result<()> {

@@ -9,6 +9,9 @@
 //!    without and with ctxprobe attached (thread mode: futex tracepoints).
 //! 3. `ctxprobe --once` wall time on fixtures/many (100,000 parked goroutines) next to the
 //!    target's own `pprof.Lookup("goroutine").WriteTo(w, 2)` time.
+//! 5. Context diagnosis: `ctxprobe --once` wall time on fixtures/contexts with as many
+//!    goroutines, each holding a three-link context chain in a select on its Done channel
+//!    (compare with 3: the same count without contexts).
 //!
 //! Needs root, wrk, a Go toolchain (scripts/setup.sh) and a release build of ctxprobe
 //! (`cargo build --release -p ctxprobe`).
@@ -25,7 +28,7 @@ use serde_json::Value;
 
 const USAGE: &str = "usage: cargo xtask bench [--go 1.27] [--rounds 3] [--modes default,precise]
     [--pingpong-n 1000000] [--wrk-duration 5s] [--wrk-connections 32] [--many-n 100000]
-    [--only pingpong,wrk,many,futex] [--futex-threads 4] [--ctxprobe PATH]
+    [--only pingpong,wrk,many,futex,contexts] [--futex-threads 4] [--ctxprobe PATH]
 Build ctxprobe first: cargo build --release -p ctxprobe";
 
 #[derive(Clone)]
@@ -65,6 +68,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if want("many") {
         let bin = build_fixture(&root, &go, &opts.go, "many")?;
         report.push(bench_many(&bin, &ctxprobe, &opts)?);
+    }
+    if want("contexts") {
+        let bin = build_fixture(&root, &go, &opts.go, "contexts")?;
+        report.push(bench_contexts(&bin, &ctxprobe, &opts)?);
     }
     println!();
     for section in report {
@@ -529,6 +536,49 @@ fn bench_many(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
         o / d
     ));
     Ok(s)
+}
+
+/// `--once` over goroutines that each hold a context (the cost of context diagnosis).
+fn bench_contexts(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
+    eprintln!(
+        "bench: --once on {} goroutines holding contexts",
+        opts.many_n
+    );
+    let (fixture, _) = start_fixture(bin, &["-extra", &opts.many_n.to_string()])?;
+    let mut once_ms = Vec::new();
+    let mut verdicts = 0usize;
+    for round in 0..opts.rounds {
+        let start = Instant::now();
+        let out = Command::new(ctxprobe)
+            .args(["--pid", &fixture.pid().to_string(), "--once"])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running ctxprobe --once")?;
+        let o = start.elapsed().as_secs_f64() * 1e3;
+        if !out.status.success() {
+            bail!("ctxprobe --once failed: {}", out.status);
+        }
+        verdicts = out
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| {
+                let want: &[u8] = b"\"context_verdict\":\"waits_for_cancel\"";
+                l.windows(want.len()).any(|w| w == want)
+            })
+            .count();
+        once_ms.push(o);
+        eprintln!(
+            "bench:   round {}: ctxprobe --once {o:.0} ms ({verdicts} waits_for_cancel)",
+            round + 1
+        );
+    }
+    Ok(format!(
+        "Context diagnosis: {} goroutines each holding a 3-link context (medians of {})\n  {:<42} {:>10.0} ms   ({verdicts} waits_for_cancel verdicts)\n",
+        opts.many_n,
+        opts.rounds,
+        "ctxprobe --once (external, wall time)",
+        median(&once_ms)
+    ))
 }
 
 #[cfg(test)]

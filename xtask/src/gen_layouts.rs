@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use gobinary::buildinfo::BuildInfo;
 use gobinary::elf::ElfFile;
 use gobinary::layout::{self, VersionTable};
+use gobinary::objlayout;
 use gobinary::waitreason;
 
 use crate::workspace_root;
@@ -151,6 +152,7 @@ fn build_and_read(go: &Path, root: &Path, dir: &Path) -> Result<(String, Version
     let elf = ElfFile::open(&bin)?;
     let info = BuildInfo::from_elf(&elf)?;
     let layout = layout::from_dwarf(&elf)?;
+    let objects = objlayout::from_dwarf(&elf).context("object offsets (sudog, hchan, types)")?;
     let wait_reasons = waitreason::from_binary(&elf)
         .context("runtime.waitReasonStrings not found in the probe binary")?;
     let key = layout::table_key(info.version);
@@ -159,6 +161,7 @@ fn build_and_read(go: &Path, root: &Path, dir: &Path) -> Result<(String, Version
         VersionTable {
             go_version: info.go_version_string,
             layout,
+            objects: Some(objects),
             wait_reasons,
         },
     ))
@@ -178,21 +181,8 @@ fn diff(old: &BTreeMap<String, VersionTable>, new: &BTreeMap<String, VersionTabl
                 o.go_version, n.go_version
             ));
         }
-        let (ov, nv) = (
-            serde_json::to_value(&o.layout),
-            serde_json::to_value(&n.layout),
-        );
-        if let (Ok(serde_json::Value::Object(ov)), Ok(serde_json::Value::Object(nv))) = (ov, nv) {
-            for (field, value) in &nv {
-                if ov.get(field) != Some(value) {
-                    let was = ov
-                        .get(field)
-                        .map(|v| v.to_string())
-                        .unwrap_or("absent".into());
-                    out.push(format!("{key}: {field} {was} -> {value}"));
-                }
-            }
-        }
+        diff_fields(key, &o.layout, &n.layout, &mut out);
+        diff_fields(key, &o.objects, &n.objects, &mut out);
         if o.wait_reasons != n.wait_reasons {
             let first = o
                 .wait_reasons
@@ -211,4 +201,22 @@ fn diff(old: &BTreeMap<String, VersionTable>, new: &BTreeMap<String, VersionTabl
         out.push(format!("{key}: only in the committed file"));
     }
     out
+}
+
+/// One line per field whose value differs between two serializable layouts.
+fn diff_fields<T: serde::Serialize>(key: &str, old: &T, new: &T, out: &mut Vec<String>) {
+    let as_map = |v: &T| match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (ov, nv) = (as_map(old), as_map(new));
+    for (field, value) in &nv {
+        if ov.get(field) != Some(value) {
+            let was = ov
+                .get(field)
+                .map(|v| v.to_string())
+                .unwrap_or("absent".into());
+            out.push(format!("{key}: {field} {was} -> {value}"));
+        }
+    }
 }

@@ -1,0 +1,330 @@
+//! Context diagnosis of one goroutine: the `context.Context` values its frames hold, their
+//! chains to the root and state, the channels it waits on, and a verdict (issue 8).
+//!
+//! - [`chain`]: one context link decoded from memory through the runtime's type metadata;
+//! - [`liveness`]: which stack words are live pointers (the functions' stack maps);
+//! - [`waits`]: the channels of `g.waiting`'s sudogs;
+//! - [`verdict`]: the verdict, a pure function of the two;
+//! - [`memory`]: target reads under a per-snapshot budget;
+//! - [`text`]: the text format's lines.
+
+pub mod chain;
+pub mod liveness;
+pub mod memory;
+pub mod text;
+pub mod verdict;
+pub mod waits;
+
+use std::collections::HashSet;
+
+use gobinary::objlayout::ObjectLayout;
+use gobinary::rtype::TypeReader;
+use serde::Serialize;
+
+use crate::goroutines::RawG;
+use crate::stack::{Symbolizer, Unwound};
+use chain::{Decoder, Iface, Own};
+use memory::BudgetedMemory;
+pub use verdict::Verdict;
+
+/// Longest parent chain followed (a longer one is corrupt or a cycle).
+pub const MAX_CHAIN: usize = 64;
+/// Most distinct contexts reported per goroutine.
+const MAX_CONTEXTS: usize = 32;
+
+/// One context a goroutine's frames hold (`contexts[]` in the contract).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldContext {
+    /// The function whose frame holds it.
+    pub frame: String,
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub cancelled: bool,
+    pub err: Option<String>,
+    /// RFC 3339 (timerCtx, or the nearest deadline up the chain).
+    pub deadline: Option<String>,
+    /// Its Done channel is one the goroutine waits on.
+    pub done_waited: bool,
+    /// Types from this context to its root.
+    pub chain: Vec<String>,
+    #[serde(skip)]
+    pub facts: ContextFacts,
+}
+
+/// What the verdict needs about a context, beyond what is printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContextFacts {
+    /// `Done()` is nil: nothing in its chain can cancel it.
+    pub never_cancelled: bool,
+    /// Its state could not be seen (an opaque wrapper, unreadable memory).
+    pub unknown: bool,
+    pub deadline_unix_ns: Option<i64>,
+    pub done_chan: Option<u64>,
+}
+
+/// A channel the goroutine waits on (`waits_on[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChanWait {
+    pub chan: String,
+    pub dir: Option<&'static str>,
+    pub elem_type: Option<String>,
+    pub cap: u64,
+    pub len: u64,
+    pub closed: bool,
+    pub ctx_done: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContextDiagnosis {
+    pub contexts: Vec<HeldContext>,
+    pub waits_on: Vec<ChanWait>,
+    pub context_verdict: Option<Verdict>,
+}
+
+/// Diagnoses goroutines of one target; keeps per-type caches across snapshots.
+pub struct ContextAnalyzer {
+    layout: ObjectLayout,
+    /// Runtime address of `runtime.firstmoduledata`.
+    moduledata: u64,
+    /// `[types, etypes)`, read from the module data once.
+    types_range: Option<(u64, u64)>,
+    decoder: Decoder,
+    stack_maps: liveness::StackMapCache,
+}
+
+impl ContextAnalyzer {
+    /// None when the binary's object offsets or module data are unknown.
+    pub fn new(bin: &gobinary::GoBinary, bias: u64) -> Option<Self> {
+        let layout = bin.objects.clone()?;
+        let moduledata = bin.pclntab.moduledata_addr()?.checked_add(bias)?;
+        Some(ContextAnalyzer {
+            layout,
+            moduledata,
+            types_range: None,
+            decoder: Decoder::new(),
+            stack_maps: liveness::StackMapCache::default(),
+        })
+    }
+
+    /// Contexts on `g`'s stack, what it waits on, and the verdict.
+    pub fn diagnose(
+        &mut self,
+        mem: &BudgetedMemory<'_>,
+        sym: &Symbolizer<'_>,
+        g: &RawG,
+        wait_reason: Option<&str>,
+        unwound: &Unwound,
+    ) -> ContextDiagnosis {
+        mem.refill(memory::GOROUTINE_READ_BUDGET);
+        // A copy, so the reader does not borrow self (the decoder's caches are updated).
+        let layout = self.layout.clone();
+        if self.types_range.is_none() {
+            // Static: read once.
+            self.types_range =
+                TypeReader::new(mem, &layout, self.moduledata).map(|t| (t.types, t.etypes));
+        }
+        let Some((lo, hi)) = self.types_range else {
+            return ContextDiagnosis::default();
+        };
+        let types = TypeReader {
+            mem,
+            layout: &layout,
+            types: lo,
+            etypes: hi,
+        };
+        let raw_waits = if g.is_waiting() {
+            let decoder = &mut self.decoder;
+            let mut name = |t: u64| decoder.type_name(&types, t);
+            waits::channel_waits(&types, &layout, g.addr, wait_reason, &mut name)
+        } else {
+            Vec::new()
+        };
+        let waited: HashSet<u64> = raw_waits.iter().map(|w| w.chan).collect();
+        let mut contexts = Vec::new();
+        for (value, frame) in self.scan(&types, sym, unwound) {
+            if contexts.len() >= MAX_CONTEXTS {
+                break;
+            }
+            if let Some(held) = self.describe(&types, value, frame, &waited) {
+                contexts.push(held);
+            }
+        }
+        let done: HashSet<u64> = contexts.iter().filter_map(|c| c.facts.done_chan).collect();
+        let waits_on: Vec<ChanWait> = raw_waits
+            .into_iter()
+            .map(|w| ChanWait {
+                chan: format!("{:#x}", w.chan),
+                dir: w.dir,
+                elem_type: w.elem_type,
+                cap: w.cap,
+                len: w.len,
+                closed: w.closed,
+                ctx_done: done.contains(&w.chan),
+            })
+            .collect();
+        let context_verdict = verdict::verdict(g.is_waiting(), wait_reason, &contexts, &waits_on);
+        ContextDiagnosis {
+            contexts,
+            waits_on,
+            context_verdict,
+        }
+    }
+
+    /// Distinct (itab, data) pairs of `context.Context` on the stack with the function whose
+    /// frame holds each, innermost first.
+    fn scan(
+        &mut self,
+        types: &TypeReader<'_, BudgetedMemory<'_>>,
+        sym: &Symbolizer<'_>,
+        u: &Unwound,
+    ) -> Vec<(Iface, String)> {
+        let slots = u.return_slots();
+        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
+        let func_of = |pc: u64| {
+            sym.func_name(pc.wrapping_sub(1))
+                .unwrap_or_else(|| "?".to_string())
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let words: Vec<u64> = u
+            .stack
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        for i in 0..words.len().saturating_sub(1) {
+            let (itab, data) = (words[i], words[i + 1]);
+            // A context never has a nil data word (even Background points at zerobase).
+            if data == 0
+                || self.decoder.context_type(types, itab).is_none()
+                || !seen.insert((itab, data))
+            {
+                continue;
+            }
+            let addr = u.sp + 8 * i as u64;
+            // Stack maps mark only an interface's data word (its itab is never in the heap).
+            if live.is_live(addr + 8) == Some(false) {
+                continue;
+            }
+            out.push(((itab, data), frame_of(addr, &u.pcs, &slots, sym, &func_of)));
+        }
+        out
+    }
+
+    fn describe(
+        &mut self,
+        types: &TypeReader<'_, BudgetedMemory<'_>>,
+        value: Iface,
+        frame: String,
+        waited: &HashSet<u64>,
+    ) -> Option<HeldContext> {
+        let mut links = Vec::new();
+        let mut at = Some(value);
+        let mut visited = HashSet::new();
+        while let Some((itab, data)) = at {
+            if links.len() >= MAX_CHAIN || !visited.insert((itab, data)) {
+                break;
+            }
+            let Some(typ) = self.decoder.context_type(types, itab) else {
+                break;
+            };
+            let Some(link) = self.decoder.link(types, typ, data) else {
+                break;
+            };
+            at = link.parent;
+            links.push(link);
+        }
+        // A chain must end at a root or at a type with no parent field: a cancelCtx or value
+        // context always has a parent. Anything else is a stale or mismatched pair of stack
+        // words (a dead slot, an itab next to an unrelated word), not a context.
+        let complete = links.len() >= MAX_CHAIN
+            || links
+                .last()
+                .is_some_and(|l| l.parent.is_none() && matches!(l.own, Own::Root | Own::Opaque));
+        if !complete {
+            return None;
+        }
+        let first = links.first()?;
+        let type_name = first.type_name.clone();
+        // Done()/Err() come from the first link that is not a pass-through; Deadline() from
+        // the first timerCtx before a root or WithoutCancel.
+        let mut facts = ContextFacts::default();
+        let mut err = None;
+        let mut resolved = false;
+        for link in &links {
+            match &link.own {
+                Own::Delegate => continue,
+                Own::Root | Own::Detach => facts.never_cancelled = true,
+                Own::Opaque => facts.unknown = true,
+                Own::Cancel { err: e, done, .. } => {
+                    err = e.clone();
+                    facts.done_chan = *done;
+                }
+            }
+            resolved = true;
+            break;
+        }
+        if !resolved {
+            // The chain ended (too long, unreadable) before anything decided.
+            facts.unknown = true;
+        }
+        for link in &links {
+            match &link.own {
+                Own::Cancel {
+                    deadline: Some(d), ..
+                } => {
+                    facts.deadline_unix_ns = Some(*d);
+                    break;
+                }
+                Own::Root | Own::Detach | Own::Opaque => break,
+                _ => {}
+            }
+        }
+        let deadline = facts.deadline_unix_ns.map(rfc3339);
+        Some(HeldContext {
+            frame,
+            type_name,
+            cancelled: err.is_some(),
+            err,
+            deadline,
+            done_waited: facts.done_chan.is_some_and(|c| waited.contains(&c)),
+            chain: links.iter().map(|l| l.type_name.clone()).collect(),
+            facts,
+        })
+    }
+}
+
+/// The function a stack word belongs to, as Go's traceback attributes arguments: the words
+/// right above a return address, up to the callee's argument size, are the callee's spilled
+/// arguments; the rest of a frame is the caller's. `slots[k]` holds `pcs[k + 1]`.
+fn frame_of(
+    addr: u64,
+    pcs: &[u64],
+    slots: &[u64],
+    sym: &Symbolizer<'_>,
+    func_of: &dyn Fn(u64) -> String,
+) -> String {
+    // The innermost frame is the one whose return slot is the first at or above addr.
+    let k = slots.iter().position(|&s| addr < s);
+    let Some(k) = k else {
+        return pcs.last().map(|&pc| func_of(pc)).unwrap_or_default();
+    };
+    if k > 0 {
+        // addr is above slot k-1, which returns into pcs[k]; the callee is pcs[k-1]'s function.
+        let callee_pc = pcs[k - 1];
+        let args = sym.func_args(callee_pc.wrapping_sub(1)).unwrap_or(0);
+        if addr < slots[k - 1].saturating_add(8).saturating_add(args) {
+            return func_of(callee_pc);
+        }
+    }
+    func_of(pcs[k])
+}
+
+/// RFC 3339 of a Unix-nanosecond instant (what humantime prints, UTC).
+fn rfc3339(unix_ns: i64) -> String {
+    let t = if unix_ns >= 0 {
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns as u64)
+    } else {
+        std::time::UNIX_EPOCH
+    };
+    humantime::format_rfc3339_nanos(t).to_string()
+}

@@ -1,0 +1,118 @@
+//! Context diagnosis (issue 8): `ctxprobe --once` against the contexts fixture, whose goroutines
+//! each hold one context pattern and which prints the truth about each. Compared exactly on
+//! Go 1.19, 1.21 and the newest release, plain and stripped (and the newest stripped PIE).
+//! Needs root and a built ctxprobe.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use ctxprobe_tests::compare::goid;
+use ctxprobe_tests::fixture::Fixture;
+use ctxprobe_tests::probe::{args, run_ctxprobe};
+use ctxprobe_tests::scenario::{check_all_records, ensure_success, preconditions};
+use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
+use serde_json::Value;
+
+#[test]
+fn contexts_match_fixture_truth() {
+    let mut failures = Vec::new();
+    for v in ["1.19", "1.21", LATEST_GO] {
+        for m in ["default", "stripped"] {
+            let r = preconditions().and_then(|()| {
+                let tc = Toolchain::find(v)?;
+                check_cell(&tc, &BuildMode::named(m)?)
+            });
+            if let Err(e) = r {
+                failures.push(format!("[Go {v} {m}] {e:#}"));
+            }
+        }
+    }
+    // And a PIE build: type metadata and module data at a load bias.
+    if let Err(e) = preconditions().and_then(|()| {
+        check_cell(
+            &Toolchain::find(LATEST_GO)?,
+            &BuildMode::named("stripped-pie")?,
+        )
+    }) {
+        failures.push(format!("[Go {LATEST_GO} stripped-pie] {e:#}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn check_cell(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
+    let fixture = Fixture::build_and_start("contexts", tc, mode, &[])?;
+    let out = run_ctxprobe(&args(fixture.pid(), &["--once"]), Duration::from_secs(60))?;
+    ensure_success(&out)?;
+    let records = check_all_records(&out, fixture.pid())?;
+    let cases = fixture.ready["cases"]
+        .as_array()
+        .context("ready line without cases")?;
+    ensure!(cases.len() >= 10, "fixture reported {} cases", cases.len());
+    let mut problems = Vec::new();
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let Some(r) = records
+            .iter()
+            .find(|r| r["type"] == "goroutine" && goid(r) == case["goid"].as_u64())
+        else {
+            problems.push(format!("{name}: goroutine {} not reported", case["goid"]));
+            continue;
+        };
+        if let Err(e) = compare(case, r) {
+            problems.push(format!(
+                "{name} (goroutine {}): {e:#}\n    record: {r}",
+                case["goid"]
+            ));
+        }
+    }
+    ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+/// The record says what the fixture knows: the verdict, and for a goroutine holding a context
+/// exactly one context with that frame, chain, state and `done_waited`.
+fn compare(case: &Value, r: &Value) -> Result<()> {
+    ensure!(
+        r["context_verdict"] == case["verdict"],
+        "verdict {} but expected {}",
+        r["context_verdict"],
+        case["verdict"]
+    );
+    let contexts = r["contexts"].as_array().context("no contexts array")?;
+    if case["chain"].is_null() {
+        ensure!(contexts.is_empty(), "contexts where there are none");
+        return Ok(());
+    }
+    ensure!(
+        contexts.len() == 1,
+        "{} contexts, expected 1",
+        contexts.len()
+    );
+    let c = &contexts[0];
+    for key in ["frame", "chain", "cancelled", "err", "done_waited"] {
+        ensure!(
+            c[key] == case[key],
+            "{key} {} but expected {}",
+            c[key],
+            case[key]
+        );
+    }
+    let timer = case["chain"][0] == "*context.timerCtx";
+    ensure!(
+        c["deadline"].is_string() == timer,
+        "deadline {} for a {}",
+        c["deadline"],
+        case["chain"][0]
+    );
+    let waits = r["waits_on"].as_array().context("no waits_on array")?;
+    ensure!(
+        !waits.is_empty(),
+        "a blocked channel operation with no waits_on"
+    );
+    let done_waits = waits.iter().filter(|w| w["ctx_done"] == true).count();
+    ensure!(
+        (done_waits == 1) == (case["done_waited"] == true),
+        "{done_waits} waits_on entries marked ctx_done"
+    );
+    Ok(())
+}
