@@ -348,7 +348,7 @@ pub struct KernelImage {
 const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_mmio", "9pnet_virtio", "9p"];
 
 /// Bumped whenever the initramfs's contents change, so stale caches are rebuilt.
-const INITRAMFS_VERSION: &str = "1";
+const INITRAMFS_VERSION: &str = "3";
 
 impl KernelImage {
     pub fn prepare(arch: Arch, kernel: &str) -> Result<KernelImage> {
@@ -667,9 +667,11 @@ if grep -q hostroot /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag 2>/dev/null
 else
   R=
 fi
-mount -t proc proc $R/proc
-mount -t sysfs sysfs $R/sys
-mount -t devtmpfs devtmpfs $R/dev
+if [ -n "$R" ]; then
+  mount -t proc proc $R/proc
+  mount -t sysfs sysfs $R/sys
+  mount -t devtmpfs devtmpfs $R/dev
+fi
 mkdir -p $R/dev/pts $R/dev/shm 2>/dev/null
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
@@ -681,6 +683,7 @@ mount -t bpf bpf $R/sys/fs/bpf
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 ulimit -l unlimited
 hostname vm-$arch
+ip link set lo up
 # The run directory holds cmd.sh: read it, then unmount (a 9p tag mounts once at a time).
 mount -t 9p -o "$P9,cache=none" run /mnt || fail "mount the run directory"
 cp /mnt/cmd.sh /cmd.sh
