@@ -5,7 +5,10 @@
 #   scripts/setup.sh            clang + the default Go toolchains (1.21 and newest)
 #   scripts/setup.sh --all-go   every Go toolchain of the support matrix
 #   scripts/setup.sh --vm       also QEMU and the arm64 package lists, for `cargo xtask vm`
-#                               (which downloads Debian's kernels and busybox into target/vm/)
+#                               (which downloads Debian's kernels and busybox into target/vm/),
+#                               and Debian's Rust with an aarch64 std for cross-building:
+#                               RUSTC=/usr/bin/rustc /usr/bin/cargo build --target
+#                               aarch64-unknown-linux-gnu (linker aarch64-linux-gnu-gcc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -43,6 +46,11 @@ if [[ $want_vm == 1 ]]; then
   command -v qemu-system-x86_64 >/dev/null || apt_pkgs+=(qemu-system-x86)
   command -v qemu-system-aarch64 >/dev/null || apt_pkgs+=(qemu-system-arm)
   command -v modinfo >/dev/null || apt_pkgs+=(kmod)
+  # Cross-building ctxprobe for arm64 guests: rustup targets cannot be fetched here, Debian's
+  # rustc-web (/usr/bin/rustc, /usr/bin/cargo) has an aarch64 standard library as a package.
+  [[ -x /usr/bin/cargo ]] || apt_pkgs+=(rustc-web cargo-web)
+  [[ -d /usr/lib/rustlib/aarch64-unknown-linux-gnu ]] || apt_pkgs+=(libstd-rust-web-dev:arm64)
+  command -v aarch64-linux-gnu-gcc >/dev/null || apt_pkgs+=(gcc-aarch64-linux-gnu)
   # `cargo xtask vm --arch arm64` downloads arm64 kernels and busybox with apt-get download.
   if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     dpkg --add-architecture arm64

@@ -348,7 +348,7 @@ pub struct KernelImage {
 const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_mmio", "9pnet_virtio", "9p"];
 
 /// Bumped whenever the initramfs's contents change, so stale caches are rebuilt.
-const INITRAMFS_VERSION: &str = "3";
+const INITRAMFS_VERSION: &str = "4";
 
 impl KernelImage {
     pub fn prepare(arch: Arch, kernel: &str) -> Result<KernelImage> {
@@ -388,6 +388,15 @@ impl KernelImage {
         let tree = dir.join("tree");
         dpkg_extract(&kernel_deb, &tree)?;
         dpkg_extract(&busybox_deb, &tree)?;
+        // A foreign architecture's guest has no host root to borrow: give it glibc, so
+        // dynamically linked programs (a cross-built ctxprobe) run in the initramfs.
+        let libs = dir.join("libs");
+        if !arch.is_host() {
+            for pkg in ["libc6", "libgcc-s1"] {
+                let deb = apt_download(&debs, &format!("{pkg}:{}", arch.debian()))?;
+                dpkg_extract(&deb, &libs)?;
+            }
+        }
 
         let vmlinuz = find_file(&tree.join("boot"), |n| n.starts_with("vmlinuz-"))?
             .context("the kernel package has no /boot/vmlinuz-*")?;
@@ -398,7 +407,7 @@ impl KernelImage {
         let modules = resolve_modules(&modules_root, GUEST_MODULES)?;
         let mut cpio = Cpio::default();
         for d in [
-            "bin", "dev", "proc", "sys", "tmp", "run", "mnt", "modules", "newroot",
+            "bin", "dev", "proc", "sys", "tmp", "run", "mnt", "modules", "newroot", "root",
         ] {
             cpio.dir(d);
         }
@@ -408,6 +417,9 @@ impl KernelImage {
             0o755,
         );
         cpio.symlink("bin/sh", "busybox");
+        for top in ["lib", "usr"] {
+            add_tree(&mut cpio, &libs, Path::new(top))?;
+        }
         let mut order = String::new();
         for m in &modules {
             let name = format!("{}.ko", m.name);
@@ -420,6 +432,7 @@ impl KernelImage {
         fs::write(&image.initramfs, cpio.finish()).context("write the initramfs")?;
         fs::write(dir.join("package"), format!("{package}\n"))?;
         fs::remove_dir_all(&tree).ok();
+        fs::remove_dir_all(&libs).ok();
         fs::remove_dir_all(&debs).ok();
         fs::write(&stamp, want_stamp)?;
         Ok(KernelImage { package, ..image })
@@ -489,6 +502,40 @@ fn dpkg_extract(deb: &Path, into: &Path) -> Result<()> {
         .status()
         .context("run dpkg-deb")?;
     ensure!(status.success(), "dpkg-deb -x {} failed", deb.display());
+    Ok(())
+}
+
+/// Adds `root/rel` and everything below it to the archive (directories, files, symlinks),
+/// leaving out documentation and locale data; a missing `root/rel` adds nothing.
+fn add_tree(cpio: &mut Cpio, root: &Path, rel: &Path) -> Result<()> {
+    let path = root.join(rel);
+    let Ok(meta) = fs::symlink_metadata(&path) else {
+        return Ok(());
+    };
+    let name = rel.to_string_lossy();
+    if ["usr/share", "gconv"]
+        .iter()
+        .any(|skip| name.ends_with(skip))
+    {
+        return Ok(());
+    }
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(&path).with_context(|| format!("read {}", path.display()))?;
+        cpio.symlink(&name, &target.to_string_lossy());
+    } else if meta.is_dir() {
+        cpio.dir(&name);
+        let mut entries: Vec<PathBuf> = fs::read_dir(&path)?
+            .filter_map(|e| e.ok().map(|e| rel.join(e.file_name())))
+            .collect();
+        entries.sort();
+        for e in entries {
+            add_tree(cpio, root, &e)?;
+        }
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let data = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        cpio.file(&name, &data, meta.permissions().mode() & 0o7777);
+    }
     Ok(())
 }
 
