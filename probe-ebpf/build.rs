@@ -38,10 +38,23 @@ fn main() {
 fn build_bpf(bpf: &Path, out: &Path, name: &str) {
     let object = out.join(format!("{name}.bpf.o"));
     let clang = clang();
+    // The target process's architecture decides the register layout the programs read.
+    let (arch_define, arch_include) = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("aarch64") => (
+            "-D__TARGET_ARCH_arm64",
+            // Debian's libc6-dev-arm64-cross (gcc-aarch64-linux-gnu pulls it in).
+            "-I/usr/aarch64-linux-gnu/include",
+        ),
+        Ok("x86_64") => ("-D__TARGET_ARCH_x86", "-I/usr/include/x86_64-linux-gnu"),
+        other => fail(&format!(
+            "no BPF programs for target architecture {other:?} (x86_64 and aarch64 only)"
+        )),
+    };
     let status = Command::new(&clang)
         .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+        .arg(arch_define)
         // clang does not search the multiarch include dir for `-target bpf` (asm/ptrace.h lives there).
-        .arg("-I/usr/include/x86_64-linux-gnu")
+        .arg(arch_include)
         .arg("-I")
         .arg(bpf)
         .arg("-c")

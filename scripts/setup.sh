@@ -4,6 +4,11 @@
 #
 #   scripts/setup.sh            clang + the default Go toolchains (1.21 and newest)
 #   scripts/setup.sh --all-go   every Go toolchain of the support matrix
+#   scripts/setup.sh --vm       also QEMU and the arm64 package lists, for `cargo xtask vm`
+#                               (which downloads Debian's kernels and busybox into target/vm/),
+#                               and Debian's Rust with an aarch64 std for cross-building:
+#                               RUSTC=/usr/bin/rustc /usr/bin/cargo build --target
+#                               aarch64-unknown-linux-gnu (linker aarch64-linux-gnu-gcc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,10 +23,14 @@ ALL_GO=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 
 want_go=("${DEFAULT_GO[@]}")
 want_debian_go=0
-if [[ "${1:-}" == "--all-go" ]]; then
-  want_go=("${ALL_GO[@]}")
-  want_debian_go=1
-fi
+want_vm=0
+for arg in "$@"; do
+  case "$arg" in
+    --all-go) want_go=("${ALL_GO[@]}"); want_debian_go=1 ;;
+    --vm) want_vm=1 ;;
+    *) log "unknown option $arg"; exit 2 ;;
+  esac
+done
 
 apt_pkgs=()
 command -v clang-19 >/dev/null || apt_pkgs+=(clang-19)
@@ -32,7 +41,23 @@ command -v wrk >/dev/null || apt_pkgs+=(wrk)
 [[ $want_debian_go == 1 && ! -x /usr/bin/caddy ]] && apt_pkgs+=(caddy)
 [[ $want_debian_go == 1 && ! -x /usr/bin/prometheus ]] && apt_pkgs+=(prometheus)
 [[ $want_debian_go == 1 && ! -x /usr/bin/prometheus-node-exporter ]] && apt_pkgs+=(prometheus-node-exporter)
-if ((${#apt_pkgs[@]})); then
+need_apt_update=0
+if [[ $want_vm == 1 ]]; then
+  command -v qemu-system-x86_64 >/dev/null || apt_pkgs+=(qemu-system-x86)
+  command -v qemu-system-aarch64 >/dev/null || apt_pkgs+=(qemu-system-arm)
+  command -v modinfo >/dev/null || apt_pkgs+=(kmod)
+  # Cross-building ctxprobe for arm64 guests: rustup targets cannot be fetched here, Debian's
+  # rustc-web (/usr/bin/rustc, /usr/bin/cargo) has an aarch64 standard library as a package.
+  [[ -x /usr/bin/cargo ]] || apt_pkgs+=(rustc-web cargo-web)
+  [[ -d /usr/lib/rustlib/aarch64-unknown-linux-gnu ]] || apt_pkgs+=(libstd-rust-web-dev:arm64)
+  command -v aarch64-linux-gnu-gcc >/dev/null || apt_pkgs+=(gcc-aarch64-linux-gnu)
+  # `cargo xtask vm --arch arm64` downloads arm64 kernels and busybox with apt-get download.
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+    need_apt_update=1
+  fi
+fi
+if ((${#apt_pkgs[@]})) || [[ $need_apt_update == 1 ]]; then
   if [[ $(id -u) != 0 ]]; then
     log "need root to install ${apt_pkgs[*]} (run: sudo $0)"; exit 1
   fi
@@ -45,7 +70,9 @@ if ((${#apt_pkgs[@]})); then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get update -qq >/dev/null
-  apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+  if ((${#apt_pkgs[@]})); then
+    apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+  fi
 fi
 
 for v in "${want_go[@]}"; do

@@ -238,9 +238,11 @@ impl<'a> Session<'a> {
         let Some(gs) = self.snapshot()? else {
             return Ok(false);
         };
+        // One clock reading for both clocks: time spent between two readings (observe() below)
+        // would count towards the `blocked` record's duration but not the `unblocked` one's.
         let now = monotonic_ns();
+        let target_now = now + self.target.monotonic_offset_ns;
         let changes = self.tracker.observe(&gs, now);
-        let target_now = self.target.monotonic_now_ns();
 
         for park in changes.ended_flagged {
             self.report_unblocked(out, &park, now, target_now)?;

@@ -16,6 +16,23 @@
 
 #include "ctxprobe.h"
 
+/* Go's ABIInternal registers, per architecture (build.rs defines __TARGET_ARCH_*):
+ * amd64: g in R14, integer arguments in RAX, RBX, RCX, ...;
+ * arm64: g in R28, integer arguments in R0..R15 (a uprobe's context there is user_pt_regs). */
+#if defined(__TARGET_ARCH_arm64)
+typedef struct user_pt_regs go_regs;
+#define GO_G(ctx) ((ctx)->regs[28])
+#define GO_ARG1(ctx) ((ctx)->regs[0])
+#define GO_ARG3(ctx) ((ctx)->regs[2])
+#elif defined(__TARGET_ARCH_x86)
+typedef struct pt_regs go_regs;
+#define GO_G(ctx) ((ctx)->r14)
+#define GO_ARG1(ctx) ((ctx)->rax)
+#define GO_ARG3(ctx) ((ctx)->rcx)
+#else
+#error "build.rs defines __TARGET_ARCH_x86 or __TARGET_ARCH_arm64"
+#endif
+
 /* Set by the loader before the programs are verified. */
 const volatile __u32 target_tgid = 0;
 const volatile __u64 g_goid_offset = 0;
@@ -60,13 +77,13 @@ static __always_inline int is_target(void)
 }
 
 SEC("uprobe")
-int park(struct pt_regs *ctx)
+int park(go_regs *ctx)
 {
 	if (!is_target())
 		return 0;
 	bump(CTR_PARK_HITS);
 
-	__u64 g = ctx->r14;
+	__u64 g = GO_G(ctx);
 	struct park_record rec = {};
 	if (bpf_probe_read_user(&rec.goid, sizeof(rec.goid), (void *)(g + g_goid_offset)) ||
 	    bpf_probe_read_user(&rec.seq, sizeof(rec.seq), (void *)(g + g_tracking_seq_offset))) {
@@ -74,21 +91,21 @@ int park(struct pt_regs *ctx)
 		return 0;
 	}
 	rec.park_ns = bpf_ktime_get_ns();
-	rec.reason = ctx->rcx & 0xff; /* sub-word argument: upper bits are undefined */
+	rec.reason = GO_ARG3(ctx) & 0xff; /* sub-word argument: upper bits are undefined */
 	if (bpf_map_update_elem(&parks, &g, &rec, BPF_ANY))
 		bump(CTR_UPDATE_ERRORS);
 	return 0;
 }
 
 SEC("uprobe")
-int wake(struct pt_regs *ctx)
+int wake(go_regs *ctx)
 {
 	if (!is_target())
 		return 0;
 	bump(CTR_WAKE_HITS);
 
 	__u64 now = bpf_ktime_get_ns();
-	__u64 gp = ctx->rax;
+	__u64 gp = GO_ARG1(ctx);
 	struct park_record *rec = bpf_map_lookup_elem(&parks, &gp);
 	if (rec) {
 		rec->wake_ns = now;

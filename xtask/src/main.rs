@@ -4,6 +4,7 @@
 mod bench;
 mod gen_layouts;
 mod matrix;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -19,7 +20,10 @@ tasks:
       Run the goroutine integration tests per Go version x build mode cell; print a table.
   bench [--help]
       Measure ctxprobe's cost on real workloads, with and without it attached, in one run
-      (needs root and `cargo build --release -p ctxprobe` first).";
+      (needs root and `cargo build --release -p ctxprobe` first).
+  vm --arch x86_64|arm64 [--kernel 6.1|6.12] [--share DIR]... [--timeout S] -- CMD...
+      Boot Debian's kernel under QEMU (KVM when usable), DIR mounted read-write at the same
+      path, run CMD as root, print its output, exit with its status (scripts/setup.sh --vm).";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -27,6 +31,7 @@ fn main() {
         Some("gen-layouts") => gen_layouts::run(args.get(1..).unwrap_or_default()),
         Some("bench") => bench::run(args.get(1..).unwrap_or_default()),
         Some("matrix") => matrix::run(args.get(1..).unwrap_or_default()),
+        Some("vm") => vm::run(args.get(1..).unwrap_or_default()),
         Some("help" | "-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())
