@@ -209,17 +209,24 @@ pub fn parse_debug1(text: &str) -> Result<Vec<StackCount>> {
     Ok(out)
 }
 
-/// A record's stack as `debug=1` prints it: leading `runtime.` frames and a final
-/// `runtime.goexit` left out.
+/// A record's stack as `debug=1` prints it, normalised with [`trim_runtime`].
 pub fn as_debug1_stack(rec: &Value) -> Vec<Site> {
-    let mut s: Vec<Site> = record_stack(rec)
-        .into_iter()
-        .skip_while(|f| is_runtime_func(&f.func))
-        .collect();
-    if s.last().is_some_and(|f| f.func == "runtime.goexit") {
-        s.pop();
-    }
-    s
+    trim_runtime(&record_stack(rec))
+}
+
+/// A stack without its leading and trailing `runtime.` frames: `debug=1` leaves out the leading
+/// ones (gopark, chanrecv...) and prints `runtime.main` at the end of the main goroutine, which
+/// ctxprobe's stacks end before; neither says anything about grouping.
+pub fn trim_runtime(stack: &[Site]) -> Vec<Site> {
+    let start = stack
+        .iter()
+        .position(|f| !is_runtime_func(&f.func))
+        .unwrap_or(stack.len());
+    let end = stack
+        .iter()
+        .rposition(|f| !is_runtime_func(&f.func))
+        .map_or(start, |i| i + 1);
+    stack[start..end.max(start)].to_vec()
 }
 
 /// Checks the fields of a `group` record that do not depend on the target's population.

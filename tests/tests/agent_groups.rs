@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use ctxprobe_tests::compare::{goid, record_stack, Site};
-use ctxprobe_tests::groups::{as_debug1_stack, check_group_record, unix_time, Groups, QUIET};
+use ctxprobe_tests::groups::{
+    as_debug1_stack, check_group_record, trim_runtime, unix_time, Groups, StackCount, QUIET,
+};
 use ctxprobe_tests::probe::{args, ctxprobe_bin, run_ctxprobe, RunningProbe};
 use ctxprobe_tests::scenario::{check_all_records, ensure_success, for_each_cell};
 use ctxprobe_tests::serial::bpf_serial;
@@ -71,72 +73,121 @@ fn once_grouped_matches_debug1() {
             problems.push(format!("groups not largest first: {sizes:?}"));
         }
 
-        // The runtime's view: every stack it prints (except the goroutine writing the dump).
-        let mut ours: HashMap<Vec<String>, u64> = HashMap::new();
-        for r in &groups {
-            *ours.entry(key(&as_debug1_stack(r))).or_default() +=
-                r["goroutines"].as_u64().unwrap_or(0);
-        }
-        for s in &stacks {
-            if s.frames.iter().any(|f| f.func == "main.dump") {
-                continue;
-            }
-            let got = ours.get(&key(&s.frames)).copied().unwrap_or(0);
-            if got != s.count {
-                let top: Vec<String> = s.frames.iter().take(3).map(|f| f.to_string()).collect();
-                problems.push(format!(
-                    "debug=1 has {} goroutines with stack [{}], our groups {got}",
-                    s.count,
-                    top.join(" <- ")
-                ));
-            }
-        }
+        problems.extend(compare_groups(&g, &groups, &stacks, true));
+        ensure!(problems.is_empty(), "{}", problems.join("\n"));
+        Ok(())
+    });
+}
 
-        // The fixture's truth, site by site.
-        for (name, truth) in &g.sites {
-            let mine: Vec<&&Value> = groups
-                .iter()
-                .filter(|r| g.site_of(r).as_deref() == Some(name.as_str()))
-                .collect();
-            let n: i64 = mine
-                .iter()
-                .map(|r| r["goroutines"].as_i64().unwrap_or(0))
-                .sum();
-            if n != truth.count {
+/// Our groups against the runtime's `debug=1` stacks and the fixture's truth per site. `full`
+/// also checks the fields only ctxprobe's own `group` records have.
+fn compare_groups(g: &Groups, groups: &[&Value], stacks: &[StackCount], full: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    // The runtime's view: every stack it prints (except the goroutine writing the dump).
+    let mut ours: HashMap<Vec<String>, u64> = HashMap::new();
+    for r in groups {
+        *ours.entry(key(&as_debug1_stack(r))).or_default() += r["goroutines"].as_u64().unwrap_or(0);
+    }
+    for s in stacks {
+        if s.frames.iter().any(|f| f.func == "main.dump") {
+            continue;
+        }
+        let got = ours
+            .get(&key(&trim_runtime(&s.frames)))
+            .copied()
+            .unwrap_or(0);
+        if got != s.count {
+            let top: Vec<String> = s.frames.iter().take(3).map(|f| f.to_string()).collect();
+            problems.push(format!(
+                "debug=1 has {} goroutines with stack [{}], our groups {got}",
+                s.count,
+                top.join(" <- ")
+            ));
+        }
+    }
+
+    // The fixture's truth, site by site.
+    for (name, truth) in &g.sites {
+        let mine: Vec<&&Value> = groups
+            .iter()
+            .filter(|r| g.site_of(r).as_deref() == Some(name.as_str()))
+            .collect();
+        let n: i64 = mine
+            .iter()
+            .map(|r| r["goroutines"].as_i64().unwrap_or(0))
+            .sum();
+        if n != truth.count {
+            problems.push(format!(
+                "site {name}: fixture has {}, our groups {n}",
+                truth.count
+            ));
+        }
+        for r in mine {
+            let want = g.expected_wait_reason(name);
+            if r["wait_reason"].as_str() != want {
                 problems.push(format!(
-                    "site {name}: fixture has {}, our groups {n}",
-                    truth.count
+                    "site {name}: wait_reason {} (want {want:?})",
+                    r["wait_reason"]
                 ));
             }
-            for r in mine {
-                let want = g.expected_wait_reason(name);
-                if r["wait_reason"].as_str() != want {
-                    problems.push(format!(
-                        "site {name}: wait_reason {} (want {want:?})",
-                        r["wait_reason"]
-                    ));
-                }
-                if r["created_by"]["func"].as_str() != Some(truth.creator.as_str()) {
-                    problems.push(format!(
-                        "site {name}: created_by {} (want {})",
-                        r["created_by"], truth.creator
-                    ));
-                }
-                let members = r["goroutines"].as_u64().unwrap_or(0);
-                let samples = r["sample_goids"].as_array().map_or(0, |a| a.len() as u64);
-                if samples != members.min(5) {
-                    problems.push(format!(
-                        "site {name}: {samples} sample_goids for {members} members"
-                    ));
-                }
-                if r["stack_bytes"].as_u64().unwrap_or(0) < members * 2048 {
-                    problems.push(format!(
-                        "site {name}: stack_bytes {} below 2 KiB per member ({members})",
-                        r["stack_bytes"]
-                    ));
-                }
+            if r["created_by"]["func"].as_str() != Some(truth.creator.as_str()) {
+                problems.push(format!(
+                    "site {name}: created_by {} (want {})",
+                    r["created_by"], truth.creator
+                ));
+            }
+            let members = r["goroutines"].as_u64().unwrap_or(0);
+            let samples = r["sample_goids"].as_array().map_or(0, |a| a.len() as u64);
+            if full && samples != members.min(5) {
+                problems.push(format!(
+                    "site {name}: {samples} sample_goids for {members} members"
+                ));
+            }
+            if full && r["stack_bytes"].as_u64().unwrap_or(0) < members * 2048 {
+                problems.push(format!(
+                    "site {name}: stack_bytes {} below 2 KiB per member ({members})",
+                    r["stack_bytes"]
+                ));
             }
         }
+    }
+    problems
+}
+
+/// The oracle itself: `--once` alone stays the per-goroutine dump, and its `goroutine` records,
+/// grouped here by state, wait reason, stack and creation site, agree with `debug=1` and the
+/// fixture's truth (so a failure of the grouped test is ctxprobe's grouping, not the harness).
+#[test]
+fn once_per_goroutine_grouped_by_harness_matches_debug1() {
+    for_each_cell(|tc, mode| {
+        let fixture_args = with(
+            QUIET,
+            &["-leak-initial", "50", "-idle", "30", "-warm", "20"],
+        );
+        let mut g = Groups::start(tc, mode, &fixture_args)?;
+        let out = run_ctxprobe(&args(g.pid(), &["--once"]), Duration::from_secs(60))?;
+        let stacks = g.dump_debug1()?;
+        ensure_success(&out)?;
+        let records = out.records().with_context(|| out.describe())?;
+        ensure!(
+            of_type(&records, "group").is_empty(),
+            "--once without --grouped printed group records"
+        );
+        let mut by_key: HashMap<String, Value> = HashMap::new();
+        for r in of_type(&records, "goroutine") {
+            let k = format!(
+                "{}|{}|{}|{}",
+                r["state"], r["wait_reason"], r["stack"], r["created_by"]
+            );
+            let e = by_key.entry(k).or_insert_with(|| {
+                let mut v = r.clone();
+                v["goroutines"] = 0.into();
+                v
+            });
+            e["goroutines"] = (e["goroutines"].as_u64().unwrap_or(0) + 1).into();
+        }
+        let groups: Vec<&Value> = by_key.values().collect();
+        let problems = compare_groups(&g, &groups, &stacks, false);
         ensure!(problems.is_empty(), "{}", problems.join("\n"));
         Ok(())
     });
