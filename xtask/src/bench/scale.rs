@@ -96,8 +96,7 @@ fn measure(bin: &Path, ctxprobe: &Path, n: u64, duration: Duration) -> Result<Ro
     let once_ms = once.wall.as_secs_f64() * 1e3;
     eprintln!(
         "bench:   --once {once_ms:.0} ms, {:.0} MiB, {} lines",
-        once.max_rss_mib,
-        once.lines.len()
+        once.max_rss_mib, once.count
     );
 
     let secs = format!("{}s", duration.as_secs());
@@ -146,7 +145,7 @@ fn measure(bin: &Path, ctxprobe: &Path, n: u64, duration: Duration) -> Result<Ro
         dump2_ms,
         once_ms,
         once_rss_mib: once.max_rss_mib,
-        once_lines: once.lines.len(),
+        once_lines: once.count,
         stream_rss_mib: stream.max_rss_mib,
         cpu_pct: stream.cpu.as_secs_f64() / stream.wall.as_secs_f64() * 100.0,
         mb_per_min: stream.bytes as f64 / 1e6 / (run_secs / 60.0),
@@ -181,6 +180,8 @@ struct Run {
     cpu: Duration,
     max_rss_mib: f64,
     bytes: u64,
+    /// Lines printed.
+    count: usize,
     /// Every JSON line with the time it arrived.
     lines: Vec<(Instant, Value)>,
 }
@@ -199,6 +200,7 @@ fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
     let reader = thread::spawn(move || {
         let mut lines = Vec::new();
         let mut bytes = 0u64;
+        let mut count = 0usize;
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
         while let Ok(n) = r.read_until(b'\n', &mut buf) {
@@ -206,6 +208,7 @@ fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
                 break;
             }
             bytes += n as u64;
+            count += 1;
             // Only the records the table needs are kept (a million `goroutine` lines would not
             // fit the point of measuring RSS).
             if !buf.starts_with(br#"{"type":"goroutine""#) {
@@ -217,7 +220,7 @@ fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
             }
             buf.clear();
         }
-        (lines, bytes)
+        (lines, bytes, count)
     });
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
@@ -229,7 +232,7 @@ fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
     if r != pid {
         bail!("wait4 on ctxprobe: {}", std::io::Error::last_os_error());
     }
-    let (lines, bytes) = reader
+    let (lines, bytes, count) = reader
         .join()
         .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
@@ -245,6 +248,7 @@ fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
         max_rss_mib: ru.ru_maxrss as f64 / 1024.0,
         bytes,
+        count,
         lines,
     })
 }
