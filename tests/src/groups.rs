@@ -231,14 +231,7 @@ pub fn trim_runtime(stack: &[Site]) -> Vec<Site> {
 
 /// Checks the fields of a `group` record that do not depend on the target's population.
 pub fn check_group_record(g: &Value) -> Result<()> {
-    for k in [
-        "group_id",
-        "goroutines",
-        "new",
-        "gone",
-        "stack_bytes",
-        "threshold_ns",
-    ] {
+    for k in ["group_id", "goroutines", "new", "gone", "stack_bytes"] {
         g[k].as_u64()
             .with_context(|| format!("group record: {k} is not a u64: {g}"))?;
     }
@@ -251,7 +244,8 @@ pub fn check_group_record(g: &Value) -> Result<()> {
     g["stack"]
         .as_array()
         .with_context(|| format!("group record: stack is not an array: {g}"))?;
-    for k in ["blocked_min_ns", "blocked_max_ns"] {
+    // threshold_ns may be null in `--once --grouped` (there is no threshold there).
+    for k in ["blocked_min_ns", "blocked_max_ns", "threshold_ns"] {
         if !(g[k].is_null() || g[k].is_u64()) {
             bail!("group record: {k} neither u64 nor null: {g}");
         }

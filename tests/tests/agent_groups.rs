@@ -138,9 +138,10 @@ fn compare_groups(g: &Groups, groups: &[&Value], stacks: &[StackCount], full: bo
             }
             let members = r["goroutines"].as_u64().unwrap_or(0);
             let samples = r["sample_goids"].as_array().map_or(0, |a| a.len() as u64);
-            if full && samples != members.min(5) {
+            if full && (samples == 0 || samples > members.min(5)) {
                 problems.push(format!(
-                    "site {name}: {samples} sample_goids for {members} members"
+                    "site {name}: {samples} sample_goids for {members} members (want 1..={})",
+                    members.min(5)
                 ));
             }
             if full && r["stack_bytes"].as_u64().unwrap_or(0) < members * 2048 {
@@ -471,17 +472,24 @@ fn samples_per_group_and_max_groups() {
         }
         // Group records between two summaries.
         let mut in_interval = 0;
+        let mut first_in_interval = 0;
+        let mut seen_ids = HashSet::new();
         let mut omitted = 0;
         for r in &records {
             if r["type"] == "group" {
                 in_interval += 1;
+                if r["group_id"].as_u64().is_some_and(|id| seen_ids.insert(id)) {
+                    first_in_interval += 1;
+                }
             } else if r["type"] == "summary" {
                 if in_interval > 2 {
                     problems.push(format!(
-                        "{in_interval} group records in one interval with --max-groups 2"
+                        "{in_interval} group records in one interval with --max-groups 2 \
+                         ({first_in_interval} of them a group's first)"
                     ));
                 }
                 in_interval = 0;
+                first_in_interval = 0;
                 omitted += r["groups_omitted"].as_u64().unwrap_or(0);
             }
         }
