@@ -769,3 +769,80 @@ fn stalled_stdout_never_stalls_the_loop() {
         Ok(())
     });
 }
+
+/// The fixture's truth against the runtime's own dumps (no ctxprobe, no root), with every Go
+/// toolchain the project supports: each site's members, wait reason and creation site in the
+/// `debug=2` dump, and each site's count in the `debug=1` dump.
+#[test]
+fn groups_fixture_truth_matches_its_own_dumps() {
+    let mut failures = Vec::new();
+    for v in [
+        "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", LATEST_GO,
+    ] {
+        let r = Toolchain::find(v).and_then(|tc| {
+            let fixture_args = with(QUIET, &["-leak-initial", "7", "-idle", "5", "-warm", "3"]);
+            let mut g = Groups::start(&tc, &BuildMode::default_build(), &fixture_args)?;
+            let dump = g.fixture.dump()?;
+            let stacks = g.dump_debug1()?;
+            let mut problems = Vec::new();
+            for (name, truth) in &g.sites {
+                let members: Vec<_> = dump
+                    .goroutines
+                    .iter()
+                    .filter(|gr| {
+                        gr.frames
+                            .iter()
+                            .find(|f| f.func.starts_with("main."))
+                            .is_some_and(|f| f.func == truth.func)
+                    })
+                    .collect();
+                if members.len() as i64 != truth.count {
+                    problems.push(format!(
+                        "site {name}: debug=2 has {}, the fixture says {}",
+                        members.len(),
+                        truth.count
+                    ));
+                }
+                let want = g.expected_wait_reason(name);
+                for m in &members {
+                    if m.wait_reason.as_deref() != want {
+                        problems.push(format!(
+                            "site {name}: goroutine {} waits on {:?}, want {want:?}",
+                            m.goid, m.wait_reason
+                        ));
+                    }
+                    if m.created_by.as_ref().map(|c| c.func.as_str()) != Some(&truth.creator) {
+                        problems.push(format!(
+                            "site {name}: goroutine {} created by {:?}, want {}",
+                            m.goid,
+                            m.created_by.as_ref().map(|c| &c.func),
+                            truth.creator
+                        ));
+                    }
+                }
+                let in_debug1: u64 = stacks
+                    .iter()
+                    .filter(|s| {
+                        s.frames
+                            .iter()
+                            .find(|f| f.func.starts_with("main."))
+                            .is_some_and(|f| f.func == truth.func)
+                    })
+                    .map(|s| s.count)
+                    .sum();
+                if in_debug1 as i64 != truth.count {
+                    problems.push(format!(
+                        "site {name}: debug=1 has {in_debug1}, the fixture says {}",
+                        truth.count
+                    ));
+                }
+            }
+            ensure!(problems.is_empty(), "{}", problems.join("\n"));
+            Ok(())
+        });
+        if let Err(e) = r {
+            failures.push(format!("Go {v}: {e:#}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
