@@ -529,10 +529,22 @@ fn every_goroutine_restores_per_goroutine_records() {
         let mut problems = Vec::new();
         let mut per_site: HashMap<String, HashSet<u64>> = HashMap::new();
         let mut seen = HashSet::new();
-        for r in of_type(&records, "blocked") {
-            let id = goid(r).unwrap_or(0);
-            if !seen.insert(id) {
-                problems.push(format!("goroutine {id} reported blocked twice"));
+        // A goroutine may block again after an `unblocked` (the burst's own sleeping spawner).
+        let mut blocked_now = HashSet::new();
+        for r in &records {
+            let Some(id) = goid(r) else { continue };
+            if r["type"] == "unblocked" {
+                blocked_now.remove(&id);
+                continue;
+            }
+            if r["type"] != "blocked" {
+                continue;
+            }
+            seen.insert(id);
+            if !blocked_now.insert(id) {
+                problems.push(format!(
+                    "goroutine {id} reported blocked twice without unblocked"
+                ));
             }
             if let Some(site) = g.site_of(r) {
                 per_site.entry(site).or_default().insert(id);
