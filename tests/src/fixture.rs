@@ -20,6 +20,8 @@ pub struct Fixture {
     /// The `ready` line.
     pub ready: Value,
     pub started: Instant,
+    /// When the ready line arrived.
+    pub ready_at: Instant,
     dump_path: PathBuf,
 }
 
@@ -59,21 +61,26 @@ impl Fixture {
             .unwrap_or_else(|| "fixture".into());
         let started = Instant::now();
         let mut process = Process::spawn(&name, cmd)?;
-        let ready = process
-            .wait_json("ready line", ready_timeout, |v| v["ready"] == true)?
-            .json
-            .unwrap_or(Value::Null);
+        let ready_line = process.wait_json("ready line", ready_timeout, |v| v["ready"] == true)?;
+        let ready_at = ready_line.at;
+        let ready = ready_line.json.unwrap_or(Value::Null);
         Ok(Fixture {
             process,
             bin: bin.to_path_buf(),
             ready,
             started,
+            ready_at,
             dump_path,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.process.pid
+    }
+
+    /// Where the fixture writes the dumps it is asked for (`$CTXPROBE_FIXTURE_DUMP`).
+    pub fn dump_path(&self) -> &Path {
+        &self.dump_path
     }
 
     /// Asks the fixture for `pprof.Lookup("goroutine").WriteTo(f, 2)` (SIGUSR1) and parses it.

@@ -8,6 +8,7 @@ pub mod contract;
 pub mod dump;
 pub mod fixture;
 pub mod gobuild;
+pub mod groups;
 pub mod leaky;
 pub mod probe;
 pub mod process;

@@ -13,6 +13,9 @@
 //!    goroutines, each holding a three-link context chain in a select on its Done channel
 //!    (compare with 3: the same count without contexts).
 //!
+//! 6. Scale (only with `--scale` or `--only scale`; see bench/scale.rs): fixtures/groups at 10k,
+//!    100k and 1M goroutines, `--once` and streaming resources beside the target's own dumps.
+//!
 //! Needs root, wrk, a Go toolchain (scripts/setup.sh) and a release build of ctxprobe
 //! (`cargo build --release -p ctxprobe`).
 
@@ -26,9 +29,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+mod scale;
+
 const USAGE: &str = "usage: cargo xtask bench [--go 1.27] [--rounds 3] [--modes default,precise]
     [--pingpong-n 1000000] [--wrk-duration 5s] [--wrk-connections 32] [--many-n 100000]
-    [--only pingpong,wrk,many,futex,contexts] [--futex-threads 4] [--ctxprobe PATH]
+    [--only pingpong,wrk,many,futex,contexts,scale] [--futex-threads 4] [--ctxprobe PATH]
+    [--scale] [--scale-sizes 10000,100000,1000000] [--scale-duration 60s]
+--scale runs only the scale section (fixtures/groups up to 1M goroutines, ~10 minutes);
+the default run leaves it out.
 Build ctxprobe first: cargo build --release -p ctxprobe";
 
 #[derive(Clone)]
@@ -43,6 +51,8 @@ struct Options {
     only: Vec<String>,
     futex_threads: u32,
     ctxprobe: Option<PathBuf>,
+    scale_sizes: Vec<u64>,
+    scale_duration: Duration,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -51,7 +61,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let ctxprobe = find_ctxprobe(&root, opts.ctxprobe.as_deref())?;
     let go = find_go(&root, &opts.go)?;
     eprintln!("bench: ctxprobe {}, Go {}", ctxprobe.display(), opts.go);
-    let want = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
+    // The scale section takes ~10 minutes: only when asked for by name.
+    let want = |s: &str| (opts.only.is_empty() && s != "scale") || opts.only.iter().any(|o| o == s);
     let mut report = Vec::new();
     if want("pingpong") {
         let bin = build_fixture(&root, &go, &opts.go, "pingpong")?;
@@ -73,6 +84,10 @@ pub fn run(args: &[String]) -> Result<()> {
         let bin = build_fixture(&root, &go, &opts.go, "contexts")?;
         report.push(bench_contexts(&bin, &ctxprobe, &opts)?);
     }
+    if want("scale") {
+        let bin = build_fixture(&root, &go, &opts.go, "groups")?;
+        report.push(scale::bench_scale(&bin, &ctxprobe, &opts)?);
+    }
     println!();
     for section in report {
         println!("{section}");
@@ -92,12 +107,18 @@ fn parse_args(args: &[String]) -> Result<Options> {
         only: Vec::new(),
         futex_threads: 4,
         ctxprobe: None,
+        scale_sizes: vec![10_000, 100_000, 1_000_000],
+        scale_duration: Duration::from_secs(60),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "--scale" {
+            o.only = vec!["scale".into()];
+            continue;
         }
         let value = it
             .next()
@@ -116,6 +137,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--only" => o.only = list(),
             "--futex-threads" => o.futex_threads = value.parse().context("--futex-threads")?,
             "--ctxprobe" => o.ctxprobe = Some(PathBuf::from(value)),
+            "--scale-sizes" => {
+                o.scale_sizes = value
+                    .split(',')
+                    .map(|n| n.trim().parse::<u64>())
+                    .collect::<Result<_, _>>()
+                    .context("--scale-sizes")?
+            }
+            "--scale-duration" => o.scale_duration = parse_duration(value)?,
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }
