@@ -8,6 +8,7 @@ mod cli;
 mod contexts;
 mod denied;
 mod goroutines;
+mod output_queue;
 mod probes;
 mod procmem;
 mod report;
@@ -92,14 +93,21 @@ fn run(args: Args) -> Result<()> {
         }
         Err(other) => bail!("process {} ({}): {other}", target.pid, target.exe_path),
     };
-    let out: Box<dyn Write> = match &args.output {
+    let out: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create --output {}", path.display()))?,
         )),
         None => Box::new(std::io::LineWriter::new(std::io::stdout())),
     };
-    let mut reporter = Reporter::new(out, args.format, target.pid);
+    // Streaming never waits for its consumer (a stalled log pipeline must not stall probe
+    // control or signals); a `--once` dump waits, since it is the whole answer.
+    let mut reporter = if args.once {
+        Reporter::new(out, args.format, target.pid)
+    } else {
+        Reporter::queued(out, args.format, target.pid)
+            .context("cannot start the output writer thread")?
+    };
     match &bin {
         Some(bin) => run_go(&args, &target, bin, &mut reporter),
         None => run_threads_only(&args, &target, &mut reporter),
@@ -144,7 +152,7 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     if args.once {
         out.emit(&attach)?;
         session.dump_all(out)?;
-        out.flush()?;
+        out.finish(std::time::Duration::MAX)?;
         return Ok(());
     }
 

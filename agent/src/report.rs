@@ -6,6 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::output_queue::{OutputQueue, QUEUE_RECORDS};
 use crate::stack::SourceFrame;
 use crate::threads::{ContendedFutex, StackFrame, ThreadBlocked, ThreadUnblocked};
 
@@ -118,6 +119,8 @@ pub enum Event {
         #[serde(flatten)]
         goroutines: Option<GoroutineSummary>,
         lost_events: u64,
+        /// Records dropped because the output consumer did not keep up (cumulative).
+        dropped_records: u64,
         /// The most contended futex words (absent when thread monitoring is off).
         #[serde(skip_serializing_if = "Option::is_none")]
         contended_futexes: Option<Vec<ContendedFutex>>,
@@ -131,24 +134,80 @@ pub enum Event {
     Detach {
         reason: &'static str,
         lost_events: u64,
+        /// Records dropped because the output consumer did not keep up.
+        dropped_records: u64,
     },
     Error {
         message: String,
     },
 }
 
+/// Where formatted records go.
+enum Sink {
+    /// Written at once, blocking while the consumer is slow: `--once`, a dump nobody wants
+    /// thinned out.
+    Blocking(Box<dyn Write>),
+    /// Streaming: through a bounded queue; never blocks, drops and counts instead.
+    Queued(OutputQueue),
+}
+
 pub struct Reporter {
-    out: Box<dyn Write>,
+    out: Sink,
     format: Format,
     pid: u32,
 }
 
 impl Reporter {
     pub fn new(out: Box<dyn Write>, format: Format, pid: u32) -> Reporter {
-        Reporter { out, format, pid }
+        Reporter {
+            out: Sink::Blocking(out),
+            format,
+            pid,
+        }
+    }
+
+    /// A reporter whose writes never block the caller (see [`OutputQueue`]).
+    pub fn queued(
+        out: Box<dyn Write + Send>,
+        format: Format,
+        pid: u32,
+    ) -> std::io::Result<Reporter> {
+        Ok(Reporter {
+            out: Sink::Queued(OutputQueue::start(out, QUEUE_RECORDS)?),
+            format,
+            pid,
+        })
+    }
+
+    /// Records dropped so far because the consumer did not keep up.
+    pub fn dropped(&self) -> u64 {
+        match &self.out {
+            Sink::Blocking(_) => 0,
+            Sink::Queued(q) => q.dropped(),
+        }
     }
 
     pub fn emit(&mut self, event: &Event) -> std::io::Result<()> {
+        let record = self.format_record(event)?;
+        match &mut self.out {
+            Sink::Blocking(w) => w.write_all(&record),
+            Sink::Queued(q) => {
+                q.push(record);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes out what is pending; a queued reporter waits at most `timeout` for its consumer.
+    pub fn finish(&mut self, timeout: std::time::Duration) -> std::io::Result<()> {
+        match &mut self.out {
+            Sink::Blocking(w) => w.flush(),
+            Sink::Queued(q) => q.close(timeout),
+        }
+    }
+
+    fn format_record(&self, event: &Event) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(256);
         let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
         match self.format {
             Format::Json => {
@@ -168,19 +227,12 @@ impl Reporter {
                         obj.insert(k, v);
                     }
                 }
-                serde_json::to_writer(&mut self.out, &obj).map_err(std::io::Error::other)?;
-                self.out.write_all(b"\n")?;
+                serde_json::to_writer(&mut out, &obj).map_err(std::io::Error::other)?;
+                out.push(b'\n');
             }
-            Format::Text => {
-                let text = render_text(event, self.pid);
-                self.out.write_all(text.as_bytes())?;
-            }
+            Format::Text => out.extend_from_slice(render_text(event, self.pid).as_bytes()),
         }
-        Ok(())
-    }
-
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        Ok(out)
     }
 }
 
@@ -280,6 +332,14 @@ fn render_futexes(out: &mut String, futexes: Option<&[ContendedFutex]>) {
     }
 }
 
+fn dropped_text(dropped: u64) -> String {
+    if dropped == 0 {
+        String::new()
+    } else {
+        format!("; {dropped} records dropped (the output consumer did not keep up)")
+    }
+}
+
 fn render_text(event: &Event, pid: u32) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -369,10 +429,15 @@ fn render_text(event: &Event, pid: u32) -> String {
         Event::Summary {
             goroutines: None,
             lost_events,
+            dropped_records,
             contended_futexes,
             ..
         } => {
-            let _ = writeln!(out, "summary: {lost_events} events lost");
+            let _ = writeln!(
+                out,
+                "summary: {lost_events} events lost{}",
+                dropped_text(*dropped_records)
+            );
             render_futexes(&mut out, contended_futexes.as_deref());
             out.push('\n');
         }
@@ -387,6 +452,7 @@ fn render_text(event: &Event, pid: u32) -> String {
                     ..
                 }),
             lost_events,
+            dropped_records,
             contended_futexes,
             ..
         } => {
@@ -400,9 +466,10 @@ fn render_text(event: &Event, pid: u32) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "summary: {goroutines} goroutines ({}); waiting on: {}; {blocked} blocked over threshold; {lost_events} events lost",
+                "summary: {goroutines} goroutines ({}); waiting on: {}; {blocked} blocked over threshold; {lost_events} events lost{}",
                 states.join(", "),
-                if reasons.is_empty() { "-".into() } else { reasons.join(", ") }
+                if reasons.is_empty() { "-".into() } else { reasons.join(", ") },
+                dropped_text(*dropped_records)
             );
             for s in top_creation_sites.iter().take(3) {
                 let _ = writeln!(
@@ -417,8 +484,13 @@ fn render_text(event: &Event, pid: u32) -> String {
         Event::Detach {
             reason,
             lost_events,
+            dropped_records,
         } => {
-            let _ = writeln!(out, "detached ({reason}); {lost_events} events lost");
+            let _ = writeln!(
+                out,
+                "detached ({reason}); {lost_events} events lost{}",
+                dropped_text(*dropped_records)
+            );
         }
         Event::Error { message } => {
             let _ = writeln!(out, "error: {message}");
@@ -448,6 +520,7 @@ mod tests {
             r.emit(&Event::Detach {
                 reason: "duration",
                 lost_events: 0,
+                dropped_records: 0,
             })
             .unwrap();
         }

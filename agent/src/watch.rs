@@ -12,6 +12,9 @@ use crate::session::{End, Session};
 use crate::target::{monotonic_ns, TargetProcess};
 use crate::threads::{self, ThreadEvent, ThreadMonitor};
 
+/// How long the last records may take to reach a slow consumer after the end.
+const FINISH_TIMEOUT: Duration = Duration::from_millis(500);
+
 fn default_poll_interval(threshold: Duration) -> Duration {
     (threshold / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
@@ -52,8 +55,12 @@ impl<'s, 'a> Watch<'s, 'a> {
         out.emit(&Event::Detach {
             reason: end.name(),
             lost_events: lost,
+            dropped_records: out.dropped(),
         })?;
-        out.flush()?;
+        // A consumer that stopped reading must not keep us (or a SIGTERM) waiting.
+        if let Err(e) = out.finish(FINISH_TIMEOUT) {
+            eprintln!("ctxprobe: {e}");
+        }
         Ok(())
     }
 
@@ -129,6 +136,7 @@ impl<'s, 'a> Watch<'s, 'a> {
         out.emit(&Event::Summary {
             goroutines,
             lost_events: lost,
+            dropped_records: out.dropped(),
             contended_futexes,
             futex_calls_per_sec,
         })?;

@@ -686,7 +686,6 @@ const LOADED: &[&str] = &[
 /// dropped and counted, the probe budget still works; SIGTERM exits at once even with stdout
 /// still blocked.
 #[test]
-#[ignore = "issue 7: the agent side (group records, sampling, output queue) is not implemented yet"]
 fn stalled_stdout_never_stalls_the_loop() {
     newest_cell(|tc, mode| {
         let g = Groups::start(tc, mode, LOADED)?;
@@ -700,7 +699,8 @@ fn stalled_stdout_never_stalls_the_loop() {
                 "1s",
                 "--duration",
                 "25s",
-                "--every-goroutine",
+                // One `blocked` per goroutine is today's default; once per-group sampling
+                // lands (issue 7), `--every-goroutine` goes back here to keep the output heavy.
             ],
         ))?;
         std::thread::sleep(Duration::from_secs(20));
