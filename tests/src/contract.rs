@@ -103,7 +103,7 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
         }
         "detach" => {
             let reason = str_field(v, "reason")?;
-            if !["duration", "signal", "target_exited"].contains(&reason) {
+            if !["duration", "signal", "target_exited", "target_exec"].contains(&reason) {
                 bail!("unknown detach reason {reason:?}");
             }
             u64_field(v, "lost_events")?;
