@@ -151,7 +151,14 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
 
     if args.once {
         out.emit(&attach)?;
-        session.dump_all(out)?;
+        if let Err(e) = session.dump_all(out) {
+            // Said in the output too, so a pipeline reading it knows the dump is partial.
+            let _ = out.emit(&Event::Error {
+                message: format!("{e:#}"),
+            });
+            let _ = out.finish(std::time::Duration::from_secs(1));
+            return Err(e);
+        }
         out.finish(std::time::Duration::MAX)?;
         return Ok(());
     }

@@ -131,6 +131,13 @@ pub enum Event {
     },
     ThreadBlocked(ThreadBlocked),
     ThreadUnblocked(ThreadUnblocked),
+    /// The target is stopped (SIGSTOP, a debugger, a tracer): nothing in it runs, and
+    /// ctxprobe takes no snapshots until it resumes.
+    TargetStopped {},
+    /// The target runs again after `stopped_ns` (not counted as blocked time).
+    TargetResumed {
+        stopped_ns: u64,
+    },
     Detach {
         reason: &'static str,
         lost_events: u64,
@@ -480,6 +487,19 @@ fn render_text(event: &Event, pid: u32) -> String {
             }
             render_futexes(&mut out, contended_futexes.as_deref());
             out.push('\n');
+        }
+        Event::TargetStopped {} => {
+            let _ = writeln!(
+                out,
+                "target stopped: nothing runs in it; snapshots paused\n"
+            );
+        }
+        Event::TargetResumed { stopped_ns } => {
+            let _ = writeln!(
+                out,
+                "target resumed after {} stopped (not counted as blocked time)\n",
+                human_duration(*stopped_ns)
+            );
         }
         Event::Detach {
             reason,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use gobinary::waitreason::status_name;
 use gobinary::GoBinary;
 
@@ -16,12 +16,14 @@ use crate::report::{
     CreationSiteCount, Event, GoroutineReport, GoroutineSummary, Reporter, SinceSource,
 };
 use crate::stack::{self, Symbolizer};
-use crate::target::{monotonic_ns, TargetProcess};
+use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::StackFrame;
 use crate::tracker::{Park, ParkTracker};
 
 /// Most probe-map look-ups per snapshot (each is a syscall on our side).
 const MAX_RECORD_LOOKUPS: usize = 50_000;
+/// `--once` checks that the target is still the same live process this often (goroutines).
+const TARGET_CHECK_EVERY: usize = 1024;
 /// How many creation sites a summary lists.
 const TOP_SITES: usize = 5;
 
@@ -54,6 +56,8 @@ pub enum End {
     Duration,
     Signal,
     TargetExited,
+    /// The target replaced its program: its goroutines and our probes are gone with the image.
+    TargetExec,
 }
 
 impl End {
@@ -62,6 +66,7 @@ impl End {
             End::Duration => "duration",
             End::Signal => "signal",
             End::TargetExited => "target_exited",
+            End::TargetExec => "target_exec",
         }
     }
 }
@@ -182,11 +187,25 @@ impl<'a> Session<'a> {
         let gs = self.snapshot()?.context("the target process exited")?;
         let target_now = self.target.monotonic_now_ns();
         let mut n = 0;
-        for g in &gs {
+        for (i, g) in gs.iter().enumerate() {
             if !self.settings.include_system && self.is_system(g) {
                 continue;
             }
             let report = self.describe_consistent(g, target_now);
+            // A target that dies or execs mid-dump makes every later read fail (or read
+            // another program): stop at the first sign rather than print empty stacks.
+            if report.stack_error.is_some() || i % TARGET_CHECK_EVERY == 0 {
+                match self.target.state() {
+                    TargetState::Exited => {
+                        bail!("the target process exited during the dump ({n} goroutines written)")
+                    }
+                    TargetState::Execed => bail!(
+                        "the target process replaced its program (exec) during the dump \
+                         ({n} goroutines written)"
+                    ),
+                    TargetState::Running | TargetState::Stopped => {}
+                }
+            }
             out.emit(&Event::Goroutine(report))?;
             n += 1;
         }
@@ -225,6 +244,11 @@ impl<'a> Session<'a> {
                 _ => return report,
             }
         }
+    }
+
+    /// The target was stopped for `ns` and runs again (see [`ParkTracker::exclude_pause`]).
+    pub fn exclude_pause(&mut self, ns: i64) {
+        self.tracker.exclude_pause(ns);
     }
 
     /// Counts non-system goroutines in a snapshot (what `runtime.NumGoroutine` would say).

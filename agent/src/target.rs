@@ -16,6 +16,29 @@ pub struct TargetProcess {
     start_ticks: u64,
     /// Add to our CLOCK_MONOTONIC to get the target's (time namespaces shift it).
     pub monotonic_offset_ns: i64,
+    /// What tells this program image from the next one after an `exec` (same pid, same start
+    /// time).
+    image: ImageIdentity,
+}
+
+/// The program image a process runs: the executable file (device, inode) and where its initial
+/// stack was placed (randomised at every `exec`, so an exec of the same file shows too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ImageIdentity {
+    exe_dev: u64,
+    exe_ino: u64,
+    start_stack: u64,
+}
+
+/// What the target is doing, as far as ctxprobe's reads are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetState {
+    Running,
+    /// Stopped by a signal (SIGSTOP, a debugger): nothing in it moves.
+    Stopped,
+    Exited,
+    /// It replaced its program (`exec`): what we know of its memory no longer holds.
+    Execed,
 }
 
 impl TargetProcess {
@@ -49,6 +72,9 @@ impl TargetProcess {
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read /proc/{pid}/exe")),
         };
+        let image = image_identity(pid, &stat).with_context(|| {
+            format!("cannot identify the executable of process {pid} (/proc/{pid}/exe)")
+        })?;
         let monotonic_offset_ns = timens_monotonic_offset(&format!("/proc/{pid}/timens_offsets"))
             .unwrap_or(0)
             - timens_monotonic_offset("/proc/self/timens_offsets").unwrap_or(0);
@@ -58,14 +84,33 @@ impl TargetProcess {
             exe_path,
             start_ticks,
             monotonic_offset_ns,
+            image,
         })
     }
 
     /// False once the process has exited (or its pid now names another process).
     pub fn is_alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => parse_start_ticks(&stat) == Some(self.start_ticks) && !is_zombie(&stat),
-            Err(_) => false,
+        !matches!(self.state(), TargetState::Exited)
+    }
+
+    /// Running, stopped, gone, or running another program than the one we attached to.
+    pub fn state(&self) -> TargetState {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return TargetState::Exited;
+        };
+        if parse_start_ticks(&stat) != Some(self.start_ticks) || is_zombie(&stat) {
+            return TargetState::Exited;
+        }
+        match image_identity(self.pid, &stat) {
+            Ok(image) if image != self.image => return TargetState::Execed,
+            Ok(_) => {}
+            // The exe link vanishes as the process exits.
+            Err(_) => return TargetState::Exited,
+        }
+        if is_stopped(&stat) {
+            TargetState::Stopped
+        } else {
+            TargetState::Running
         }
     }
 
@@ -139,6 +184,30 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Fields after the command name: field 3 (state) is index 0.
+fn stat_field(stat: &str, field: usize) -> Option<&str> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(field.checked_sub(3)?)
+}
+
+/// `T` (stopped by a signal) or `t` (stopped by a tracer).
+fn is_stopped(stat: &str) -> bool {
+    matches!(stat_field(stat, 3), Some("T" | "t"))
+}
+
+fn image_identity(pid: u32, stat: &str) -> std::io::Result<ImageIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = fs::metadata(format!("/proc/{pid}/exe"))?;
+    Ok(ImageIdentity {
+        exe_dev: exe.dev(),
+        exe_ino: exe.ino(),
+        // Field 28, `startstack`; 0 when the kernel hides it from us, then the file decides.
+        start_stack: stat_field(stat, 28)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
 fn is_zombie(stat: &str) -> bool {
     stat.rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next())
@@ -167,12 +236,17 @@ mod tests {
         let stat = "123 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 999 20";
         assert_eq!(parse_start_ticks(stat), Some(999));
         assert!(!is_zombie(stat));
+        assert!(!is_stopped(stat));
+        assert_eq!(stat_field(stat, 28), None);
         assert_eq!(parse_start_ticks("garbage"), None);
+        assert_eq!(stat_field("garbage", 3), None);
+        assert!(is_stopped("7 (x) T 1"));
     }
 
     #[test]
     fn self_is_alive() {
         let me = TargetProcess::open(std::process::id()).unwrap();
         assert!(me.is_alive());
+        assert_eq!(me.state(), TargetState::Running);
     }
 }

@@ -27,6 +27,8 @@ pub struct Park {
     pub exact_park_ns: Option<i64>,
     /// The runtime's GC stamp (`g.waitsince`, target clock), once it has one.
     pub waitsince: i64,
+    /// Time the target spent stopped during this park, not counted as blocked.
+    pub paused_ns: i64,
     /// Reported as blocked.
     pub flagged: bool,
     /// Decided not to report (a runtime-internal goroutine): not looked at again.
@@ -52,7 +54,9 @@ impl Park {
         }
         let observed = now.saturating_sub(self.first_seen_ns).max(0) as u64;
         let mut runtime = if self.waitsince > 0 && self.waitsince <= target_now {
-            (target_now - self.waitsince) as u64
+            (target_now - self.waitsince)
+                .saturating_sub(self.paused_ns)
+                .max(0) as u64
         } else {
             0
         };
@@ -113,6 +117,7 @@ impl ParkTracker {
                             sightings: 1,
                             exact_park_ns: None,
                             waitsince: g.waitsince,
+                            paused_ns: 0,
                             flagged: false,
                             ignored: false,
                         },
@@ -139,6 +144,24 @@ impl ParkTracker {
 
     pub fn parks(&self) -> impl Iterator<Item = &Park> {
         self.parks.values()
+    }
+
+    /// The target was stopped (SIGSTOP, a debugger) for `ns`: nothing in it could run, so that
+    /// time is no evidence that a goroutine is stuck. Parks not yet reported are timed as if
+    /// the stop had not happened; a goroutine that was merely caught parked as the target
+    /// stopped must not cross the threshold on the stop alone.
+    pub fn exclude_pause(&mut self, ns: i64) {
+        for park in self.parks.values_mut().filter(|p| !p.flagged) {
+            park.first_seen_ns = park.first_seen_ns.saturating_add(ns);
+            park.last_seen_ns = park.last_seen_ns.saturating_add(ns);
+            park.not_before_ns = park.not_before_ns.map(|t| t.saturating_add(ns));
+            park.exact_park_ns = park.exact_park_ns.map(|t| t.saturating_add(ns));
+            // The GC stamp is in the target's clock, which ran on through the stop.
+            park.paused_ns = park.paused_ns.saturating_add(ns);
+        }
+        if let Some(t) = &mut self.last_snapshot_ns {
+            *t = t.saturating_add(ns);
+        }
     }
 
     pub fn flagged_count(&self) -> u64 {
@@ -192,6 +215,24 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_target_does_not_age_unreported_parks() {
+        let mut t = ParkTracker::default();
+        t.observe(&[g(1, 7, 4, 3), g(2, 8, 4, 3)], 1_000);
+        t.get_mut(2).unwrap().flagged = true;
+        t.get_mut(1).unwrap().waitsince = 500;
+        // Stopped for 10 µs, then seen again at 12 µs.
+        t.exclude_pause(10_000);
+        t.observe(&[g(1, 7, 4, 3), g(2, 8, 4, 3)], 12_000);
+        let mut p1 = t.get_mut(1).unwrap().clone();
+        // The GC stamp's clock ran on through the stop: 11.5 µs less the 10 µs stopped.
+        assert_eq!(p1.blocked(12_000, 12_000), (1_500, SinceSource::Runtime));
+        p1.waitsince = 0;
+        assert_eq!(p1.blocked(12_000, 12_000), (1_000, SinceSource::Observed));
+        let p2 = t.get_mut(2).unwrap().clone();
+        assert_eq!(p2.blocked(12_000, 12_000), (11_000, SinceSource::Observed));
+    }
+
+    #[test]
     fn durations_prefer_exact_then_the_larger_lower_bound() {
         let mut p = Park {
             g: g(1, 7, 4, 3),
@@ -201,6 +242,7 @@ mod tests {
             sightings: 1,
             exact_park_ns: None,
             waitsince: 0,
+            paused_ns: 0,
             flagged: false,
             ignored: false,
         };

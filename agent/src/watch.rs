@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use crate::cli::Args;
 use crate::report::{Event, Reporter};
 use crate::session::{End, Session};
-use crate::target::{monotonic_ns, TargetProcess};
+use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::{self, ThreadEvent, ThreadMonitor};
 
 /// How long the last records may take to reach a slow consumer after the end.
@@ -30,6 +30,8 @@ pub struct Watch<'s, 'a> {
     /// Futex call count and when, at the previous summary.
     futex_calls_at: Option<(u64, i64)>,
     started_ns: i64,
+    /// Since when (our clock) the target has been stopped, while it is.
+    stopped_since: Option<i64>,
 }
 
 impl<'s, 'a> Watch<'s, 'a> {
@@ -41,6 +43,7 @@ impl<'s, 'a> Watch<'s, 'a> {
             last_error: None,
             futex_calls_at: None,
             started_ns: monotonic_ns(),
+            stopped_since: None,
         }
     }
 
@@ -143,6 +146,38 @@ impl<'s, 'a> Watch<'s, 'a> {
         Ok(())
     }
 
+    /// Notices the target exiting, exec'ing, stopping and resuming; `Some` ends the stream.
+    fn check_target(&mut self, target: &TargetProcess, out: &mut Reporter) -> Result<Option<End>> {
+        match target.state() {
+            TargetState::Exited => {
+                // Waits that ended as it exited are still in the ring buffer.
+                self.poll_threads(out)?;
+                Ok(Some(End::TargetExited))
+            }
+            // Nothing more is read: the memory is another program's now.
+            TargetState::Execed => Ok(Some(End::TargetExec)),
+            TargetState::Stopped => {
+                if self.stopped_since.is_none() {
+                    self.stopped_since = Some(monotonic_ns());
+                    out.emit(&Event::TargetStopped {})?;
+                }
+                Ok(None)
+            }
+            TargetState::Running => {
+                if let Some(since) = self.stopped_since.take() {
+                    let stopped_ns = (monotonic_ns() - since).max(0);
+                    if let Some(session) = &mut self.session {
+                        session.exclude_pause(stopped_ns);
+                    }
+                    out.emit(&Event::TargetResumed {
+                        stopped_ns: stopped_ns as u64,
+                    })?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn stream(&mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<End> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -174,6 +209,15 @@ impl<'s, 'a> Watch<'s, 'a> {
                     _ = sigint.recv() => return Ok(End::Signal),
                     _ = until_deadline => return Ok(End::Duration),
                     _ = tokio::time::sleep_until(next_poll) => {
+                        if let Some(end) = self.check_target(target, out)? {
+                            return Ok(end);
+                        }
+                        if self.stopped_since.is_some() {
+                            // A stopped target changes nothing; snapshots would only age its
+                            // goroutines' parks.
+                            next_poll = tokio::time::Instant::now() + base_poll;
+                            continue;
+                        }
                         let mut took = Duration::ZERO;
                         if let Some(session) = &mut self.session {
                             match session.poll(out) {
@@ -207,10 +251,8 @@ impl<'s, 'a> Watch<'s, 'a> {
                             }
                             session.drain_wake_events(out)?;
                         }
-                        if !target.is_alive() {
-                            // Waits that ended as it exited are still in the ring buffer.
-                            self.poll_threads(out)?;
-                            return Ok(End::TargetExited);
+                        if let Some(end) = self.check_target(target, out)? {
+                            return Ok(end);
                         }
                     }
                     _ = summary.tick() => self.summary(out)?,

@@ -92,6 +92,7 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
         }
         "summary" => {
             u64_field(v, "lost_events")?;
+            u64_field(v, "dropped_records")?;
             if v.get("goroutines").is_some() {
                 u64_field(v, "goroutines")?;
                 counts(v, "by_state")?;
@@ -107,6 +108,11 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
                 bail!("unknown detach reason {reason:?}");
             }
             u64_field(v, "lost_events")?;
+            u64_field(v, "dropped_records")?;
+        }
+        "target_stopped" => {}
+        "target_resumed" => {
+            u64_field(v, "stopped_ns")?;
         }
         "error" => {
             str_field(v, "message")?;
@@ -268,15 +274,18 @@ mod tests {
             "wait_reason":"chan receive","blocked_ns":2_000_000_000u64,"since_exact":false,
             "threshold_ns":1_000_000_000u64,
             "stack":[{"func":"main.f","file":"/m.go","line":3}],
-            "created_by":{"func":"main.main","file":"/m.go","line":9},"parent_goid":1});
+            "created_by":{"func":"main.main","file":"/m.go","line":9},"parent_goid":1,
+            "contexts":[],"waits_on":[],"context_verdict":null});
         check_record(&blocked, 7).unwrap();
         assert!(check_record(&blocked, 8).is_err());
         let mut bad = blocked.clone();
         bad["stack"][0]["line"] = json!(0);
         assert!(check_record(&bad, 7).is_err());
-        let detach = json!({"type":"detach","time":t,"pid":7,"reason":"duration","lost_events":0});
+        let detach = json!({"type":"detach","time":t,"pid":7,"reason":"duration","lost_events":0,
+            "dropped_records":0});
         check_record(&detach, 7).unwrap();
-        let bad = json!({"type":"detach","time":t,"pid":7,"reason":"bored","lost_events":0});
+        let bad = json!({"type":"detach","time":t,"pid":7,"reason":"bored","lost_events":0,
+            "dropped_records":0});
         assert!(check_record(&bad, 7).is_err());
     }
 }
