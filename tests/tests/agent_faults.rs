@@ -133,6 +133,12 @@ fn exec_case(tc: &Toolchain, mode: &BuildMode, argv: &[String], new_is_go: bool)
             _ => {}
         }
     }
+    eprintln!(
+        "[Go {}] exec into {}: detach {late:?} after the exec, {} records in all",
+        tc.version,
+        argv[0],
+        out.lines.len()
+    );
     if !problems.is_empty() {
         bail!(
             "exec into {argv:?}: {} problems:\n{}\n{}",
@@ -239,7 +245,7 @@ fn death_case(bin: &Path, kill_after: Duration) -> Result<()> {
         ensure!(
             goroutines.len() >= MANY && errors.is_empty() && exit_gone.is_empty(),
             "{summary}: exit 0 after an incomplete dump\n{}",
-            out.describe()
+            describe_tail(&out)
         );
         eprintln!("killed {kill_after:?} after attach: the dump had finished ({summary})");
         return Ok(());
@@ -280,7 +286,7 @@ fn death_case(bin: &Path, kill_after: Duration) -> Result<()> {
         problems.is_empty(),
         "{summary}:\n{}\n{}",
         problems.join("\n"),
-        out.describe()
+        describe_tail(&out)
     );
     eprintln!("killed {kill_after:?} after attach: {summary}");
     Ok(())
@@ -321,6 +327,7 @@ fn a_stopped_target_is_said_to_be_stopped_not_blocked() {
         let stopped_at = match stopped {
             Ok(l) => {
                 let late = l.at.saturating_duration_since(stop_at);
+                eprintln!("target_stopped {late:?} after SIGSTOP");
                 if late > NOTICE {
                     problems.push(format!("target_stopped {late:?} after SIGSTOP"));
                 }
@@ -338,6 +345,10 @@ fn a_stopped_target_is_said_to_be_stopped_not_blocked() {
                     problems.push(format!("target_resumed {late:?} after SIGCONT"));
                 }
                 let v = l.json.unwrap_or(Value::Null);
+                eprintln!(
+                    "target_resumed {late:?} after SIGCONT, stopped_ns {}",
+                    v["stopped_ns"]
+                );
                 match v["stopped_ns"].as_u64().map(Duration::from_nanos) {
                     Some(d)
                         if d + STOPPED_SLACK >= STOPPED_FOR && d <= STOPPED_FOR + STOPPED_SLACK => {
@@ -389,16 +400,17 @@ fn a_stopped_target_is_said_to_be_stopped_not_blocked() {
     });
 }
 
-/// The output's status, stderr, and its records other than goroutine reports.
+/// The output's status, stderr, and its records other than goroutine reports (a dump of 300k
+/// goroutines would drown the message).
 fn describe_tail(out: &ProbeOutput) -> String {
     let mut s = format!(
         "ctxprobe exited with {} after {:?}\n--- stderr ---\n{}--- records other than \
-         blocked/unblocked/summary ---\n",
+         goroutine/blocked/unblocked/summary ---\n",
         out.status, out.elapsed, out.stderr
     );
     for l in &out.lines {
         let ty = l.json.as_ref().and_then(|v| v["type"].as_str());
-        if !matches!(ty, Some("blocked" | "unblocked" | "summary")) {
+        if !matches!(ty, Some("blocked" | "unblocked" | "summary" | "goroutine")) {
             s.push_str(&l.text);
             s.push('\n');
         }
