@@ -32,6 +32,11 @@ pub struct Args {
     #[arg(long)]
     pub once: bool,
 
+    /// With --once: one `group` record per group of identical goroutines (same state, wait
+    /// reason, stack and creation site), largest first, like pprof's debug=1.
+    #[arg(long, requires = "once")]
+    pub grouped: bool,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,

@@ -8,6 +8,7 @@ mod cli;
 mod contexts;
 mod denied;
 mod goroutines;
+mod groups;
 mod output_queue;
 mod probes;
 mod procmem;
@@ -151,7 +152,12 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
 
     if args.once {
         out.emit(&attach)?;
-        if let Err(e) = session.dump_all(out) {
+        let dumped = if args.grouped {
+            session.dump_grouped(out)
+        } else {
+            session.dump_all(out)
+        };
+        if let Err(e) = dumped {
             // Said in the output too, so a pipeline reading it knows the dump is partial.
             let _ = out.emit(&Event::Error {
                 message: format!("{e:#}"),

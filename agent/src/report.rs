@@ -6,6 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::groups::GroupRecord;
 use crate::output_queue::{OutputQueue, QUEUE_RECORDS};
 use crate::stack::SourceFrame;
 use crate::threads::{ContendedFutex, StackFrame, ThreadBlocked, ThreadUnblocked};
@@ -102,6 +103,7 @@ pub enum Event {
         layout_source: String,
     },
     Goroutine(GoroutineReport),
+    Group(GroupRecord),
     Blocked {
         #[serde(flatten)]
         g: GoroutineReport,
@@ -305,6 +307,64 @@ fn render_goroutine(out: &mut String, g: &GoroutineReport) {
     }
 }
 
+/// `LEAK SUSPECT 254,900 goroutines [chan send, 5s–1m40s] +15,000/min, 1.9 GiB of stack`,
+/// then the stack once.
+fn render_group(out: &mut String, g: &GroupRecord) {
+    use std::fmt::Write as _;
+    if g.leak_suspect {
+        out.push_str("LEAK SUSPECT ");
+    }
+    let what = g.wait_reason.clone().unwrap_or_else(|| g.state.clone());
+    let span = match (g.blocked_min_ns, g.blocked_max_ns) {
+        (Some(lo), Some(hi)) => format!(", {}–{}", human_duration(lo), human_duration(hi)),
+        _ => String::new(),
+    };
+    let _ = write!(out, "{} goroutines [{what}{span}]", thousands(g.goroutines));
+    if g.growth_per_min != 0.0 {
+        let _ = write!(out, " {:+.0}/min", g.growth_per_min);
+    }
+    let _ = writeln!(out, ", {} of stack", human_bytes(g.stack_bytes));
+    for f in &g.stack {
+        let _ = writeln!(out, "    {}\n        {}:{}", f.func, f.file, f.line);
+    }
+    if let Some(c) = &g.created_by {
+        let _ = writeln!(
+            out,
+            "    created by {}\n        {}:{}",
+            c.func, c.file, c.line
+        );
+    }
+    out.push('\n');
+}
+
+/// `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `512 B`, `12.0 KiB`, `1.9 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 fn render_native_stack(out: &mut String, stack: &[StackFrame]) {
     use std::fmt::Write as _;
     for f in stack {
@@ -414,6 +474,7 @@ fn render_text(event: &Event, pid: u32) -> String {
             render_goroutine(&mut out, g);
             out.push('\n');
         }
+        Event::Group(g) => render_group(&mut out, g),
         Event::Blocked { g, .. } => {
             out.push_str("BLOCKED ");
             render_goroutine(&mut out, g);
@@ -522,6 +583,15 @@ fn render_text(event: &Event, pid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_read_like_the_issue_says() {
+        assert_eq!(thousands(254_900), "254,900");
+        assert_eq!(thousands(7), "7");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(human_bytes(2_040_109_466), "1.9 GiB");
+        assert_eq!(human_bytes(100), "100 B");
+    }
 
     #[test]
     fn durations_read_like_go() {

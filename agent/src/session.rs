@@ -10,6 +10,7 @@ use gobinary::GoBinary;
 use crate::contexts::memory::{BudgetedMemory, GOROUTINE_READ_BUDGET};
 use crate::contexts::{ContextAnalyzer, ContextDiagnosis};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
+use crate::groups::Grouper;
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
 use crate::report::{
@@ -184,6 +185,29 @@ impl<'a> Session<'a> {
 
     /// `--once`: every goroutine, one record each.
     pub fn dump_all(&mut self, out: &mut Reporter) -> Result<u64> {
+        self.for_each_described(|report, _| out.emit(&Event::Goroutine(report)))
+    }
+
+    /// `--once --grouped`: every goroutine, one record per group, largest first.
+    pub fn dump_grouped(&mut self, out: &mut Reporter) -> Result<u64> {
+        let mut grouper = Grouper::default();
+        self.for_each_described(|report, g| {
+            grouper.add(report, g.stack_hi.saturating_sub(g.stack_lo));
+            Ok(())
+        })?;
+        let records = grouper.into_records();
+        for r in &records {
+            out.emit(&Event::Group(r.clone()))?;
+        }
+        Ok(records.len() as u64)
+    }
+
+    /// One snapshot, each goroutine described (stack read and checked against its state) and
+    /// handed to `each` in `allgs` order; returns how many.
+    fn for_each_described(
+        &mut self,
+        mut each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
+    ) -> Result<u64> {
         let gs = self.snapshot()?.context("the target process exited")?;
         let target_now = self.target.monotonic_now_ns();
         let mut n = 0;
@@ -197,16 +221,16 @@ impl<'a> Session<'a> {
             if report.stack_error.is_some() || i % TARGET_CHECK_EVERY == 0 {
                 match self.target.state() {
                     TargetState::Exited => {
-                        bail!("the target process exited during the dump ({n} goroutines written)")
+                        bail!("the target process exited during the dump ({n} goroutines read)")
                     }
                     TargetState::Execed => bail!(
                         "the target process replaced its program (exec) during the dump \
-                         ({n} goroutines written)"
+                         ({n} goroutines read)"
                     ),
                     TargetState::Running | TargetState::Stopped => {}
                 }
             }
-            out.emit(&Event::Goroutine(report))?;
+            each(report, g)?;
             n += 1;
         }
         self.last_snapshot = gs;

@@ -22,7 +22,7 @@ const MAX_FRAMES: usize = 100;
 /// Stack bytes read per goroutine at most; deeper frames are reported as elided.
 const MAX_STACK_READ: u64 = 512 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct SourceFrame {
     pub func: String,
     pub file: String,

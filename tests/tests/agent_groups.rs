@@ -35,7 +35,6 @@ fn of_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
 /// stacks (taken right after) has exactly the count of our groups with that stack, and each
 /// fixture site has exactly its members, wait reason and creation site.
 #[test]
-#[ignore = "issue 7: the agent side (group records, sampling, output queue) is not implemented yet"]
 fn once_grouped_matches_debug1() {
     for_each_cell(|tc, mode| {
         let fixture_args = with(

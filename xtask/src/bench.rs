@@ -30,13 +30,14 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 mod scale;
+mod soak;
 
 const USAGE: &str = "usage: cargo xtask bench [--go 1.27] [--rounds 3] [--modes default,precise]
     [--pingpong-n 1000000] [--wrk-duration 5s] [--wrk-connections 32] [--many-n 100000]
-    [--only pingpong,wrk,many,futex,contexts,scale] [--futex-threads 4] [--ctxprobe PATH]
-    [--scale] [--scale-sizes 10000,100000,1000000] [--scale-duration 60s]
+    [--only pingpong,wrk,many,futex,contexts,scale,soak] [--futex-threads 4] [--ctxprobe PATH]
+    [--scale] [--scale-sizes 10000,100000,1000000] [--scale-duration 60s] [--soak-cycles 1000]
 --scale runs only the scale section (fixtures/groups up to 1M goroutines, ~10 minutes);
-the default run leaves it out.
+the default run leaves it out, and --only soak (attach/detach cycles under load, ~10 minutes for 1000).
 Build ctxprobe first: cargo build --release -p ctxprobe";
 
 #[derive(Clone)]
@@ -53,6 +54,7 @@ struct Options {
     ctxprobe: Option<PathBuf>,
     scale_sizes: Vec<u64>,
     scale_duration: Duration,
+    soak_cycles: usize,
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -61,8 +63,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let ctxprobe = find_ctxprobe(&root, opts.ctxprobe.as_deref())?;
     let go = find_go(&root, &opts.go)?;
     eprintln!("bench: ctxprobe {}, Go {}", ctxprobe.display(), opts.go);
-    // The scale section takes ~10 minutes: only when asked for by name.
-    let want = |s: &str| (opts.only.is_empty() && s != "scale") || opts.only.iter().any(|o| o == s);
+    // The scale and soak sections take ~10 minutes each: only when asked for by name.
+    let want = |s: &str| {
+        (opts.only.is_empty() && s != "scale" && s != "soak") || opts.only.iter().any(|o| o == s)
+    };
     let mut report = Vec::new();
     if want("pingpong") {
         let bin = build_fixture(&root, &go, &opts.go, "pingpong")?;
@@ -88,6 +92,10 @@ pub fn run(args: &[String]) -> Result<()> {
         let bin = build_fixture(&root, &go, &opts.go, "groups")?;
         report.push(scale::bench_scale(&bin, &ctxprobe, &opts)?);
     }
+    if want("soak") {
+        let bin = build_fixture(&root, &go, &opts.go, "httpserver")?;
+        report.push(soak::bench_soak(&bin, &ctxprobe, &opts)?);
+    }
     println!();
     for section in report {
         println!("{section}");
@@ -109,6 +117,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         ctxprobe: None,
         scale_sizes: vec![10_000, 100_000, 1_000_000],
         scale_duration: Duration::from_secs(60),
+        soak_cycles: 1000,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -145,6 +154,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
                     .context("--scale-sizes")?
             }
             "--scale-duration" => o.scale_duration = parse_duration(value)?,
+            "--soak-cycles" => o.soak_cycles = value.parse().context("--soak-cycles")?,
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }

@@ -1,0 +1,153 @@
+//! Goroutines grouped the way pprof's `debug=1` and panicparse group them, finer by state and
+//! wait reason: the same state, wait reason, stack and creation site make one group. This is
+//! the `--once --grouped` dump; streaming groups, growth and leak suspects (issue 7) build on
+//! the same record.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::report::GoroutineReport;
+use crate::stack::SourceFrame;
+
+/// Goids listed per group.
+const SAMPLE_GOIDS: usize = 5;
+
+/// One `group` record (see README's contract).
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRecord {
+    pub group_id: u64,
+    pub goroutines: u64,
+    pub state: String,
+    pub wait_reason: Option<String>,
+    pub stack: Vec<SourceFrame>,
+    pub created_by: Option<SourceFrame>,
+    pub blocked_min_ns: Option<u64>,
+    pub blocked_max_ns: Option<u64>,
+    /// Members joined / left since this group's previous record (0 in a one-off dump).
+    pub new: u64,
+    pub gone: u64,
+    pub growth_per_min: f64,
+    /// The members' stack memory, from `g.stack`.
+    pub stack_bytes: u64,
+    pub sample_goids: Vec<u64>,
+    pub leak_suspect: bool,
+    /// RFC 3339, once a leak suspect.
+    pub leak_since: Option<String>,
+    /// Null in a one-off dump, which has no threshold.
+    pub threshold_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    state: String,
+    wait_reason: Option<String>,
+    stack: Vec<SourceFrame>,
+    created_by: Option<SourceFrame>,
+}
+
+/// Collects goroutine reports into groups; holds one record per group, not per goroutine.
+#[derive(Default)]
+pub struct Grouper {
+    groups: HashMap<GroupKey, GroupRecord>,
+}
+
+impl Grouper {
+    /// Adds one goroutine whose stack occupies `stack_bytes`.
+    pub fn add(&mut self, g: GoroutineReport, stack_bytes: u64) {
+        let key = GroupKey {
+            state: g.state,
+            wait_reason: g.wait_reason,
+            stack: g.stack,
+            created_by: g.created_by,
+        };
+        let next_id = self.groups.len() as u64 + 1;
+        let group = self.groups.entry(key).or_insert_with_key(|k| GroupRecord {
+            group_id: next_id,
+            goroutines: 0,
+            state: k.state.clone(),
+            wait_reason: k.wait_reason.clone(),
+            stack: k.stack.clone(),
+            created_by: k.created_by.clone(),
+            blocked_min_ns: None,
+            blocked_max_ns: None,
+            new: 0,
+            gone: 0,
+            growth_per_min: 0.0,
+            stack_bytes: 0,
+            sample_goids: Vec::new(),
+            leak_suspect: false,
+            leak_since: None,
+            threshold_ns: None,
+        });
+        group.goroutines += 1;
+        group.stack_bytes += stack_bytes;
+        if let Some(ns) = g.blocked_ns {
+            group.blocked_min_ns = Some(group.blocked_min_ns.map_or(ns, |m| m.min(ns)));
+            group.blocked_max_ns = Some(group.blocked_max_ns.map_or(ns, |m| m.max(ns)));
+        }
+        if group.sample_goids.len() < SAMPLE_GOIDS {
+            group.sample_goids.push(g.goid);
+        }
+    }
+
+    /// The groups, largest first (ties: the group seen first).
+    pub fn into_records(self) -> Vec<GroupRecord> {
+        let mut records: Vec<GroupRecord> = self.groups.into_values().collect();
+        records.sort_by(|a, b| {
+            b.goroutines
+                .cmp(&a.goroutines)
+                .then(a.group_id.cmp(&b.group_id))
+        });
+        records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::SinceSource;
+
+    fn report(goid: u64, reason: &str, line: u32, blocked: Option<u64>) -> GoroutineReport {
+        GoroutineReport {
+            goid,
+            state: "waiting".into(),
+            wait_reason: Some(reason.into()),
+            blocked_ns: blocked,
+            since_exact: false,
+            since_source: SinceSource::Runtime,
+            stack: vec![SourceFrame {
+                func: "main.f".into(),
+                file: "/m.go".into(),
+                line,
+            }],
+            stack_error: None,
+            created_by: None,
+            parent_goid: None,
+            system: false,
+            contexts: Default::default(),
+        }
+    }
+
+    #[test]
+    fn same_stack_and_reason_make_one_group_largest_first() {
+        let mut g = Grouper::default();
+        g.add(report(1, "chan send", 3, Some(5)), 2048);
+        for goid in 2..10 {
+            g.add(report(goid, "chan receive", 3, Some(goid)), 4096);
+        }
+        g.add(report(10, "chan receive", 4, None), 2048);
+        let r = g.into_records();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].goroutines, 8);
+        assert_eq!(r[0].wait_reason.as_deref(), Some("chan receive"));
+        assert_eq!(r[0].sample_goids, vec![2, 3, 4, 5, 6]);
+        assert_eq!(r[0].stack_bytes, 8 * 4096);
+        assert_eq!(
+            (r[0].blocked_min_ns, r[0].blocked_max_ns),
+            (Some(2), Some(9))
+        );
+        assert_eq!(r[1].goroutines, 1);
+        assert_eq!(r[2].blocked_min_ns, None);
+    }
+}
