@@ -98,10 +98,9 @@ impl<'s, 'a> Watch<'s, 'a> {
                         // In a Go program, threads idle in the scheduler sleep on futexes all
                         // the time: only threads holding a goroutine, or in non-Go code, matter
                         // (--include-system shows them too).
-                        if b.goid.is_none()
-                            && !session.settings.include_system
-                            && threads::is_go_runtime_idle(&b.stack)
-                        {
+                        let idle = (b.goid.is_none() && threads::is_go_runtime_idle(&b.stack))
+                            || threads::is_signal_loop_wait(&b.stack);
+                        if idle && !session.settings.include_system {
                             continue;
                         }
                     }

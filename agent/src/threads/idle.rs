@@ -63,6 +63,24 @@ pub fn is_go_runtime_idle(stack: &[StackFrame]) -> bool {
     true
 }
 
+/// The thread of `os/signal`'s loop goroutine, which every program using `signal.Notify` has:
+/// `signal_recv` sleeps on a note (a futex) until a signal arrives, by design. Its goroutine is
+/// reported by the goroutine side if it matters; the thread is no stuck thread.
+pub fn is_signal_loop_wait(stack: &[StackFrame]) -> bool {
+    for frame in stack {
+        let Some(name) = frame.func.as_deref() else {
+            return false;
+        };
+        if is_cgo_transition(name) {
+            return false;
+        }
+        if !is_runtime(name) {
+            return name == "os/signal.signal_recv";
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +98,25 @@ mod tests {
 
     fn go(names: &[&str]) -> Vec<StackFrame> {
         names.iter().map(|n| frame(Some(n), "app")).collect()
+    }
+
+    #[test]
+    fn the_signal_loop_thread_is_idle_and_nothing_else_is() {
+        let signal = go(&[
+            "runtime.futex",
+            "runtime.futexsleep",
+            "runtime.notetsleep_internal",
+            "runtime.notetsleepg",
+            "os/signal.signal_recv",
+            "os/signal.loop",
+            "runtime.goexit",
+        ]);
+        assert!(is_signal_loop_wait(&signal));
+        let user = go(&["runtime.futex", "runtime.futexsleep", "main.waitForever"]);
+        assert!(!is_signal_loop_wait(&user));
+        let cgo = go(&["runtime.asmcgocall", "os/signal.signal_recv"]);
+        assert!(!is_signal_loop_wait(&cgo));
+        assert!(!is_signal_loop_wait(&[frame(None, "libc.so.6")]));
     }
 
     #[test]

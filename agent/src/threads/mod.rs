@@ -39,7 +39,7 @@ use procfs::{SyscallState, SYS_FUTEX, SYS_FUTEX_WAIT, SYS_FUTEX_WAITV};
 use tracepoints::TraceWaits;
 use unwind::ReadWord;
 
-pub use idle::is_go_runtime_idle;
+pub use idle::{is_go_runtime_idle, is_signal_loop_wait};
 pub use symbols::StackFrame;
 
 /// Waits at least this long (or the threshold, if shorter) count in `top_contended`; shorter ones
