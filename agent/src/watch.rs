@@ -49,7 +49,14 @@ impl<'s, 'a> Watch<'s, 'a> {
 
     /// Streams until the end, detaches every probe, then says so.
     pub fn run(mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
-        let end = self.stream(args, target, out)?;
+        let end = match self.stream(args, target, out) {
+            Ok(end) => end,
+            Err(e) => {
+                // What was queued before the failure still goes out (within the timeout).
+                let _ = out.finish(FINISH_TIMEOUT);
+                return Err(e);
+            }
+        };
         let lost = self.lost_events();
         if let Some(session) = self.session.take() {
             session.probes = None;
