@@ -83,7 +83,7 @@ impl<'s, 'a> Watch<'s, 'a> {
         goroutine_lost.unwrap_or(0) + self.threads.as_ref().map(|t| t.lost_events()).unwrap_or(0)
     }
 
-    fn poll_threads(&mut self, out: &mut Reporter) -> Result<()> {
+    fn poll_threads(&mut self, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
         let Some(threads) = &mut self.threads else {
             return Ok(());
         };
@@ -96,6 +96,11 @@ impl<'s, 'a> Watch<'s, 'a> {
                 return Ok(());
             }
         };
+        // Stacks read after an exec are the new program's: what was read is trusted only if the
+        // program is still the one we attached to now that the reads are done.
+        if target.state() == TargetState::Execed {
+            return Ok(());
+        }
         for ev in events {
             match ev {
                 ThreadEvent::Blocked(mut b) => {
@@ -157,7 +162,7 @@ impl<'s, 'a> Watch<'s, 'a> {
         match target.state() {
             TargetState::Exited => {
                 // Waits that ended as it exited are still in the ring buffer.
-                self.poll_threads(out)?;
+                self.poll_threads(target, out)?;
                 Ok(Some(End::TargetExited))
             }
             // Nothing more is read: the memory is another program's now.
@@ -229,7 +234,7 @@ impl<'s, 'a> Watch<'s, 'a> {
                             match session.poll(out) {
                                 Ok(true) => {}
                                 Ok(false) => {
-                                    self.poll_threads(out)?;
+                                    self.poll_threads(target, out)?;
                                     return Ok(End::TargetExited);
                                 }
                                 // A racy read of a live process can fail now and then: say so
@@ -244,7 +249,7 @@ impl<'s, 'a> Watch<'s, 'a> {
                             }
                             took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
                         }
-                        self.poll_threads(out)?;
+                        self.poll_threads(target, out)?;
                         // Keep our reads of a very large process under ~5% of the time.
                         next_poll = tokio::time::Instant::now() + base_poll.max(took * 20);
                     }
