@@ -403,6 +403,21 @@ fn interleaved(
     Ok(samples)
 }
 
+/// `ctxprobe --pid PID --once`: its wall time in milliseconds and its output.
+fn timed_once(ctxprobe: &Path, pid: u32) -> Result<(f64, Vec<u8>)> {
+    let start = Instant::now();
+    let out = Command::new(ctxprobe)
+        .args(["--pid", &pid.to_string(), "--once"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running ctxprobe --once")?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!("ctxprobe --once failed: {}", out.status);
+    }
+    Ok((ms, out.stdout))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -537,18 +552,8 @@ fn bench_many(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String> {
         let d = v["dump_ns"].as_u64().unwrap_or(0) as f64 / 1e6;
         dump_ms.push(d);
 
-        let start = Instant::now();
-        let out = Command::new(ctxprobe)
-            .args(["--pid", &many.pid().to_string(), "--once"])
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running ctxprobe --once")?;
-        let o = start.elapsed().as_secs_f64() * 1e3;
-        if !out.status.success() {
-            bail!("ctxprobe --once failed: {}", out.status);
-        }
-        records = out
-            .stdout
+        let (o, stdout) = timed_once(ctxprobe, many.pid())?;
+        records = stdout
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count();
@@ -587,18 +592,8 @@ fn bench_contexts(bin: &Path, ctxprobe: &Path, opts: &Options) -> Result<String>
     let mut once_ms = Vec::new();
     let mut verdicts = 0usize;
     for round in 0..opts.rounds {
-        let start = Instant::now();
-        let out = Command::new(ctxprobe)
-            .args(["--pid", &fixture.pid().to_string(), "--once"])
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running ctxprobe --once")?;
-        let o = start.elapsed().as_secs_f64() * 1e3;
-        if !out.status.success() {
-            bail!("ctxprobe --once failed: {}", out.status);
-        }
-        verdicts = out
-            .stdout
+        let (o, stdout) = timed_once(ctxprobe, fixture.pid())?;
+        verdicts = stdout
             .split(|b| *b == b'\n')
             .filter(|l| {
                 let want: &[u8] = b"\"context_verdict\":\"waits_for_cancel\"";
