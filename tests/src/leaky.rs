@@ -93,8 +93,18 @@ impl Leaky {
     /// goroutine flagged although this stayed far below the threshold was reported falsely;
     /// one that really stalled (an overloaded machine) shows it here.
     pub fn busy_max_wait(&mut self) -> Result<std::collections::HashMap<u64, Duration>> {
+        self.busy_stats("stats")
+    }
+
+    /// Like [`Self::busy_max_wait`], then the fixture's maxima start afresh: what a later call
+    /// returns happened after this one.
+    pub fn reset_busy_max_wait(&mut self) -> Result<std::collections::HashMap<u64, Duration>> {
+        self.busy_stats("stats reset")
+    }
+
+    fn busy_stats(&mut self, command: &str) -> Result<std::collections::HashMap<u64, Duration>> {
         self.fixture.process.skip_pending();
-        self.fixture.process.send_line("stats")?;
+        self.fixture.process.send_line(command)?;
         let line = self
             .fixture
             .process
