@@ -121,6 +121,9 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     let settings = Settings {
         threshold: args.threshold,
         include_system: args.include_system,
+        max_groups: args.max_groups,
+        samples_per_group: args.samples_per_group,
+        every_goroutine: args.every_goroutine,
     };
     let mut session = Session::new(target, bin, &mem, bias, settings);
 

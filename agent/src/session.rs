@@ -10,6 +10,7 @@ use gobinary::GoBinary;
 use crate::contexts::memory::{BudgetedMemory, GOROUTINE_READ_BUDGET};
 use crate::contexts::{ContextAnalyzer, ContextDiagnosis};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
+use crate::groups::stream::{GroupLabel, Member, StreamGroups, StreamKey, StreamSettings};
 use crate::groups::Grouper;
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
@@ -31,6 +32,12 @@ const TOP_SITES: usize = 5;
 pub struct Settings {
     pub threshold: Duration,
     pub include_system: bool,
+    /// Streaming: `group` records per summary interval.
+    pub max_groups: usize,
+    /// Streaming: `blocked` records per group.
+    pub samples_per_group: u32,
+    /// Streaming: a `blocked` record for every goroutine past the threshold.
+    pub every_goroutine: bool,
 }
 
 pub struct Session<'a> {
@@ -50,6 +57,8 @@ pub struct Session<'a> {
     /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
     contexts: Option<ContextAnalyzer>,
     context_mem: BudgetedMemory<'a>,
+    /// Streaming: groups of parked goroutines.
+    groups: StreamGroups,
 }
 
 /// Why the loop ended.
@@ -86,7 +95,16 @@ impl<'a> Session<'a> {
             bin.vars.allgs.wrapping_add(bias),
             bin.vars.allglen.wrapping_add(bias),
         );
+        let groups = StreamGroups::new(
+            StreamSettings {
+                threshold_ns: settings.threshold.as_nanos() as u64,
+                max_groups: settings.max_groups,
+                samples_per_group: settings.samples_per_group,
+            },
+            monotonic_ns(),
+        );
         Session {
+            groups,
             target,
             bin,
             mem,
@@ -280,8 +298,8 @@ impl<'a> Session<'a> {
         gs.iter().filter(|g| !self.is_system(g)).count() as u64
     }
 
-    /// One streaming step: snapshot, track parks, report what crossed the threshold or ended.
-    /// `Ok(false)` when the target has gone.
+    /// One streaming step: snapshot, track parks, group them, report what crossed the threshold
+    /// or ended. `Ok(false)` when the target has gone.
     pub fn poll(&mut self, out: &mut Reporter) -> Result<bool> {
         let Some(gs) = self.snapshot()? else {
             return Ok(false);
@@ -292,30 +310,16 @@ impl<'a> Session<'a> {
         let target_now = now + self.target.monotonic_offset_ns;
         let changes = self.tracker.observe(&gs, now);
 
-        for park in changes.ended_flagged {
-            self.report_unblocked(out, &park, now, target_now)?;
-        }
-        if let Some(probes) = &self.probes {
-            for &addr in changes.new_parks.iter().take(MAX_RECORD_LOOKUPS) {
-                let Some(park) = self.tracker.get_mut(addr) else {
-                    continue;
-                };
-                if let Some(rec) = probes.park_record(addr) {
-                    // The record is this park's if it is the same goroutine, it has left
-                    // `_Grunning` exactly once since (trackingSeq moves on that transition), and
-                    // the probe has been attached ever since (else a later park went unseen
-                    // and trackingSeq may just have wrapped around).
-                    if rec.goid == park.g.goid
-                        && rec.seq.wrapping_add(1) == park.g.tracking_seq
-                        && rec.reason == park.g.wait_reason
-                        && rec.wake_ns == 0
-                        && probes.attached_continuously_since(rec.park_ns as i64)
-                    {
-                        park.exact_park_ns = Some(rec.park_ns as i64);
-                    }
-                }
+        for park in changes.ended {
+            if let Some(group) = park.group {
+                self.groups.left(group);
+            }
+            if park.flagged {
+                self.report_unblocked(out, &park, now, target_now)?;
             }
         }
+        self.time_new_parks_by_probe(&changes.new_parks);
+        self.group_parks();
 
         let threshold = self.settings.threshold.as_nanos() as u64;
         let mut candidates: Vec<(u64, u64)> = self
@@ -323,7 +327,9 @@ impl<'a> Session<'a> {
             .parks()
             .filter(|p| {
                 !p.flagged
+                    && !p.counted
                     && !p.ignored
+                    && p.group.is_some()
                     && p.confirmed()
                     && p.blocked(now, target_now).0 >= threshold
             })
@@ -331,19 +337,19 @@ impl<'a> Session<'a> {
             .collect();
         // Oldest goroutines first, so a report reads in creation order.
         candidates.sort_unstable();
+        let mut reports = Vec::new();
         for (_, addr) in candidates {
             let Some(park) = self.tracker.get_mut(addr) else {
                 continue;
             };
-            let g = park.g.clone();
-            let blocked = park.blocked(now, target_now);
-            if !self.settings.include_system && self.is_system(&g) {
-                if let Some(p) = self.tracker.get_mut(addr) {
-                    // Remember the decision so it is not revisited every snapshot.
-                    p.ignored = true;
-                }
+            let Some(group) = park.group else { continue };
+            if !self.settings.every_goroutine && !self.groups.may_sample(group) {
+                // In its group's count; the group's samples speak for it.
+                park.counted = true;
                 continue;
             }
+            let g = park.g.clone();
+            let blocked = park.blocked(now, target_now);
             let report = self.describe(&g, Some(blocked));
             // The goroutine may have woken while we read its stack: then the stack is not
             // this park's and the next snapshot will tell.
@@ -354,16 +360,129 @@ impl<'a> Session<'a> {
             if let Some(p) = self.tracker.get_mut(addr) {
                 p.flagged = true;
             }
+            self.groups.sampled(group);
             if let Some(probes) = &mut self.probes {
                 probes.watch(addr);
             }
+            reports.push(report);
+        }
+        self.last_snapshot = gs;
+        // Stacks read across an exec are the new program's: send nothing read in this poll.
+        if self.target.state() == TargetState::Execed {
+            return Ok(true);
+        }
+        for report in reports {
             out.emit(&Event::Blocked {
                 g: report,
                 threshold_ns: threshold,
             })?;
         }
-        self.last_snapshot = gs;
+        self.update_groups(now, target_now);
+        for record in self.groups.due_now(now) {
+            out.emit(&Event::Group(record))?;
+        }
         Ok(true)
+    }
+
+    /// Parks that started since the last snapshot and that the park probe saw begin get its
+    /// exact timestamp.
+    fn time_new_parks_by_probe(&mut self, new_parks: &[u64]) {
+        let Some(probes) = &self.probes else {
+            return;
+        };
+        for &addr in new_parks.iter().take(MAX_RECORD_LOOKUPS) {
+            let Some(park) = self.tracker.get_mut(addr) else {
+                continue;
+            };
+            if let Some(rec) = probes.park_record(addr) {
+                // The record is this park's if it is the same goroutine, it has left
+                // `_Grunning` exactly once since (trackingSeq moves on that transition), and
+                // the probe has been attached ever since (else a later park went unseen
+                // and trackingSeq may just have wrapped around).
+                if rec.goid == park.g.goid
+                    && rec.seq.wrapping_add(1) == park.g.tracking_seq
+                    && rec.reason == park.g.wait_reason
+                    && rec.wake_ns == 0
+                    && probes.attached_continuously_since(rec.park_ns as i64)
+                {
+                    park.exact_park_ns = Some(rec.park_ns as i64);
+                }
+            }
+        }
+    }
+
+    /// Puts each park that a second snapshot saw (or the probe timed) into its group: its stack
+    /// is read once, here. Runtime-internal goroutines are set aside unless asked for.
+    fn group_parks(&mut self) {
+        let due: Vec<u64> = self
+            .tracker
+            .parks()
+            .filter(|p| {
+                p.group.is_none() && !p.ignored && (p.sightings >= 2 || p.exact_park_ns.is_some())
+            })
+            .map(|p| p.g.addr)
+            .collect();
+        for addr in due {
+            let Some(g) = self.tracker.get_mut(addr).map(|p| p.g.clone()) else {
+                continue;
+            };
+            if !self.settings.include_system && self.is_system(&g) {
+                if let Some(p) = self.tracker.get_mut(addr) {
+                    p.ignored = true;
+                }
+                continue;
+            }
+            // A stack that cannot be read now is tried again at the next snapshot.
+            let Ok(unwound) = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, &g)
+            else {
+                continue;
+            };
+            let key = StreamKey {
+                status: g.status,
+                wait_reason: g.wait_reason,
+                pcs: unwound.pcs,
+                gopc: g.gopc,
+            };
+            let id = match self.groups.find(&key) {
+                Some(id) => id,
+                None => {
+                    let label = GroupLabel {
+                        state: status_name(g.status),
+                        wait_reason: self.wait_reason_name(&g),
+                        stack: stack::symbolize(&self.sym, &key.pcs),
+                        created_by: self.sym.creation_site(g.gopc),
+                    };
+                    self.groups.create(key, label)
+                }
+            };
+            self.groups.joined(id);
+            if let Some(p) = self.tracker.get_mut(addr) {
+                p.group = Some(id);
+            }
+        }
+    }
+
+    fn update_groups(&mut self, now: i64, target_now: i64) {
+        let members = self.tracker.parks().filter_map(|p| {
+            Some(Member {
+                group: p.group?,
+                goid: p.g.goid,
+                stack_bytes: p.g.stack_hi.saturating_sub(p.g.stack_lo),
+                blocked_ns: p.blocked(now, target_now).0,
+                sampled: p.flagged,
+            })
+        });
+        self.groups.update(now, members);
+    }
+
+    /// `group` records owed at a summary (see [`StreamGroups::due_at_summary`]); returns how
+    /// many were held back by `--max-groups`.
+    pub fn emit_due_groups(&mut self, out: &mut Reporter) -> Result<u64> {
+        let (records, omitted) = self.groups.due_at_summary(monotonic_ns());
+        for record in records {
+            out.emit(&Event::Group(record))?;
+        }
+        Ok(omitted)
     }
 
     fn report_unblocked(
@@ -402,6 +521,9 @@ impl<'a> Session<'a> {
             let Some(park) = self.tracker.remove(ev.g) else {
                 continue;
             };
+            if let Some(group) = park.group {
+                self.groups.left(group);
+            }
             if !park.flagged || park.g.goid != ev.goid {
                 continue;
             }
@@ -427,7 +549,8 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    pub fn summary(&mut self) -> GoroutineSummary {
+    /// The goroutine half of a summary; `groups_omitted` from [`Self::emit_due_groups`].
+    pub fn summary(&mut self, groups_omitted: u64) -> GoroutineSummary {
         let gs = std::mem::take(&mut self.last_snapshot);
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
         let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
@@ -478,7 +601,10 @@ impl<'a> Session<'a> {
             },
             by_state,
             by_wait_reason: by_reason,
-            blocked: self.tracker.flagged_count(),
+            blocked: self.tracker.past_threshold_count(),
+            groups: self.groups.past_threshold(),
+            groups_omitted,
+            leak_suspects: self.groups.leak_suspects(),
             system_goroutines: system,
             top_creation_sites: top_sites,
             probe,

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use crate::goroutines::RawG;
+use crate::groups::stream::GroupId;
 use crate::report::SinceSource;
 
 /// One ongoing park of one goroutine.
@@ -33,6 +34,10 @@ pub struct Park {
     pub flagged: bool,
     /// Decided not to report (a runtime-internal goroutine): not looked at again.
     pub ignored: bool,
+    /// Its group, once a second snapshot saw the park (see `groups::stream`).
+    pub group: Option<GroupId>,
+    /// Past the threshold and counted in its group without a `blocked` record of its own.
+    pub counted: bool,
 }
 
 /// Snapshots that must agree before a park without a probe timestamp is reported. A busy
@@ -42,6 +47,11 @@ pub struct Park {
 pub const MIN_SIGHTINGS: u32 = 3;
 
 impl Park {
+    /// Its end matters to someone: it was reported, or it is counted in a group.
+    fn worth_ending(&self) -> bool {
+        self.flagged || self.group.is_some()
+    }
+
     /// Seen often enough (or timed by the probe) to be reported.
     pub fn confirmed(&self) -> bool {
         self.exact_park_ns.is_some() || self.sightings >= MIN_SIGHTINGS
@@ -78,8 +88,8 @@ impl Park {
 pub struct Changes {
     /// g addresses whose park started (as far as we can tell) with this snapshot.
     pub new_parks: Vec<u64>,
-    /// Parks that ended since the previous snapshot and had been flagged.
-    pub ended_flagged: Vec<Park>,
+    /// Parks that ended since the previous snapshot and had been flagged or grouped.
+    pub ended: Vec<Park>,
 }
 
 #[derive(Default)]
@@ -103,8 +113,8 @@ impl ParkTracker {
                     still_parked.insert(g.addr, park);
                 }
                 previous => {
-                    if let Some(old) = previous.filter(|p| p.flagged) {
-                        changes.ended_flagged.push(old);
+                    if let Some(old) = previous.filter(Park::worth_ending) {
+                        changes.ended.push(old);
                     }
                     changes.new_parks.push(g.addr);
                     still_parked.insert(
@@ -120,15 +130,20 @@ impl ParkTracker {
                             paused_ns: 0,
                             flagged: false,
                             ignored: false,
+                            group: None,
+                            counted: false,
                         },
                     );
                 }
             }
         }
         // Whatever is left stopped waiting (or vanished) since the last snapshot.
-        changes
-            .ended_flagged
-            .extend(self.parks.drain().map(|(_, p)| p).filter(|p| p.flagged));
+        changes.ended.extend(
+            self.parks
+                .drain()
+                .map(|(_, p)| p)
+                .filter(Park::worth_ending),
+        );
         self.parks = still_parked;
         self.last_snapshot_ns = Some(now);
         changes
@@ -164,8 +179,12 @@ impl ParkTracker {
         }
     }
 
-    pub fn flagged_count(&self) -> u64 {
-        self.parks.values().filter(|p| p.flagged).count() as u64
+    /// Parks past the threshold: reported, or counted in their group.
+    pub fn past_threshold_count(&self) -> u64 {
+        self.parks
+            .values()
+            .filter(|p| p.flagged || p.counted)
+            .count() as u64
     }
 }
 
@@ -203,15 +222,15 @@ mod tests {
         assert_eq!(c.new_parks, vec![1]);
         t.get_mut(1).unwrap().flagged = true;
         let c = t.observe(&[g(1, 7, 4, 3)], 200);
-        assert!(c.new_parks.is_empty() && c.ended_flagged.is_empty());
+        assert!(c.new_parks.is_empty() && c.ended.is_empty());
         // Ran once and parked again at the same place: trackingSeq moved on.
         let c = t.observe(&[g(1, 7, 4, 4)], 300);
         assert_eq!(c.new_parks, vec![1]);
-        assert_eq!(c.ended_flagged.len(), 1);
-        assert_eq!(c.ended_flagged[0].first_seen_ns, 100);
+        assert_eq!(c.ended.len(), 1);
+        assert_eq!(c.ended[0].first_seen_ns, 100);
         // Not waiting any more: the (unflagged) park just ends.
         let c = t.observe(&[g(1, 7, 1, 5)], 400);
-        assert!(c.new_parks.is_empty() && c.ended_flagged.is_empty());
+        assert!(c.new_parks.is_empty() && c.ended.is_empty());
     }
 
     #[test]
@@ -245,6 +264,8 @@ mod tests {
             paused_ns: 0,
             flagged: false,
             ignored: false,
+            group: None,
+            counted: false,
         };
         assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
         p.waitsince = 40_000;

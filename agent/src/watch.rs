@@ -131,7 +131,13 @@ impl<'s, 'a> Watch<'s, 'a> {
 
     fn summary(&mut self, out: &mut Reporter) -> Result<()> {
         let lost = self.lost_events();
-        let goroutines = self.session.as_mut().map(|s| s.summary());
+        let goroutines = match self.session.as_mut() {
+            Some(s) => {
+                let omitted = s.emit_due_groups(out)?;
+                Some(s.summary(omitted))
+            }
+            None => None,
+        };
         let contended_futexes = self.threads.as_ref().map(|t| t.top_contended(5));
         let futex_calls_per_sec = self.threads.as_ref().and_then(|t| t.counters()).map(|c| {
             let calls = c.calls;

@@ -1,249 +1,10 @@
-//! What ctxprobe prints: the JSON lines contract (version 1, see README) and a text rendering
-//! of the same events for a human at a terminal.
+//! The text rendering of events, for a human at a terminal.
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::fmt::Write as _;
 
-use serde::Serialize;
-
+use super::event::*;
 use crate::groups::GroupRecord;
-use crate::output_queue::{OutputQueue, QUEUE_RECORDS};
-use crate::stack::SourceFrame;
-use crate::threads::{ContendedFutex, StackFrame, ThreadBlocked, ThreadUnblocked};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Json,
-    Text,
-}
-
-/// How a blocked duration was measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SinceSource {
-    /// The park was seen by the uprobe on `runtime.gopark`: exact.
-    Probe,
-    /// From the runtime's own `g.waitsince`, stamped by a GC stack scan: accurate to about one
-    /// GC cycle (the runtime's own "N minutes" comes from it).
-    Runtime,
-    /// Since ctxprobe first saw the goroutine parked: a strict lower bound.
-    Observed,
-    /// Nothing known (a single snapshot with no GC stamp yet).
-    Unknown,
-}
-
-/// One goroutine, as `goroutine` (from `--once`) and `blocked` records carry it.
-#[derive(Debug, Clone, Serialize)]
-pub struct GoroutineReport {
-    pub goid: u64,
-    pub state: String,
-    pub wait_reason: Option<String>,
-    pub blocked_ns: Option<u64>,
-    pub since_exact: bool,
-    pub since_source: SinceSource,
-    pub stack: Vec<SourceFrame>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stack_error: Option<String>,
-    pub created_by: Option<SourceFrame>,
-    pub parent_goid: Option<u64>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub system: bool,
-    /// `contexts`, `waits_on`, `context_verdict` (context diagnosis).
-    #[serde(flatten)]
-    pub contexts: crate::contexts::ContextDiagnosis,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CreationSiteCount {
-    #[serde(flatten)]
-    pub site: SourceFrame,
-    pub goroutines: u64,
-    /// Change since the previous summary.
-    pub delta: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeStatus {
-    pub mode: &'static str,
-    /// Is the park probe attached right now.
-    pub park_probe_attached: bool,
-    /// Park probe hits per second over the last interval while attached.
-    pub parks_per_sec: f64,
-    /// Fraction of the interval the park probe was attached.
-    pub attached_fraction: f64,
-}
-
-/// The goroutine half of a `summary`.
-#[derive(Debug, Clone, Serialize)]
-pub struct GoroutineSummary {
-    pub goroutines: u64,
-    pub by_state: BTreeMap<String, u64>,
-    pub by_wait_reason: BTreeMap<String, u64>,
-    /// Goroutines currently reported as blocked.
-    pub blocked: u64,
-    pub system_goroutines: u64,
-    pub top_creation_sites: Vec<CreationSiteCount>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub probe: Option<ProbeStatus>,
-    pub snapshot_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
-    Attach {
-        exe: String,
-        /// Null for a process that is not a Go program: then only threads are watched.
-        go_version: Option<String>,
-        arch: String,
-        goroutines: Option<u64>,
-        threads_only: bool,
-        mode: &'static str,
-        threshold_ns: u64,
-        layout_source: String,
-    },
-    Goroutine(GoroutineReport),
-    Group(GroupRecord),
-    Blocked {
-        #[serde(flatten)]
-        g: GoroutineReport,
-        threshold_ns: u64,
-    },
-    Unblocked {
-        goid: u64,
-        wait_reason: Option<String>,
-        blocked_ns: u64,
-        /// True when both ends of the wait were seen by probes.
-        exact: bool,
-    },
-    Summary {
-        /// Absent for a process that is not a Go program (thread mode only).
-        #[serde(flatten)]
-        goroutines: Option<GoroutineSummary>,
-        lost_events: u64,
-        /// Records dropped because the output consumer did not keep up (cumulative).
-        dropped_records: u64,
-        /// The most contended futex words (absent when thread monitoring is off).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        contended_futexes: Option<Vec<ContendedFutex>>,
-        /// Futex calls of the target per second since the last summary (each costs a
-        /// tracepoint hit).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        futex_calls_per_sec: Option<f64>,
-    },
-    ThreadBlocked(ThreadBlocked),
-    ThreadUnblocked(ThreadUnblocked),
-    /// The target is stopped (SIGSTOP, a debugger, a tracer): nothing in it runs, and
-    /// ctxprobe takes no snapshots until it resumes.
-    TargetStopped {},
-    /// The target runs again after `stopped_ns` (not counted as blocked time).
-    TargetResumed {
-        stopped_ns: u64,
-    },
-    Detach {
-        reason: &'static str,
-        lost_events: u64,
-        /// Records dropped because the output consumer did not keep up.
-        dropped_records: u64,
-    },
-    Error {
-        message: String,
-    },
-}
-
-/// Where formatted records go.
-enum Sink {
-    /// Written at once, blocking while the consumer is slow: `--once`, a dump nobody wants
-    /// thinned out.
-    Blocking(Box<dyn Write>),
-    /// Streaming: through a bounded queue; never blocks, drops and counts instead.
-    Queued(OutputQueue),
-}
-
-pub struct Reporter {
-    out: Sink,
-    format: Format,
-    pid: u32,
-}
-
-impl Reporter {
-    pub fn new(out: Box<dyn Write>, format: Format, pid: u32) -> Reporter {
-        Reporter {
-            out: Sink::Blocking(out),
-            format,
-            pid,
-        }
-    }
-
-    /// A reporter whose writes never block the caller (see [`OutputQueue`]).
-    pub fn queued(
-        out: Box<dyn Write + Send>,
-        format: Format,
-        pid: u32,
-    ) -> std::io::Result<Reporter> {
-        Ok(Reporter {
-            out: Sink::Queued(OutputQueue::start(out, QUEUE_RECORDS)?),
-            format,
-            pid,
-        })
-    }
-
-    /// Records dropped so far because the consumer did not keep up.
-    pub fn dropped(&self) -> u64 {
-        match &self.out {
-            Sink::Blocking(_) => 0,
-            Sink::Queued(q) => q.dropped(),
-        }
-    }
-
-    pub fn emit(&mut self, event: &Event) -> std::io::Result<()> {
-        let record = self.format_record(event)?;
-        match &mut self.out {
-            Sink::Blocking(w) => w.write_all(&record),
-            Sink::Queued(q) => {
-                q.push(record);
-                Ok(())
-            }
-        }
-    }
-
-    /// Writes out what is pending; a queued reporter waits at most `timeout` for its consumer.
-    pub fn finish(&mut self, timeout: std::time::Duration) -> std::io::Result<()> {
-        match &mut self.out {
-            Sink::Blocking(w) => w.flush(),
-            Sink::Queued(q) => q.close(timeout),
-        }
-    }
-
-    fn format_record(&self, event: &Event) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(256);
-        let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
-        match self.format {
-            Format::Json => {
-                let mut obj = serde_json::Map::new();
-                let body = serde_json::to_value(event).map_err(std::io::Error::other)?;
-                let serde_json::Value::Object(body) = body else {
-                    return Err(std::io::Error::other("event is not an object"));
-                };
-                // `type`, `time`, `pid` first, for people reading the raw lines.
-                if let Some(t) = body.get("type") {
-                    obj.insert("type".into(), t.clone());
-                }
-                obj.insert("time".into(), time.into());
-                obj.insert("pid".into(), self.pid.into());
-                for (k, v) in body {
-                    if k != "type" {
-                        obj.insert(k, v);
-                    }
-                }
-                serde_json::to_writer(&mut out, &obj).map_err(std::io::Error::other)?;
-                out.push(b'\n');
-            }
-            Format::Text => out.extend_from_slice(render_text(event, self.pid).as_bytes()),
-        }
-        Ok(out)
-    }
-}
+use crate::threads::{ContendedFutex, StackFrame};
 
 /// `4m12s`, `1h2m3s`, `12.3s`, `350ms`, `12µs`.
 pub fn human_duration(ns: u64) -> String {
@@ -273,7 +34,6 @@ fn since_text(source: SinceSource) -> &'static str {
 }
 
 fn render_goroutine(out: &mut String, g: &GoroutineReport) {
-    use std::fmt::Write as _;
     let what = g.wait_reason.clone().unwrap_or_else(|| g.state.clone());
     let _ = write!(out, "goroutine {} [{what}]", g.goid);
     if let Some(ns) = g.blocked_ns {
@@ -310,7 +70,6 @@ fn render_goroutine(out: &mut String, g: &GoroutineReport) {
 /// `LEAK SUSPECT 254,900 goroutines [chan send, 5s–1m40s] +15,000/min, 1.9 GiB of stack`,
 /// then the stack once.
 fn render_group(out: &mut String, g: &GroupRecord) {
-    use std::fmt::Write as _;
     if g.leak_suspect {
         out.push_str("LEAK SUSPECT ");
     }
@@ -320,10 +79,18 @@ fn render_group(out: &mut String, g: &GroupRecord) {
         _ => String::new(),
     };
     let _ = write!(out, "{} goroutines [{what}{span}]", thousands(g.goroutines));
-    if g.growth_per_min != 0.0 {
-        let _ = write!(out, " {:+.0}/min", g.growth_per_min);
+    let growth = g.growth_per_min.round();
+    if growth != 0.0 {
+        let sign = if growth > 0.0 { '+' } else { '-' };
+        let _ = write!(out, " {sign}{}/min", thousands(growth.abs() as u64));
     }
-    let _ = writeln!(out, ", {} of stack", human_bytes(g.stack_bytes));
+    let _ = write!(out, ", {} of stack", human_bytes(g.stack_bytes));
+    match &g.leak_since {
+        Some(since) if g.leak_suspect => {
+            let _ = writeln!(out, ", growing since {since}");
+        }
+        _ => out.push('\n'),
+    }
     for f in &g.stack {
         let _ = writeln!(out, "    {}\n        {}:{}", f.func, f.file, f.line);
     }
@@ -366,7 +133,6 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn render_native_stack(out: &mut String, stack: &[StackFrame]) {
-    use std::fmt::Write as _;
     for f in stack {
         let name = match (&f.func, f.offset) {
             (Some(n), Some(off)) => format!("{n}+{off:#x}"),
@@ -386,7 +152,6 @@ fn render_native_stack(out: &mut String, stack: &[StackFrame]) {
 }
 
 fn render_futexes(out: &mut String, futexes: Option<&[ContendedFutex]>) {
-    use std::fmt::Write as _;
     for f in futexes.unwrap_or_default().iter().take(3) {
         let _ = writeln!(
             out,
@@ -407,8 +172,7 @@ fn dropped_text(dropped: u64) -> String {
     }
 }
 
-fn render_text(event: &Event, pid: u32) -> String {
-    use std::fmt::Write as _;
+pub fn render(event: &Event, pid: u32) -> String {
     let mut out = String::new();
     match event {
         Event::Attach {
@@ -516,6 +280,9 @@ fn render_text(event: &Event, pid: u32) -> String {
                     by_state,
                     by_wait_reason,
                     blocked,
+                    groups,
+                    groups_omitted,
+                    leak_suspects,
                     top_creation_sites,
                     ..
                 }),
@@ -534,9 +301,21 @@ fn render_text(event: &Event, pid: u32) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "summary: {goroutines} goroutines ({}); waiting on: {}; {blocked} blocked over threshold; {lost_events} events lost{}",
+                "summary: {} goroutines ({}); waiting on: {}; {} blocked over threshold in {} groups{}{}; {lost_events} events lost{}",
+                thousands(*goroutines),
                 states.join(", "),
                 if reasons.is_empty() { "-".into() } else { reasons.join(", ") },
+                thousands(*blocked),
+                thousands(*groups),
+                match leak_suspects {
+                    0 => String::new(),
+                    1 => ", 1 LEAK SUSPECT".into(),
+                    n => format!(", {n} LEAK SUSPECTS"),
+                },
+                match groups_omitted {
+                    0 => String::new(),
+                    n => format!(" ({n} group records held back by --max-groups)"),
+                },
                 dropped_text(*dropped_records)
             );
             for s in top_creation_sites.iter().take(3) {
@@ -599,27 +378,5 @@ mod tests {
         assert_eq!(human_duration(3723 * 1_000_000_000), "1h2m3s");
         assert_eq!(human_duration(1_500_000_000), "1.5s");
         assert_eq!(human_duration(350_000_000), "350ms");
-    }
-
-    #[test]
-    fn json_lines_have_the_common_fields_first() {
-        let path = std::env::temp_dir().join(format!("ctxprobe-report-{}", std::process::id()));
-        {
-            let w: Box<dyn Write> = Box::new(std::fs::File::create(&path).unwrap());
-            let mut r = Reporter::new(w, Format::Json, 42);
-            r.emit(&Event::Detach {
-                reason: "duration",
-                lost_events: 0,
-                dropped_records: 0,
-            })
-            .unwrap();
-        }
-        let line = std::fs::read_to_string(&path).unwrap();
-        let _ = std::fs::remove_file(&path);
-        assert!(line.starts_with(r#"{"type":"detach","time":""#), "{line}");
-        assert!(line.contains(r#""pid":42"#));
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let t = v["time"].as_str().unwrap();
-        assert!(t.ends_with('Z') && t.contains('.'), "{t}");
     }
 }

@@ -1,7 +1,10 @@
 //! Goroutines grouped the way pprof's `debug=1` and panicparse group them, finer by state and
-//! wait reason: the same state, wait reason, stack and creation site make one group. This is
-//! the `--once --grouped` dump; streaming groups, growth and leak suspects (issue 7) build on
-//! the same record.
+//! wait reason: the same state, wait reason, stack and creation site make one group. This module
+//! is the `--once --grouped` dump and the `group` record; [`stream`] keeps groups of parked
+//! goroutines while streaming, with their growth ([`history`]) and leak suspects.
+
+pub mod history;
+pub mod stream;
 
 use std::collections::HashMap;
 
