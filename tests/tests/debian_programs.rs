@@ -260,6 +260,8 @@ fn check_stream(p: &Program, server: &mut Server, go_version: &str) -> Result<()
             "4s",
             "--summary-interval",
             "1s",
+            // Each stably parked goroutine is compared, not samples of each group.
+            "--every-goroutine",
         ],
     ))?;
     let out = probe.finish(Duration::from_secs(60))?;
