@@ -13,6 +13,7 @@ mod output_queue;
 mod probes;
 mod procmem;
 mod report;
+mod scan_budget;
 mod session;
 mod stack;
 mod target;

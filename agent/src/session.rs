@@ -20,7 +20,7 @@ use crate::report::{
 use crate::stack::{self, Symbolizer};
 use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::StackFrame;
-use crate::tracker::{Park, ParkTracker};
+use crate::tracker::{Changes, Park, ParkTracker};
 
 /// Most probe-map look-ups per snapshot (each is a syscall on our side).
 const MAX_RECORD_LOOKUPS: usize = 50_000;
@@ -51,7 +51,10 @@ pub struct Session<'a> {
     tracker: ParkTracker,
     pub probes: Option<ProbeController>,
     system_by_startpc: HashMap<u64, bool>,
-    last_snapshot: Vec<RawG>,
+    /// Streaming: the scan under way, and what the last complete one counted.
+    scan: Option<Scan>,
+    counts: ScanCounts,
+    /// Time spent reading the last snapshot (all its steps).
     pub last_snapshot_ns: i64,
     prev_site_counts: HashMap<u64, u64>,
     /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
@@ -115,7 +118,8 @@ impl<'a> Session<'a> {
             tracker: ParkTracker::default(),
             probes: None,
             system_by_startpc: HashMap::new(),
-            last_snapshot: Vec::new(),
+            scan: None,
+            counts: ScanCounts::default(),
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
             contexts: ContextAnalyzer::new(bin, bias),
@@ -151,16 +155,23 @@ impl<'a> Session<'a> {
     }
 
     fn wait_reason_name(&self, g: &RawG) -> Option<String> {
-        if !g.is_waiting() || g.wait_reason == 0 {
+        if !g.is_waiting() {
+            return None;
+        }
+        self.reason_name(g.wait_reason)
+    }
+
+    fn reason_name(&self, wait_reason: u8) -> Option<String> {
+        if wait_reason == 0 {
             return None;
         }
         Some(
             self.bin
                 .wait_reasons
-                .get(g.wait_reason as usize)
+                .get(wait_reason as usize)
                 .filter(|s| !s.is_empty())
                 .cloned()
-                .unwrap_or_else(|| format!("waitreason({})", g.wait_reason)),
+                .unwrap_or_else(|| format!("waitreason({wait_reason})")),
         )
     }
 
@@ -251,7 +262,6 @@ impl<'a> Session<'a> {
             each(report, g)?;
             n += 1;
         }
-        self.last_snapshot = gs;
         Ok(n)
     }
 
@@ -298,19 +308,134 @@ impl<'a> Session<'a> {
         gs.iter().filter(|g| !self.is_system(g)).count() as u64
     }
 
-    /// One streaming step: snapshot, track parks, group them, report what crossed the threshold
-    /// or ended. `Ok(false)` when the target has gone.
-    pub fn poll(&mut self, out: &mut Reporter) -> Result<bool> {
-        let Some(gs) = self.snapshot()? else {
+    /// One step of the streaming scan: starts a scan if none is under way, then reads one
+    /// chunk of goroutines, tracks their parks, groups them and reports what crossed the
+    /// threshold or ended. [`Step::Done`] after the scan's last chunk.
+    pub fn poll_step(&mut self, out: &mut Reporter) -> Result<Step> {
+        let started = monotonic_ns();
+        if self.scan.is_none() {
+            let addrs = match self.reader.g_addresses() {
+                Ok(a) => a,
+                Err(ReadError::Mem(MemError::Gone)) => return Ok(Step::Gone),
+                Err(_) if !self.target.is_alive() => return Ok(Step::Gone),
+                Err(e) => return Err(e).context("cannot read the goroutine list"),
+            };
+            self.tracker.begin_scan(started);
+            self.scan = Some(Scan {
+                addrs,
+                next: 0,
+                counts: ScanCounts::default(),
+                busy_ns: 0,
+            });
+        }
+        let more = match self.scan_chunk(out) {
+            Ok(more) => more,
+            Err(e) => {
+                self.scan = None;
+                if !self.target.is_alive() {
+                    return Ok(Step::Gone);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(scan) = &mut self.scan {
+            scan.busy_ns += monotonic_ns() - started;
+        }
+        if more {
+            return Ok(Step::More);
+        }
+        self.finish_scan(out)?;
+        Ok(Step::Done)
+    }
+
+    /// Reads the scan's next chunk; false when it was the last.
+    fn scan_chunk(&mut self, out: &mut Reporter) -> Result<bool> {
+        let Some(scan) = &mut self.scan else {
             return Ok(false);
         };
-        // One clock reading for both clocks: time spent between two readings (observe() below)
-        // would count towards the `blocked` record's duration but not the `unblocked` one's.
+        let end = scan.next.saturating_add(SCAN_CHUNK).min(scan.addrs.len());
+        let chunk = scan.addrs.get(scan.next..end).unwrap_or_default().to_vec();
+        scan.next = end;
+        let more = end < scan.addrs.len();
+        let gs = self
+            .reader
+            .read_gs(&chunk)
+            .context("cannot read the goroutine list")?;
+        // One clock reading for both clocks: time spent between two readings would count
+        // towards the `blocked` record's duration but not the `unblocked` one's.
         let now = monotonic_ns();
         let target_now = now + self.target.monotonic_offset_ns;
-        let changes = self.tracker.observe(&gs, now);
+        let mut changes = Changes::default();
+        self.tracker.observe_chunk(&gs, now, &mut changes);
+        self.count(&gs);
+        self.end_parks(out, changes.ended, now, target_now)?;
+        self.time_new_parks_by_probe(&changes.new_parks);
+        let parked: Vec<u64> = gs.iter().filter(|g| g.is_waiting()).map(|g| g.addr).collect();
+        self.group_parks(&parked);
+        self.report_past_threshold(out, &parked, now, target_now)?;
+        Ok(more)
+    }
 
-        for park in changes.ended {
+    /// After the last chunk: parks the scan did not see again have ended; groups are
+    /// updated and the records they owe go out.
+    fn finish_scan(&mut self, out: &mut Reporter) -> Result<()> {
+        let mut changes = Changes::default();
+        self.tracker.end_scan(&mut changes);
+        let now = monotonic_ns();
+        let target_now = now + self.target.monotonic_offset_ns;
+        self.end_parks(out, changes.ended, now, target_now)?;
+        self.update_groups(now, target_now);
+        if let Some(scan) = self.scan.take() {
+            self.counts = scan.counts;
+            self.last_snapshot_ns = scan.busy_ns;
+        }
+        // Stacks read across an exec are the new program's: its groups are not reported.
+        if self.target.state() == TargetState::Execed {
+            return Ok(());
+        }
+        for record in self.groups.due_now(now) {
+            out.emit(&Event::Group(record))?;
+        }
+        Ok(())
+    }
+
+    /// Counts one chunk's goroutines for the summary.
+    fn count(&mut self, gs: &[RawG]) {
+        let system: Vec<bool> = gs.iter().map(|g| self.is_system(g)).collect();
+        let include_system = self.settings.include_system;
+        let Some(scan) = &mut self.scan else {
+            return;
+        };
+        let c = &mut scan.counts;
+        for (g, system) in gs.iter().zip(system) {
+            if g.m != 0 {
+                c.on_threads.push((g.goid, g.m));
+            }
+            if system {
+                c.system += 1;
+                if !include_system {
+                    continue;
+                }
+            } else {
+                c.user += 1;
+            }
+            *c.by_status.entry(g.status).or_default() += 1;
+            if g.is_waiting() && g.wait_reason != 0 {
+                *c.by_reason.entry(g.wait_reason).or_default() += 1;
+            }
+            *c.sites.entry(g.gopc).or_default() += 1;
+        }
+    }
+
+    /// Parks that ended: they leave their group; reported ones get `unblocked`.
+    fn end_parks(
+        &mut self,
+        out: &mut Reporter,
+        ended: Vec<Park>,
+        now: i64,
+        target_now: i64,
+    ) -> Result<()> {
+        for park in ended {
             if let Some(group) = park.group {
                 self.groups.left(group);
             }
@@ -318,22 +443,32 @@ impl<'a> Session<'a> {
                 self.report_unblocked(out, &park, now, target_now)?;
             }
         }
-        self.time_new_parks_by_probe(&changes.new_parks);
-        self.group_parks();
+        Ok(())
+    }
 
+    /// Parks among `addrs` newly past the threshold: a `blocked` record for the first
+    /// `--samples-per-group` of each group (every one with `--every-goroutine`), the others
+    /// are counted in their group.
+    fn report_past_threshold(
+        &mut self,
+        out: &mut Reporter,
+        addrs: &[u64],
+        now: i64,
+        target_now: i64,
+    ) -> Result<()> {
         let threshold = self.settings.threshold.as_nanos() as u64;
-        let mut candidates: Vec<(u64, u64)> = self
-            .tracker
-            .parks()
-            .filter(|p| {
-                !p.flagged
+        let mut candidates: Vec<(u64, u64)> = addrs
+            .iter()
+            .filter_map(|&addr| {
+                let p = self.tracker.get(addr)?;
+                (!p.flagged
                     && !p.counted
                     && !p.ignored
                     && p.group.is_some()
                     && p.confirmed()
-                    && p.blocked(now, target_now).0 >= threshold
+                    && p.blocked(now, target_now).0 >= threshold)
+                    .then_some((p.g.goid, addr))
             })
-            .map(|p| (p.g.goid, p.g.addr))
             .collect();
         // Oldest goroutines first, so a report reads in creation order.
         candidates.sort_unstable();
@@ -366,10 +501,9 @@ impl<'a> Session<'a> {
             }
             reports.push(report);
         }
-        self.last_snapshot = gs;
-        // Stacks read across an exec are the new program's: send nothing read in this poll.
-        if self.target.state() == TargetState::Execed {
-            return Ok(true);
+        // Stacks read across an exec are the new program's: send nothing read here.
+        if reports.is_empty() || self.target.state() == TargetState::Execed {
+            return Ok(());
         }
         for report in reports {
             out.emit(&Event::Blocked {
@@ -377,11 +511,7 @@ impl<'a> Session<'a> {
                 threshold_ns: threshold,
             })?;
         }
-        self.update_groups(now, target_now);
-        for record in self.groups.due_now(now) {
-            out.emit(&Event::Group(record))?;
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// Parks that started since the last snapshot and that the park probe saw begin get its
@@ -413,14 +543,17 @@ impl<'a> Session<'a> {
 
     /// Puts each park that a second snapshot saw (or the probe timed) into its group: its stack
     /// is read once, here. Runtime-internal goroutines are set aside unless asked for.
-    fn group_parks(&mut self) {
-        let due: Vec<u64> = self
-            .tracker
-            .parks()
-            .filter(|p| {
-                p.group.is_none() && !p.ignored && (p.sightings >= 2 || p.exact_park_ns.is_some())
+    fn group_parks(&mut self, addrs: &[u64]) {
+        let due: Vec<u64> = addrs
+            .iter()
+            .copied()
+            .filter(|&addr| {
+                self.tracker.get(addr).is_some_and(|p| {
+                    p.group.is_none()
+                        && !p.ignored
+                        && (p.sightings >= 2 || p.exact_park_ns.is_some())
+                })
             })
-            .map(|p| p.g.addr)
             .collect();
         for addr in due {
             let Some(g) = self.tracker.get_mut(addr).map(|p| p.g.clone()) else {
@@ -549,30 +682,21 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The goroutine half of a summary; `groups_omitted` from [`Self::emit_due_groups`].
+    /// The goroutine half of a summary, from the last complete scan; `groups_omitted` from
+    /// [`Self::emit_due_groups`].
     pub fn summary(&mut self, groups_omitted: u64) -> GoroutineSummary {
-        let gs = std::mem::take(&mut self.last_snapshot);
+        let c = &self.counts;
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
-        let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
-        let mut sites: HashMap<u64, u64> = HashMap::new();
-        let mut user = 0;
-        let mut system = 0;
-        for g in &gs {
-            if self.is_system(g) {
-                system += 1;
-                if !self.settings.include_system {
-                    continue;
-                }
-            } else {
-                user += 1;
-            }
-            *by_state.entry(status_name(g.status)).or_default() += 1;
-            if let Some(r) = self.wait_reason_name(g) {
-                *by_reason.entry(r).or_default() += 1;
-            }
-            *sites.entry(g.gopc).or_default() += 1;
+        for (&status, &n) in &c.by_status {
+            *by_state.entry(status_name(status)).or_default() += n;
         }
-        let mut top: Vec<(u64, u64)> = sites.iter().map(|(&pc, &n)| (pc, n)).collect();
+        let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+        for (&reason, &n) in &c.by_reason {
+            if let Some(name) = self.reason_name(reason) {
+                *by_reason.entry(name).or_default() += n;
+            }
+        }
+        let mut top: Vec<(u64, u64)> = c.sites.iter().map(|(&pc, &n)| (pc, n)).collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut top_sites = Vec::new();
         for (pc, n) in top {
@@ -589,10 +713,10 @@ impl<'a> Session<'a> {
                 delta: n as i64 - before as i64,
             });
         }
-        self.prev_site_counts = sites;
+        self.prev_site_counts = self.counts.sites.clone();
+        let (user, system) = (self.counts.user, self.counts.system);
         let now = monotonic_ns();
         let probe = self.probes.as_mut().map(|p| p.status(now));
-        self.last_snapshot = gs;
         GoroutineSummary {
             goroutines: if self.settings.include_system {
                 user + system
@@ -611,6 +735,43 @@ impl<'a> Session<'a> {
             snapshot_ms: self.last_snapshot_ns as f64 / 1e6,
         }
     }
+}
+
+/// Goroutines read per step of a streaming scan: a step takes a few milliseconds, so the
+/// loop's probe control, summaries and signals never wait long, however many goroutines.
+const SCAN_CHUNK: usize = 4096;
+
+/// What a scan counted, for the summary (a million goroutines are counted, not kept).
+#[derive(Default)]
+struct ScanCounts {
+    by_status: BTreeMap<u32, u64>,
+    by_reason: BTreeMap<u8, u64>,
+    /// Goroutines per creation site (`gopc`).
+    sites: HashMap<u64, u64>,
+    user: u64,
+    system: u64,
+    /// Goroutines on an OS thread (running, in a syscall): goid and `g.m`.
+    on_threads: Vec<(u64, u64)>,
+}
+
+/// A streaming scan under way.
+struct Scan {
+    addrs: Vec<u64>,
+    /// Index in `addrs` of the next chunk.
+    next: usize,
+    counts: ScanCounts,
+    /// Time spent in its steps so far.
+    busy_ns: i64,
+}
+
+/// What a [`Session::poll_step`] did.
+pub enum Step {
+    /// The scan goes on: call again.
+    More,
+    /// The scan is complete.
+    Done,
+    /// The target has gone.
+    Gone,
 }
 
 impl Session<'_> {
@@ -645,15 +806,12 @@ impl Session<'_> {
     /// The goroutine each OS thread is running, from the last snapshot: running and syscall
     /// goroutines have `g.m`, and `m.procid` is the thread id.
     pub fn goid_on_thread(&self, tid: u32) -> Option<u64> {
-        self.last_snapshot
-            .iter()
-            .filter(|g| g.m != 0)
-            .find_map(|g| {
-                let procid = self
-                    .mem
-                    .read_u64(g.m.wrapping_add(self.bin.layout.m_procid))
-                    .ok()?;
-                (procid == tid as u64).then_some(g.goid)
-            })
+        self.counts.on_threads.iter().find_map(|&(goid, m)| {
+            let procid = self
+                .mem
+                .read_u64(m.wrapping_add(self.bin.layout.m_procid))
+                .ok()?;
+            (procid == tid as u64).then_some(goid)
+        })
     }
 }

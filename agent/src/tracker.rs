@@ -38,6 +38,8 @@ pub struct Park {
     pub group: Option<GroupId>,
     /// Past the threshold and counted in its group without a `blocked` record of its own.
     pub counted: bool,
+    /// The last scan that saw it.
+    pub seen_in_scan: u32,
 }
 
 /// Snapshots that must agree before a park without a probe timestamp is reported. A busy
@@ -92,61 +94,105 @@ pub struct Changes {
     pub ended: Vec<Park>,
 }
 
+/// Parks across scans of the goroutine list. A scan may be read in chunks, spread over time
+/// (a million goroutines are not read in one go): [`ParkTracker::begin_scan`], then
+/// [`ParkTracker::observe_chunk`] for each chunk, then [`ParkTracker::end_scan`].
 #[derive(Default)]
 pub struct ParkTracker {
     parks: HashMap<u64, Park>,
-    last_snapshot_ns: Option<i64>,
+    /// Scans begun so far; a park seen by the current one carries its number.
+    scan: u32,
+    /// When the current and the previous scan began (our clock).
+    scan_started_ns: Option<i64>,
+    prev_scan_started_ns: Option<i64>,
 }
 
 impl ParkTracker {
+    /// All of one snapshot at once (tests, and small processes alike).
+    #[cfg(test)]
     pub fn observe(&mut self, gs: &[RawG], now: i64) -> Changes {
         let mut changes = Changes::default();
-        let mut still_parked = HashMap::with_capacity(self.parks.len());
-        for g in gs.iter().filter(|g| g.is_waiting()) {
-            match self.parks.remove(&g.addr) {
-                Some(mut park) if park.g.same_park_as(g) => {
+        self.begin_scan(now);
+        self.observe_chunk(gs, now, &mut changes);
+        self.end_scan(&mut changes);
+        changes
+    }
+
+    pub fn begin_scan(&mut self, now: i64) {
+        self.scan = self.scan.wrapping_add(1);
+        self.prev_scan_started_ns = self.scan_started_ns.replace(now);
+    }
+
+    /// Goroutines read at `now` in the current scan.
+    pub fn observe_chunk(&mut self, gs: &[RawG], now: i64, changes: &mut Changes) {
+        for g in gs {
+            if !g.is_waiting() {
+                // It ran since it was last seen parked, or it exited and its g was reused.
+                if let Some(old) = self.parks.remove(&g.addr) {
+                    if old.worth_ending() {
+                        changes.ended.push(old);
+                    }
+                }
+                continue;
+            }
+            match self.parks.get_mut(&g.addr) {
+                Some(park) if park.g.same_park_as(g) => {
                     park.last_seen_ns = now;
                     park.sightings = park.sightings.saturating_add(1);
+                    park.seen_in_scan = self.scan;
                     if g.waitsince != 0 {
                         park.waitsince = g.waitsince;
                     }
-                    still_parked.insert(g.addr, park);
+                    continue;
                 }
-                previous => {
-                    if let Some(old) = previous.filter(Park::worth_ending) {
-                        changes.ended.push(old);
-                    }
-                    changes.new_parks.push(g.addr);
-                    still_parked.insert(
-                        g.addr,
-                        Park {
-                            g: g.clone(),
-                            first_seen_ns: now,
-                            not_before_ns: self.last_snapshot_ns,
-                            last_seen_ns: now,
-                            sightings: 1,
-                            exact_park_ns: None,
-                            waitsince: g.waitsince,
-                            paused_ns: 0,
-                            flagged: false,
-                            ignored: false,
-                            group: None,
-                            counted: false,
-                        },
-                    );
+                _ => {}
+            }
+            let fresh = Park {
+                g: g.clone(),
+                first_seen_ns: now,
+                // The previous scan saw this g before this park began, and it began after
+                // that scan started.
+                not_before_ns: self.prev_scan_started_ns,
+                last_seen_ns: now,
+                sightings: 1,
+                exact_park_ns: None,
+                waitsince: g.waitsince,
+                paused_ns: 0,
+                flagged: false,
+                ignored: false,
+                group: None,
+                counted: false,
+                seen_in_scan: self.scan,
+            };
+            if let Some(old) = self.parks.insert(g.addr, fresh) {
+                if old.worth_ending() {
+                    changes.ended.push(old);
+                }
+            }
+            changes.new_parks.push(g.addr);
+        }
+    }
+
+    /// Parks the scan did not see again have ended (their g left the list or was unreadable).
+    pub fn end_scan(&mut self, changes: &mut Changes) {
+        let scan = self.scan;
+        let gone: Vec<u64> = self
+            .parks
+            .iter()
+            .filter(|(_, p)| p.seen_in_scan != scan)
+            .map(|(&addr, _)| addr)
+            .collect();
+        for addr in gone {
+            if let Some(old) = self.parks.remove(&addr) {
+                if old.worth_ending() {
+                    changes.ended.push(old);
                 }
             }
         }
-        // Whatever is left stopped waiting (or vanished) since the last snapshot.
-        changes.ended.extend(
-            self.parks
-                .drain()
-                .map(|(_, p)| p)
-                .filter(Park::worth_ending),
-        );
-        self.parks = still_parked;
-        self.last_snapshot_ns = Some(now);
-        changes
+    }
+
+    pub fn get(&self, addr: u64) -> Option<&Park> {
+        self.parks.get(&addr)
     }
 
     pub fn get_mut(&mut self, addr: u64) -> Option<&mut Park> {
@@ -174,7 +220,10 @@ impl ParkTracker {
             // The GC stamp is in the target's clock, which ran on through the stop.
             park.paused_ns = park.paused_ns.saturating_add(ns);
         }
-        if let Some(t) = &mut self.last_snapshot_ns {
+        for t in [&mut self.scan_started_ns, &mut self.prev_scan_started_ns]
+            .into_iter()
+            .flatten()
+        {
             *t = t.saturating_add(ns);
         }
     }
@@ -266,6 +315,7 @@ mod tests {
             ignored: false,
             group: None,
             counted: false,
+            seen_in_scan: 0,
         };
         assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
         p.waitsince = 40_000;
