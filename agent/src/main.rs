@@ -36,7 +36,7 @@ use crate::report::{Event, Reporter};
 use crate::session::{Session, Settings};
 use crate::target::{monotonic_ns, TargetProcess};
 use crate::threads::{ThreadMonitor, ThreadSettings};
-use crate::watch::Watch;
+use crate::watch::{Signals, Watch};
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -129,8 +129,8 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     let mut session = Session::new(target, bin, &mem, bias, settings);
 
     // The first read proves we can see the goroutine list before anything is attached.
-    let first = match session.snapshot() {
-        Ok(Some(gs)) => gs,
+    let goroutines = match session.count_at_attach() {
+        Ok(Some(n)) => n,
         Ok(None) => bail!("process {} exited", target.pid),
         Err(e) => {
             if let Some(crate::procmem::MemError::Permission) = e.downcast_ref() {
@@ -140,14 +140,14 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
                     crate::denied::cause(target.pid)
                 );
             }
-            return Err(e);
+            return Err(e.context("cannot read the goroutine list"));
         }
     };
     let attach = Event::Attach {
         exe: target.exe_path.clone(),
         go_version: Some(bin.build_info.go_version_string.clone()),
         arch: bin.elf.arch_name().to_string(),
-        goroutines: Some(session.count_user(&first)),
+        goroutines: Some(goroutines),
         threads_only: false,
         mode: if args.once { "once" } else { args.mode.name() },
         threshold_ns: args.threshold.as_nanos() as u64,
@@ -177,12 +177,14 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         session.probes = Some(start_probes(target, bin, args.mode, args.probe_budget)?);
     }
     let threads = start_threads(args, target)?;
+    let signals = Signals::install()?;
     out.emit(&attach)?;
-    Watch::new(Some(&mut session), Some(threads)).run(args, target, out)
+    Watch::new(Some(&mut session), Some(threads)).run(args, target, out, signals)
 }
 
 fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
     let threads = start_threads(args, target)?;
+    let signals = Signals::install()?;
     out.emit(&Event::Attach {
         exe: target.exe_path.clone(),
         go_version: None,
@@ -193,7 +195,7 @@ fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> 
         threshold_ns: args.threshold.as_nanos() as u64,
         layout_source: "none".into(),
     })?;
-    Watch::new(None, Some(threads)).run(args, target, out)
+    Watch::new(None, Some(threads)).run(args, target, out, signals)
 }
 
 fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {

@@ -144,6 +144,31 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The goroutines the runtime would count (`runtime.NumGoroutine`), read in chunks so a
+    /// million of them are never held at once; proves the list is readable before anything is
+    /// attached. `Ok(None)` when the target has gone.
+    pub fn count_at_attach(&mut self) -> Result<Option<u64>> {
+        let mem_error = |e: ReadError| match e {
+            ReadError::Mem(m) => anyhow::Error::new(m),
+            other => anyhow::Error::new(other),
+        };
+        let addrs = match self.reader.g_addresses() {
+            Ok(a) => a,
+            Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
+            Err(e) => return Err(mem_error(e)),
+        };
+        let mut n = 0;
+        for chunk in addrs.chunks(SCAN_CHUNK) {
+            let gs = match self.reader.read_gs(chunk) {
+                Ok(gs) => gs,
+                Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
+                Err(e) => return Err(mem_error(e)),
+            };
+            n += gs.iter().filter(|g| !self.is_system(g)).count() as u64;
+        }
+        Ok(Some(n))
+    }
+
     fn is_system(&mut self, g: &RawG) -> bool {
         if let Some(&s) = self.system_by_startpc.get(&g.startpc) {
             return s;
@@ -303,10 +328,6 @@ impl<'a> Session<'a> {
         self.tracker.exclude_pause(ns);
     }
 
-    /// Counts non-system goroutines in a snapshot (what `runtime.NumGoroutine` would say).
-    pub fn count_user(&mut self, gs: &[RawG]) -> u64 {
-        gs.iter().filter(|g| !self.is_system(g)).count() as u64
-    }
 
     /// One step of the streaming scan: starts a scan if none is under way, then reads one
     /// chunk of goroutines, tracks their parks, groups them and reports what crossed the

@@ -20,6 +20,34 @@ fn default_poll_interval(threshold: Duration) -> Duration {
     (threshold / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
+/// The loop's event loop and its SIGTERM/SIGINT handlers, installed before `attach` goes out:
+/// a signal sent as soon as `attach` is read must end the stream with `detach`, not kill
+/// ctxprobe with the default action.
+pub struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .enable_io()
+            .build()
+            .context("cannot start the event loop")?;
+        let (term, int) = {
+            let _in_runtime = rt.enter();
+            (
+                signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            )
+        };
+        Ok(Signals { rt, term, int })
+    }
+}
+
 /// What the streaming loop drives: the goroutine session (Go programs) and the thread monitor.
 pub struct Watch<'s, 'a> {
     session: Option<&'s mut Session<'a>>,
@@ -49,8 +77,14 @@ impl<'s, 'a> Watch<'s, 'a> {
     }
 
     /// Streams until the end, detaches every probe, then says so.
-    pub fn run(mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
-        let end = match self.stream(args, target, out) {
+    pub fn run(
+        mut self,
+        args: &Args,
+        target: &TargetProcess,
+        out: &mut Reporter,
+        mut signals: Signals,
+    ) -> Result<()> {
+        let end = match self.stream(args, target, out, &mut signals) {
             Ok(end) => end,
             Err(e) => {
                 // What was queued before the failure still goes out (within the timeout).
@@ -196,16 +230,16 @@ impl<'s, 'a> Watch<'s, 'a> {
         }
     }
 
-    fn stream(&mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<End> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .enable_io()
-            .build()
-            .context("cannot start the event loop")?;
+    fn stream(
+        &mut self,
+        args: &Args,
+        target: &TargetProcess,
+        out: &mut Reporter,
+        signals: &mut Signals,
+    ) -> Result<End> {
+        let Signals { rt, term, int } = signals;
         rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-            let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+            let (sigterm, sigint) = (term, int);
             let base_poll =
                 args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
             let mut summary = tokio::time::interval(args.summary_interval);
