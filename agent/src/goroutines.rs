@@ -72,16 +72,6 @@ impl RawG {
             && self.syscallsp == other.syscallsp
             && self.syscallpc == other.syscallpc
     }
-
-    /// The same park as `other`: same goroutine, still parked at the same place, and it has not
-    /// run in between (`trackingSeq` moves on every transition out of running).
-    pub fn same_park_as(&self, other: &RawG) -> bool {
-        self.goid == other.goid
-            && self.tracking_seq == other.tracking_seq
-            && self.wait_reason == other.wait_reason
-            && self.sched_sp == other.sched_sp
-            && self.sched_pc == other.sched_pc
-    }
 }
 
 pub struct GoroutineReader<'a> {

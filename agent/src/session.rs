@@ -328,7 +328,6 @@ impl<'a> Session<'a> {
         self.tracker.exclude_pause(ns);
     }
 
-
     /// One step of the streaming scan: starts a scan if none is under way, then reads one
     /// chunk of goroutines, tracks their parks, groups them and reports what crossed the
     /// threshold or ended. [`Step::Done`] after the scan's last chunk.
@@ -374,8 +373,9 @@ impl<'a> Session<'a> {
         let Some(scan) = &mut self.scan else {
             return Ok(false);
         };
-        let end = scan.next.saturating_add(SCAN_CHUNK).min(scan.addrs.len());
-        let chunk = scan.addrs.get(scan.next..end).unwrap_or_default().to_vec();
+        let base = scan.next;
+        let end = base.saturating_add(SCAN_CHUNK).min(scan.addrs.len());
+        let chunk = scan.addrs.get(base..end).unwrap_or_default().to_vec();
         scan.next = end;
         let more = end < scan.addrs.len();
         let gs = self
@@ -387,13 +387,13 @@ impl<'a> Session<'a> {
         let now = monotonic_ns();
         let target_now = now + self.target.monotonic_offset_ns;
         let mut changes = Changes::default();
-        self.tracker.observe_chunk(&gs, now, &mut changes);
+        self.tracker
+            .observe_chunk(base, &chunk, &gs, now, &mut changes);
         self.count(&gs);
-        self.end_parks(out, changes.ended, now, target_now)?;
+        self.end_parks(out, std::mem::take(&mut changes.ended), now, target_now)?;
         self.time_new_parks_by_probe(&changes.new_parks);
-        let parked: Vec<u64> = gs.iter().filter(|g| g.is_waiting()).map(|g| g.addr).collect();
-        self.group_parks(&parked);
-        self.report_past_threshold(out, &parked, now, target_now)?;
+        self.group_parks(&changes.parked, &gs);
+        self.report_past_threshold(out, &changes.parked, &gs, now, target_now)?;
         Ok(more)
     }
 
@@ -467,35 +467,36 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Parks among `addrs` newly past the threshold: a `blocked` record for the first
-    /// `--samples-per-group` of each group (every one with `--every-goroutine`), the others
-    /// are counted in their group.
+    /// Parks of this chunk (`parked`: positions and indices in `gs`) newly past the
+    /// threshold: a `blocked` record for the first `--samples-per-group` of each group (every
+    /// one with `--every-goroutine`); the others are counted in their group.
     fn report_past_threshold(
         &mut self,
         out: &mut Reporter,
-        addrs: &[u64],
+        parked: &[(usize, usize)],
+        gs: &[RawG],
         now: i64,
         target_now: i64,
     ) -> Result<()> {
         let threshold = self.settings.threshold.as_nanos() as u64;
-        let mut candidates: Vec<(u64, u64)> = addrs
+        let mut candidates: Vec<(u64, usize, usize)> = parked
             .iter()
-            .filter_map(|&addr| {
-                let p = self.tracker.get(addr)?;
+            .filter_map(|&(pos, gi)| {
+                let p = self.tracker.get(pos)?;
                 (!p.flagged
                     && !p.counted
                     && !p.ignored
                     && p.group.is_some()
                     && p.confirmed()
                     && p.blocked(now, target_now).0 >= threshold)
-                    .then_some((p.g.goid, addr))
+                    .then_some((p.goid, pos, gi))
             })
             .collect();
         // Oldest goroutines first, so a report reads in creation order.
         candidates.sort_unstable();
         let mut reports = Vec::new();
-        for (_, addr) in candidates {
-            let Some(park) = self.tracker.get_mut(addr) else {
+        for (_, pos, gi) in candidates {
+            let (Some(park), Some(g)) = (self.tracker.get_mut(pos), gs.get(gi)) else {
                 continue;
             };
             let Some(group) = park.group else { continue };
@@ -504,21 +505,21 @@ impl<'a> Session<'a> {
                 park.counted = true;
                 continue;
             }
-            let g = park.g.clone();
             let blocked = park.blocked(now, target_now);
-            let report = self.describe(&g, Some(blocked));
+            let report = self.describe(g, Some(blocked));
             // The goroutine may have woken while we read its stack: then the stack is not
-            // this park's and the next snapshot will tell.
-            match self.reader.reread(addr) {
-                Some(again) if again.same_park_as(&g) && again.is_waiting() => {}
-                _ => continue,
+            // this park's and the next scan will tell.
+            let still = match (self.reader.reread(g.addr), self.tracker.get(pos)) {
+                (Some(again), Some(park)) => park.still(&again),
+                _ => false,
+            };
+            if !still {
+                continue;
             }
-            if let Some(p) = self.tracker.get_mut(addr) {
-                p.flagged = true;
-            }
+            self.tracker.flag(pos);
             self.groups.sampled(group);
             if let Some(probes) = &mut self.probes {
-                probes.watch(addr);
+                probes.watch(g.addr);
             }
             reports.push(report);
         }
@@ -537,22 +538,22 @@ impl<'a> Session<'a> {
 
     /// Parks that started since the last snapshot and that the park probe saw begin get its
     /// exact timestamp.
-    fn time_new_parks_by_probe(&mut self, new_parks: &[u64]) {
+    fn time_new_parks_by_probe(&mut self, new_parks: &[usize]) {
         let Some(probes) = &self.probes else {
             return;
         };
-        for &addr in new_parks.iter().take(MAX_RECORD_LOOKUPS) {
-            let Some(park) = self.tracker.get_mut(addr) else {
+        for &pos in new_parks.iter().take(MAX_RECORD_LOOKUPS) {
+            let Some(park) = self.tracker.get_mut(pos) else {
                 continue;
             };
-            if let Some(rec) = probes.park_record(addr) {
+            if let Some(rec) = probes.park_record(park.addr) {
                 // The record is this park's if it is the same goroutine, it has left
                 // `_Grunning` exactly once since (trackingSeq moves on that transition), and
                 // the probe has been attached ever since (else a later park went unseen
                 // and trackingSeq may just have wrapped around).
-                if rec.goid == park.g.goid
-                    && rec.seq.wrapping_add(1) == park.g.tracking_seq
-                    && rec.reason == park.g.wait_reason
+                if rec.goid == park.goid
+                    && rec.seq.wrapping_add(1) == park.tracking_seq
+                    && rec.reason == park.wait_reason
                     && rec.wake_ns == 0
                     && probes.attached_continuously_since(rec.park_ns as i64)
                 {
@@ -563,31 +564,24 @@ impl<'a> Session<'a> {
     }
 
     /// Puts each park that a second snapshot saw (or the probe timed) into its group: its stack
-    /// is read once, here. Runtime-internal goroutines are set aside unless asked for.
-    fn group_parks(&mut self, addrs: &[u64]) {
-        let due: Vec<u64> = addrs
-            .iter()
-            .copied()
-            .filter(|&addr| {
-                self.tracker.get(addr).is_some_and(|p| {
-                    p.group.is_none()
-                        && !p.ignored
-                        && (p.sightings >= 2 || p.exact_park_ns.is_some())
-                })
-            })
-            .collect();
-        for addr in due {
-            let Some(g) = self.tracker.get_mut(addr).map(|p| p.g.clone()) else {
+    /// is read once, here, from the `g` just read. Runtime-internal goroutines are set aside
+    /// unless asked for.
+    fn group_parks(&mut self, parked: &[(usize, usize)], gs: &[RawG]) {
+        for &(pos, gi) in parked {
+            let due = self.tracker.get(pos).is_some_and(|p| {
+                p.group.is_none() && !p.ignored && (p.sightings >= 2 || p.exact_park_ns.is_some())
+            });
+            let Some(g) = gs.get(gi).filter(|_| due) else {
                 continue;
             };
-            if !self.settings.include_system && self.is_system(&g) {
-                if let Some(p) = self.tracker.get_mut(addr) {
+            if !self.settings.include_system && self.is_system(g) {
+                if let Some(p) = self.tracker.get_mut(pos) {
                     p.ignored = true;
                 }
                 continue;
             }
-            // A stack that cannot be read now is tried again at the next snapshot.
-            let Ok(unwound) = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, &g)
+            // A stack that cannot be read now is tried again at the next scan.
+            let Ok(unwound) = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g)
             else {
                 continue;
             };
@@ -602,7 +596,7 @@ impl<'a> Session<'a> {
                 None => {
                     let label = GroupLabel {
                         state: status_name(g.status),
-                        wait_reason: self.wait_reason_name(&g),
+                        wait_reason: self.wait_reason_name(g),
                         stack: stack::symbolize(&self.sym, &key.pcs),
                         created_by: self.sym.creation_site(g.gopc),
                     };
@@ -610,7 +604,7 @@ impl<'a> Session<'a> {
                 }
             };
             self.groups.joined(id);
-            if let Some(p) = self.tracker.get_mut(addr) {
+            if let Some(p) = self.tracker.get_mut(pos) {
                 p.group = Some(id);
             }
         }
@@ -620,8 +614,8 @@ impl<'a> Session<'a> {
         let members = self.tracker.parks().filter_map(|p| {
             Some(Member {
                 group: p.group?,
-                goid: p.g.goid,
-                stack_bytes: p.g.stack_hi.saturating_sub(p.g.stack_lo),
+                goid: p.goid,
+                stack_bytes: u64::from(p.stack_bytes),
                 blocked_ns: p.blocked(now, target_now).0,
                 sampled: p.flagged,
             })
@@ -647,18 +641,15 @@ impl<'a> Session<'a> {
         target_now: i64,
     ) -> Result<()> {
         if let Some(probes) = &mut self.probes {
-            probes.unwatch(park.g.addr);
-        }
-        if !self.settings.include_system && self.is_system(&park.g) {
-            return Ok(());
+            probes.unwatch(park.addr);
         }
         // It woke somewhere between the last snapshot that saw it parked and now: report the
         // part we know it was blocked for.
         let seen_ago = now - park.last_seen_ns;
         let (blocked_ns, _) = park.blocked(park.last_seen_ns, target_now - seen_ago);
         out.emit(&Event::Unblocked {
-            goid: park.g.goid,
-            wait_reason: self.wait_reason_name(&park.g),
+            goid: park.goid,
+            wait_reason: self.reason_name(park.wait_reason),
             blocked_ns,
             exact: false,
         })?;
@@ -672,13 +663,13 @@ impl<'a> Session<'a> {
         };
         let events = probes.take_wake_events();
         for ev in events {
-            let Some(park) = self.tracker.remove(ev.g) else {
+            let Some(park) = self.tracker.take_flagged(ev.g) else {
                 continue;
             };
             if let Some(group) = park.group {
                 self.groups.left(group);
             }
-            if !park.flagged || park.g.goid != ev.goid {
+            if park.goid != ev.goid {
                 continue;
             }
             if let Some(p) = &mut self.probes {
@@ -694,8 +685,8 @@ impl<'a> Session<'a> {
                     .0
             };
             out.emit(&Event::Unblocked {
-                goid: park.g.goid,
-                wait_reason: self.wait_reason_name(&park.g),
+                goid: park.goid,
+                wait_reason: self.reason_name(park.wait_reason),
                 blocked_ns,
                 exact,
             })?;

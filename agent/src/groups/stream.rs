@@ -16,7 +16,7 @@ use super::history::History;
 use super::GroupRecord;
 use crate::stack::SourceFrame;
 
-pub type GroupId = u64;
+pub type GroupId = u32;
 
 /// Goids listed per group record.
 const SAMPLE_GOIDS: usize = 5;
@@ -307,7 +307,7 @@ impl StreamGroups {
         g.urgent = false;
         g.at_record = (g.stats.count, g.joined, g.left, g.suspect.is_some());
         GroupRecord {
-            group_id: g.id,
+            group_id: u64::from(g.id),
             goroutines: g.stats.count,
             state: g.label.state.clone(),
             wait_reason: g.label.wait_reason.clone(),
@@ -423,7 +423,7 @@ mod tests {
         let ids: Vec<GroupId> = (1..=4).map(|pc| g.create(key(pc), label())).collect();
         let all = |n: u64| {
             ids.iter()
-                .flat_map(move |&id| members(id, id * n, 3 * S as u64))
+                .flat_map(move |&id| members(id, u64::from(id) * n, 3 * S as u64))
                 .collect::<Vec<_>>()
         };
         g.update(3 * S, all(1).into_iter());
