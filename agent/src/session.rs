@@ -516,8 +516,8 @@ impl<'a> Session<'a> {
             if !still {
                 continue;
             }
-            self.tracker.flag(pos);
-            self.groups.sampled(group);
+            self.tracker.flag(pos, report.contexts.context_verdict);
+            self.groups.sampled(group, &report.contexts);
             if let Some(probes) = &mut self.probes {
                 probes.watch(g.addr);
             }
@@ -738,6 +738,7 @@ impl<'a> Session<'a> {
             by_state,
             by_wait_reason: by_reason,
             blocked: self.tracker.past_threshold_count(),
+            context_verdicts: self.tracker.flagged_verdicts(),
             groups: self.groups.past_threshold(),
             groups_omitted,
             leak_suspects: self.groups.leak_suspects(),

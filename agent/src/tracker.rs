@@ -4,7 +4,10 @@
 //! snapshots with the same `trackingSeq` (and the same saved SP/PC) did not run in between.
 //! Where the park probe saw the park, its timestamp makes the duration exact.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::contexts::Verdict;
+use crate::groups::verdicts::verdict_name;
 
 use crate::goroutines::RawG;
 use crate::groups::stream::GroupId;
@@ -40,8 +43,9 @@ pub struct Park {
     pub waitsince: i64,
     /// Time the target spent stopped during this park, not counted as blocked.
     pub paused_ns: i64,
-    /// Reported as blocked.
+    /// Reported as blocked, and the context verdict the report had.
     pub flagged: bool,
+    pub verdict: Option<Verdict>,
     /// Decided not to report (a runtime-internal goroutine): not looked at again.
     pub ignored: bool,
     /// Its group, once a second snapshot saw the park (see `groups::stream`).
@@ -76,6 +80,7 @@ impl Park {
             waitsince: g.waitsince,
             paused_ns: 0,
             flagged: false,
+            verdict: None,
             ignored: false,
             group: None,
             counted: false,
@@ -254,10 +259,11 @@ impl ParkTracker {
         self.slots.get_mut(pos)?.as_mut()
     }
 
-    /// Marks the park at `pos` reported.
-    pub fn flag(&mut self, pos: usize) {
+    /// Marks the park at `pos` reported, with the report's context verdict.
+    pub fn flag(&mut self, pos: usize, verdict: Option<Verdict>) {
         if let Some(p) = self.get_mut(pos) {
             p.flagged = true;
+            p.verdict = verdict;
             let addr = p.addr;
             self.flagged.insert(addr, pos);
         }
@@ -292,6 +298,15 @@ impl ParkTracker {
         {
             *t = t.saturating_add(ns);
         }
+    }
+
+    /// Context verdicts of the parks reported now (`context_verdict` → goroutines).
+    pub fn flagged_verdicts(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for v in self.parks().filter(|p| p.flagged).filter_map(|p| p.verdict) {
+            *counts.entry(verdict_name(v).to_string()).or_default() += 1;
+        }
+        counts
     }
 
     /// Parks past the threshold: reported, or counted in their group.
@@ -332,7 +347,7 @@ mod tests {
         let mut t = ParkTracker::default();
         let c = t.observe(&[g(1, 7, 4, 3)], 100);
         assert_eq!(c.new_parks, vec![0]);
-        t.flag(0);
+        t.flag(0, None);
         let c = t.observe(&[g(1, 7, 4, 3)], 200);
         assert!(c.new_parks.is_empty() && c.ended.is_empty());
         // Ran once and parked again at the same place: trackingSeq moved on.
@@ -349,7 +364,7 @@ mod tests {
     fn a_stopped_target_does_not_age_unreported_parks() {
         let mut t = ParkTracker::default();
         t.observe(&[g(1, 7, 4, 3), g(2, 8, 4, 3)], 1_000);
-        t.flag(1);
+        t.flag(1, None);
         t.get_mut(0).unwrap().waitsince = 500;
         // Stopped for 10 µs, then seen again at 12 µs.
         t.exclude_pause(10_000);

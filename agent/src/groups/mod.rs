@@ -5,10 +5,13 @@
 
 pub mod history;
 pub mod stream;
+pub mod verdicts;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
+
+use verdicts::VerdictTally;
 
 use crate::report::GoroutineReport;
 use crate::stack::SourceFrame;
@@ -39,6 +42,20 @@ pub struct GroupRecord {
     pub leak_since: Option<String>,
     /// Null in a one-off dump, which has no threshold.
     pub threshold_ns: Option<u64>,
+    /// Members whose contexts were analysed (all in a dump; the `blocked` samples while
+    /// streaming), their verdicts (`context_verdict` → members) and the most common context
+    /// chain among them.
+    pub contexts_analysed: u64,
+    pub context_verdicts: BTreeMap<String, u64>,
+    pub context_chain: Option<Vec<String>>,
+}
+
+impl GroupRecord {
+    fn set_contexts(&mut self, tally: &VerdictTally) {
+        self.contexts_analysed = tally.analysed();
+        self.context_verdicts = tally.verdicts();
+        self.context_chain = tally.common_chain();
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,7 +69,7 @@ struct GroupKey {
 /// Collects goroutine reports into groups; holds one record per group, not per goroutine.
 #[derive(Default)]
 pub struct Grouper {
-    groups: HashMap<GroupKey, GroupRecord>,
+    groups: HashMap<GroupKey, (GroupRecord, VerdictTally)>,
 }
 
 impl Grouper {
@@ -65,24 +82,33 @@ impl Grouper {
             created_by: g.created_by,
         };
         let next_id = self.groups.len() as u64 + 1;
-        let group = self.groups.entry(key).or_insert_with_key(|k| GroupRecord {
-            group_id: next_id,
-            goroutines: 0,
-            state: k.state.clone(),
-            wait_reason: k.wait_reason.clone(),
-            stack: k.stack.clone(),
-            created_by: k.created_by.clone(),
-            blocked_min_ns: None,
-            blocked_max_ns: None,
-            new: 0,
-            gone: 0,
-            growth_per_min: 0.0,
-            stack_bytes: 0,
-            sample_goids: Vec::new(),
-            leak_suspect: false,
-            leak_since: None,
-            threshold_ns: None,
+        let (group, tally) = self.groups.entry(key).or_insert_with_key(|k| {
+            (
+                GroupRecord {
+                    group_id: next_id,
+                    goroutines: 0,
+                    state: k.state.clone(),
+                    wait_reason: k.wait_reason.clone(),
+                    stack: k.stack.clone(),
+                    created_by: k.created_by.clone(),
+                    blocked_min_ns: None,
+                    blocked_max_ns: None,
+                    new: 0,
+                    gone: 0,
+                    growth_per_min: 0.0,
+                    stack_bytes: 0,
+                    sample_goids: Vec::new(),
+                    leak_suspect: false,
+                    leak_since: None,
+                    threshold_ns: None,
+                    contexts_analysed: 0,
+                    context_verdicts: BTreeMap::new(),
+                    context_chain: None,
+                },
+                VerdictTally::default(),
+            )
         });
+        tally.add(&g.contexts);
         group.goroutines += 1;
         group.stack_bytes += stack_bytes;
         if let Some(ns) = g.blocked_ns {
@@ -96,7 +122,14 @@ impl Grouper {
 
     /// The groups, largest first (ties: the group seen first).
     pub fn into_records(self) -> Vec<GroupRecord> {
-        let mut records: Vec<GroupRecord> = self.groups.into_values().collect();
+        let mut records: Vec<GroupRecord> = self
+            .groups
+            .into_values()
+            .map(|(mut r, tally)| {
+                r.set_contexts(&tally);
+                r
+            })
+            .collect();
         records.sort_by(|a, b| {
             b.goroutines
                 .cmp(&a.goroutines)

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use super::history::History;
+use super::verdicts::VerdictTally;
 use super::GroupRecord;
+use crate::contexts::ContextDiagnosis;
 use crate::stack::SourceFrame;
 
 pub type GroupId = u32;
@@ -71,8 +73,9 @@ struct Group {
     joined: u64,
     left: u64,
     history: Option<History>,
-    /// `blocked` records sent for its members.
+    /// `blocked` records sent for its members, and their context verdicts.
     samples: u32,
+    verdicts: VerdictTally,
     /// Since when (RFC 3339) it has been growing, while it is a leak suspect.
     suspect: Option<String>,
     /// It has had a record; then: members, joined, left and suspect at its last record.
@@ -132,6 +135,7 @@ impl StreamGroups {
             left: 0,
             history: None,
             samples: 0,
+            verdicts: VerdictTally::default(),
             suspect: None,
             reported: false,
             at_record: (0, 0, 0, false),
@@ -165,9 +169,11 @@ impl StreamGroups {
             .is_some_and(|g| g.samples < self.settings.samples_per_group)
     }
 
-    pub fn sampled(&mut self, id: GroupId) {
+    /// A member got a `blocked` record, with this context diagnosis.
+    pub fn sampled(&mut self, id: GroupId, contexts: &ContextDiagnosis) {
         if let Some(g) = self.group(id) {
             g.samples += 1;
+            g.verdicts.add(contexts);
         }
     }
 
@@ -326,6 +332,9 @@ impl StreamGroups {
             leak_suspect: g.suspect.is_some(),
             leak_since: g.suspect.clone(),
             threshold_ns: Some(threshold_ns),
+            contexts_analysed: g.verdicts.analysed(),
+            context_verdicts: g.verdicts.verdicts(),
+            context_chain: g.verdicts.common_chain(),
         }
     }
 
@@ -469,7 +478,7 @@ mod tests {
         let id = g.create(key(1), label());
         for _ in 0..3 {
             assert!(g.may_sample(id));
-            g.sampled(id);
+            g.sampled(id, &ContextDiagnosis::default());
         }
         assert!(!g.may_sample(id));
         assert!(!g.may_sample(99));

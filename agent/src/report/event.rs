@@ -80,6 +80,8 @@ pub struct GoroutineSummary {
     pub groups_omitted: u64,
     /// Groups that are leak suspects now.
     pub leak_suspects: u64,
+    /// Context verdicts of the goroutines with a `blocked` record out now.
+    pub context_verdicts: BTreeMap<String, u64>,
     pub system_goroutines: u64,
     pub top_creation_sites: Vec<CreationSiteCount>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -101,6 +101,29 @@ fn render_group(out: &mut String, g: &GroupRecord) {
             c.func, c.file, c.line
         );
     }
+    if g.contexts_analysed > 0 && (!g.context_verdicts.is_empty() || g.context_chain.is_some()) {
+        let verdicts: Vec<String> = g
+            .context_verdicts
+            .iter()
+            .map(|(v, n)| format!("{} {n}", v.replace('_', " ")))
+            .collect();
+        let _ = write!(
+            out,
+            "    contexts of {} analysed: {}",
+            g.contexts_analysed,
+            if verdicts.is_empty() {
+                "no verdict".to_string()
+            } else {
+                verdicts.join(", ")
+            }
+        );
+        match &g.context_chain {
+            Some(chain) => {
+                let _ = writeln!(out, "; most held {}", chain.join(" ← "));
+            }
+            None => out.push('\n'),
+        }
+    }
     out.push('\n');
 }
 
