@@ -54,6 +54,10 @@ pub struct Session<'a> {
     /// Streaming: the scan under way, and what the last complete one counted.
     scan: Option<Scan>,
     counts: ScanCounts,
+    /// At the end of the last scan: parks past the threshold, and the verdicts of the
+    /// reported ones (counting a million parks at every summary would cost more).
+    past_threshold: u64,
+    verdicts: BTreeMap<String, u64>,
     /// Time spent reading the last snapshot (all its steps).
     pub last_snapshot_ns: i64,
     prev_site_counts: HashMap<u64, u64>,
@@ -120,6 +124,8 @@ impl<'a> Session<'a> {
             system_by_startpc: HashMap::new(),
             scan: None,
             counts: ScanCounts::default(),
+            past_threshold: 0,
+            verdicts: BTreeMap::new(),
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
             contexts: ContextAnalyzer::new(bin, bias),
@@ -406,6 +412,8 @@ impl<'a> Session<'a> {
         let target_now = now + self.target.monotonic_offset_ns;
         self.end_parks(out, changes.ended, now, target_now)?;
         self.update_groups(now, target_now);
+        self.past_threshold = self.tracker.past_threshold_count();
+        self.verdicts = self.tracker.flagged_verdicts();
         if let Some(scan) = self.scan.take() {
             self.counts = scan.counts;
             self.last_snapshot_ns = scan.busy_ns;
@@ -546,6 +554,15 @@ impl<'a> Session<'a> {
             let Some(park) = self.tracker.get_mut(pos) else {
                 continue;
             };
+            // Only a park that began while the probe was attached can have its record (the
+            // first scan's parks may be arbitrarily old): spare the map look-up (a syscall)
+            // for the rest, a million of them in the first scan of a large process.
+            if !park
+                .not_before_ns
+                .is_some_and(|nb| probes.attached_continuously_since(nb))
+            {
+                continue;
+            }
             if let Some(rec) = probes.park_record(park.addr) {
                 // The record is this park's if it is the same goroutine, it has left
                 // `_Grunning` exactly once since (trackingSeq moves on that transition), and
@@ -737,8 +754,8 @@ impl<'a> Session<'a> {
             },
             by_state,
             by_wait_reason: by_reason,
-            blocked: self.tracker.past_threshold_count(),
-            context_verdicts: self.tracker.flagged_verdicts(),
+            blocked: self.past_threshold,
+            context_verdicts: self.verdicts.clone(),
             groups: self.groups.past_threshold(),
             groups_omitted,
             leak_suspects: self.groups.leak_suspects(),

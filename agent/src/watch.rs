@@ -288,7 +288,9 @@ impl<'s, 'a> Watch<'s, 'a> {
                             scanning = true;
                         }
                     }
-                    _ = std::future::ready(()), if may_step => {
+                    // Yielding first lets the runtime turn (its timers and signals) between
+                    // two steps; an always-ready branch would starve them for a whole scan.
+                    _ = tokio::task::yield_now(), if may_step => {
                         let Some(session) = &mut self.session else {
                             scanning = false;
                             continue;
@@ -296,6 +298,9 @@ impl<'s, 'a> Watch<'s, 'a> {
                         let started = monotonic_ns();
                         let step = session.poll_step(out);
                         let now = monotonic_ns();
+                        if std::env::var_os("CTXPROBE_TRACE_STEPS").is_some() {
+                            eprintln!("step {:.1} ms {}", (now - started) as f64 / 1e6, matches!(step, Ok(Step::Done)));
+                        }
                         budget.spend(now, now - started);
                         match step {
                             Ok(Step::More) => continue,
