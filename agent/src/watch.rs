@@ -298,9 +298,6 @@ impl<'s, 'a> Watch<'s, 'a> {
                         let started = monotonic_ns();
                         let step = session.poll_step(out);
                         let now = monotonic_ns();
-                        if std::env::var_os("CTXPROBE_TRACE_STEPS").is_some() {
-                            eprintln!("step {:.1} ms {}", (now - started) as f64 / 1e6, matches!(step, Ok(Step::Done)));
-                        }
                         budget.spend(now, now - started);
                         match step {
                             Ok(Step::More) => continue,
