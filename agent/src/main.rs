@@ -198,6 +198,8 @@ fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {
         pid: target.pid,
         threshold: args.threshold,
         tracepoints: args.mode == Mode::Precise,
+        arch: gobinary::elf::Arch::of_file(&target.exe_link)
+            .unwrap_or_else(gobinary::elf::Arch::host),
     })
     .context("cannot watch the target's threads")
 }
@@ -235,8 +237,11 @@ struct ProbeSite {
 
 /// What one park-probe hit costs the target, by where the probe sits. amd64: measured with
 /// `cargo xtask bench` (~0.9 µs where the kernel emulates `push rbp`, ~10 µs single-stepped,
-/// which Go 1.19's prologue gets). arm64: the probe is on a branch the kernel simulates;
-/// measured in the arm64 VM (`scripts/vm-tests-arm64.sh`, TCG, so only indicative).
+/// which Go 1.19's prologue gets). arm64: the probe is on the stack check's `BLS`, which the
+/// kernel simulates. Only an emulated arm64 (QEMU TCG, which inflates every trap) was
+/// available: there a simulated hit cost ~15 µs and a single-stepped one ~75 µs, against ~6 µs
+/// for a whole ping-pong round trip (two parks). 2 µs (about twice amd64's) is charged until
+/// arm64 hardware measures it: erring high only detaches the probe sooner.
 fn hit_cost_ns(arch: gobinary::elf::Arch, emulated: bool) -> f64 {
     match (arch, emulated) {
         (gobinary::elf::Arch::Aarch64, true) => ARM64_SIMULATED_HIT_NS,
