@@ -13,6 +13,7 @@ scripts/setup.sh --all-go
 export CARGO_TERM_COLOR=never
 cargo build --release --locked -p ctxprobe
 cargo xtask gen-layouts --check
+cargo xtask gen-layouts --arch arm64 --check
 export CTXPROBE_BIN="$PWD/target/release/ctxprobe"
 cargo test --release --locked --workspace
 # Issue 3's matrix, CI subset: the oldest and newest Go, stripped, PIE and cgo builds (the full

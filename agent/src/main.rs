@@ -7,6 +7,7 @@
 mod cli;
 mod contexts;
 mod denied;
+mod frame_layout;
 mod goroutines;
 mod groups;
 mod output_queue;
@@ -203,6 +204,8 @@ fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {
         pid: target.pid,
         threshold: args.threshold,
         tracepoints: args.mode == Mode::Precise,
+        arch: gobinary::elf::Arch::of_file(&target.exe_link)
+            .unwrap_or_else(gobinary::elf::Arch::host),
     })
     .context("cannot watch the target's threads")
 }
@@ -238,24 +241,40 @@ struct ProbeSite {
     hit_cost_ns: f64,
 }
 
-/// The instruction after `func`'s stack check, where a uprobe is cheap: the kernel emulates a
-/// `push rbp` (~0.9 µs a hit, measured), but single-steps anything else (~10 µs), which is what
-/// Go 1.19's prologue (`sub rsp` first) gets.
+/// What one park-probe hit costs the target, by where the probe sits. amd64: measured with
+/// `cargo xtask bench` (~0.9 µs where the kernel emulates `push rbp`, ~10 µs single-stepped,
+/// which Go 1.19's prologue gets). arm64: the probe is on the stack check's `BLS`, which the
+/// kernel simulates. Only an emulated arm64 (QEMU TCG, which inflates every trap) was
+/// available: there a simulated hit cost ~15 µs and a single-stepped one ~75 µs, against ~6 µs
+/// for a whole ping-pong round trip (two parks). 2 µs (about twice amd64's) is charged until
+/// arm64 hardware measures it: erring high only detaches the probe sooner.
+fn hit_cost_ns(arch: gobinary::elf::Arch, emulated: bool) -> f64 {
+    match (arch, emulated) {
+        (gobinary::elf::Arch::Aarch64, true) => ARM64_SIMULATED_HIT_NS,
+        (gobinary::elf::Arch::Aarch64, false) => ARM64_STEPPED_HIT_NS,
+        (_, true) => 900.0,
+        (_, false) => 10_000.0,
+    }
+}
+
+const ARM64_SIMULATED_HIT_NS: f64 = 2_000.0;
+const ARM64_STEPPED_HIT_NS: f64 = 10_000.0;
+
+/// Where a uprobe on `func` is cheap and sees the function's entry registers
+/// ([`gobinary::prologue::probe_site`]).
 fn probe_site(bin: &GoBinary, func: &str) -> Result<ProbeSite> {
     let f = bin
         .pclntab
         .func_by_name(func)
         .with_context(|| format!("{func} not found in the binary's function table"))?;
-    let addr = gobinary::prologue::after_stack_check(&bin.elf, &f)
+    let site = gobinary::prologue::probe_site(&bin.elf, &f)
         .with_context(|| format!("cannot find a probe site in {func}"))?;
     let file_offset = bin
         .elf
-        .vaddr_to_file_offset(addr)
-        .with_context(|| format!("{func} at {addr:#x} is not in the file"))?;
-    const PUSH_RBP: u8 = 0x55;
-    let emulated = bin.elf.read_vaddr(addr, 1) == Some(&[PUSH_RBP][..]);
+        .vaddr_to_file_offset(site.addr)
+        .with_context(|| format!("{func} at {:#x} is not in the file", site.addr))?;
     Ok(ProbeSite {
         file_offset,
-        hit_cost_ns: if emulated { 900.0 } else { 10_000.0 },
+        hit_cost_ns: hit_cost_ns(bin.elf.arch(), site.emulated),
     })
 }

@@ -5,7 +5,8 @@
 //! memory plus the scheduler state saved in its `g` is enough: frame pointers from
 //! `g.sched.bp` (always on for amd64 since before Go 1.19), or for goroutines in a syscall
 //! `g.syscallbp` (Go 1.23+) or the pclntab SP-delta table (older releases, whose `save()`
-//! does not record a frame pointer).
+//! does not record a frame pointer). Where frames keep the pointer and return address depends
+//! on the target's architecture ([`crate::frame_layout`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::rc::Rc;
 use gobinary::pclntab::{Frame, Pclntab};
 use serde::Serialize;
 
+use crate::frame_layout::FrameLayout;
 use crate::goroutines::RawG;
 use crate::procmem::ProcessMemory;
 
@@ -192,14 +194,16 @@ pub fn unwind_with_stack(
             "saved sp {sp:#x} outside the stack"
         )));
     }
+    let layout = FrameLayout::of(pclntab.arch());
+    let base = layout.read_base(sp, g.stack_lo);
     let hi = g.stack_hi.min(sp.saturating_add(MAX_STACK_READ));
     let stack = mem
-        .read_vec(sp, (hi - sp) as usize)
+        .read_vec(base, (hi - base) as usize)
         .map_err(|e| StackError::Unreadable(e.to_string()))?;
     let pcs = if use_fp {
-        walk_frame_pointers(&stack, sp, pc, bp)
+        walk_frame_pointers(&stack, base, pc, bp)
     } else {
-        walk_sp_deltas(&stack, sp, pc, |pc| {
+        walk_sp_deltas(layout, &stack, base, sp, pc, |pc| {
             let link = pc.wrapping_sub(bias);
             let f = pclntab.func_at(link)?;
             if f.name == "runtime.goexit" {
@@ -209,7 +213,11 @@ pub fn unwind_with_stack(
             u64::try_from(pclntab.sp_delta_at(at)?).ok()
         })
     };
-    Ok(Unwound { pcs, stack, sp })
+    Ok(Unwound {
+        pcs,
+        stack,
+        sp: base,
+    })
 }
 
 /// The word at `addr` of a stack copy that starts at `base`.
@@ -245,10 +253,13 @@ fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
     pcs
 }
 
-/// Return addresses by SP deltas (no frame pointer saved): `frame_size(pc)` is the pcsp table's
-/// value, `None` to stop (unknown function, or the bottom of the stack).
+/// Return addresses by SP deltas (no frame pointer saved), from the frame at `sp` in a stack
+/// copy that starts at `base`: `frame_size(pc)` is the pcsp table's value, `None` to stop
+/// (unknown function, or the bottom of the stack).
 fn walk_sp_deltas(
+    layout: FrameLayout,
     stack: &[u8],
+    base: u64,
     sp: u64,
     pc: u64,
     frame_size: impl Fn(u64) -> Option<u64>,
@@ -260,16 +271,19 @@ fn walk_sp_deltas(
         let Some(delta) = frame_size(cur_pc) else {
             break;
         };
-        let ret_slot = cur_sp.saturating_add(delta);
-        let Some(ret) = stack_word(stack, sp, ret_slot) else {
+        let Some((ret_slot, caller_sp)) = layout.sp_delta_step(cur_sp, delta) else {
             break;
         };
-        if ret == 0 {
+        let Some(ret) = stack_word(stack, base, ret_slot) else {
+            break;
+        };
+        // A frameless function (arm64, delta 0) never saved its return address: stop.
+        if ret == 0 || caller_sp <= cur_sp {
             break;
         }
         pcs.push(ret);
         cur_pc = ret;
-        cur_sp = ret_slot.saturating_add(8);
+        cur_sp = caller_sp;
     }
     pcs
 }
@@ -333,8 +347,10 @@ mod tests {
             let pcs = walk_frame_pointers(&stack, sp, next(), bp);
             assert!(pcs.len() <= MAX_FRAMES);
             let delta = next() % 64;
-            let pcs = walk_sp_deltas(&stack, sp, next(), |_| Some(delta));
-            assert!(pcs.len() <= MAX_FRAMES);
+            for layout in [FrameLayout::Amd64, FrameLayout::Arm64] {
+                let pcs = walk_sp_deltas(layout, &stack, sp, sp, next(), |_| Some(delta));
+                assert!(pcs.len() <= MAX_FRAMES);
+            }
         }
     }
 
@@ -351,6 +367,35 @@ mod tests {
             walk_frame_pointers(&stack, sp, 0x999, 0x1010),
             vec![0x999, 0xaaa, 0xbbb]
         );
+    }
+
+    /// arm64: a parked goroutine's `bp` is one word below its `sp` (the prologue stores the
+    /// caller's fp below the frame and the link register at `sp`); the walk reads from there.
+    #[test]
+    fn walks_an_arm64_frame_pointer_chain() {
+        let layout = FrameLayout::Arm64;
+        let (lo, sp) = (0x0f00u64, 0x1000u64);
+        let base = layout.read_base(sp, lo);
+        let mut stack = vec![0u8; 0x40];
+        let mut put = |addr: u64, v: u64| {
+            let off = (addr - base) as usize;
+            stack[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        };
+        // gopark's frame at sp 0x1000 (bp 0xff8): saved fp 0x1018, saved LR 0xaaa at 0x1000.
+        put(0x0ff8, 0x1018);
+        put(0x1000, 0xaaa);
+        // Its caller's frame at sp 0x1020 (fp 0x1018): saved fp 0, LR 0xbbb (goexit).
+        put(0x1018, 0);
+        put(0x1020, 0xbbb);
+        assert_eq!(
+            walk_frame_pointers(&stack, base, 0x999, sp - 8),
+            vec![0x999, 0xaaa, 0xbbb]
+        );
+        // The same stack by pcsp deltas: 0x20 bytes per frame, LR at each frame's sp.
+        let pcs = walk_sp_deltas(layout, &stack, base, sp, 0x999, |pc| {
+            (pc != 0xbbb).then_some(0x20)
+        });
+        assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb]);
     }
 
     #[test]

@@ -41,6 +41,43 @@ pub enum Arch {
     Other,
 }
 
+impl Arch {
+    /// From an ELF header's `e_machine`.
+    pub fn from_machine(e_machine: u16) -> Arch {
+        match e_machine {
+            62 => Arch::X86_64,
+            183 => Arch::Aarch64,
+            _ => Arch::Other,
+        }
+    }
+
+    /// The architecture of the ELF file at `path` (its header only); None if it is not an ELF
+    /// file or cannot be read.
+    pub fn of_file(path: &Path) -> Option<Arch> {
+        use std::io::Read;
+        let mut header = [0u8; 20];
+        std::fs::File::open(path)
+            .ok()?
+            .read_exact(&mut header)
+            .ok()?;
+        if header[..4] != *b"\x7fELF" || header[5] != 1 {
+            return None; // not ELF, or not little-endian
+        }
+        Some(Arch::from_machine(u16::from_le_bytes([
+            header[18], header[19],
+        ])))
+    }
+
+    /// The architecture ctxprobe itself runs on (and so the kernel's).
+    pub fn host() -> Arch {
+        match std::env::consts::ARCH {
+            "x86_64" => Arch::X86_64,
+            "aarch64" => Arch::Aarch64,
+            _ => Arch::Other,
+        }
+    }
+}
+
 pub struct ElfFile {
     data: Vec<u8>,
     arch: Arch,

@@ -37,7 +37,7 @@ impl GoBinary {
 
     /// Same as [`GoBinary::open`] for an already parsed file.
     pub fn from_elf(elf: ElfFile, opts: &OpenOptions) -> Result<GoBinary> {
-        if elf.arch() != Arch::X86_64 {
+        if !matches!(elf.arch(), Arch::X86_64 | Arch::Aarch64) {
             return Err(Error::UnsupportedArch(elf.arch_name().to_string()));
         }
         let build_info = BuildInfo::from_elf(&elf)?;

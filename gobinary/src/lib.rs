@@ -17,8 +17,10 @@
 //! - [`waitreason`]: the runtime's own wait-reason strings and status names.
 //! - [`runtime_vars`]: addresses of runtime variables (`allgs`, `allglen`) even when stripped.
 //! - [`prologue`]: where a Go function's prologue ends (for cheap, emulated uprobes).
+//! - [`arm64`]: the few arm64 instructions read in Go code (global addressing, prologues).
 //! - [`gobinary`]: [`GoBinary`], the facade the agent uses.
 
+pub mod arm64;
 pub mod buildinfo;
 pub mod elf;
 pub mod gobinary;
@@ -45,7 +47,7 @@ pub enum Error {
     NotElf(String),
     #[error("not a Go program: {0}")]
     NotGo(String),
-    #[error("unsupported architecture {0} (ctxprobe supports x86_64)")]
+    #[error("unsupported architecture {0} (ctxprobe supports x86_64 and aarch64)")]
     UnsupportedArch(String),
     #[error("unsupported Go version {version}: {why}")]
     UnsupportedGoVersion { version: String, why: String },

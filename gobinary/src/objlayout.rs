@@ -134,11 +134,12 @@ pub fn for_binary(elf: &ElfFile, version: GoVersion, allow_nearest: bool) -> Opt
             return Some(l);
         }
     }
-    if let Some(t) = crate::layout::table_for(version) {
+    if let Some(t) = crate::layout::table_for_arch(elf.arch(), version) {
         return t.objects.clone();
     }
     if allow_nearest {
-        return crate::layout::nearest_lower(version).and_then(|(_, t)| t.objects.clone());
+        return crate::layout::nearest_lower_for(elf.arch(), version)
+            .and_then(|(_, t)| t.objects.clone());
     }
     None
 }

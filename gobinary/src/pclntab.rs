@@ -221,6 +221,11 @@ pub struct Pclntab {
     names: OnceLock<HashMap<Box<str>, u32>>,
     /// Link-time address of `runtime.firstmoduledata`, if found.
     moduledata: Option<u64>,
+    /// The binary's architecture (frame layouts differ; the pc quantum below follows it).
+    arch: crate::elf::Arch,
+    /// `pcHeader.minLC`, the instruction size quantum pc deltas are counted in (1 on amd64,
+    /// 4 on arm64).
+    pc_quantum: u8,
 }
 
 fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
@@ -366,9 +371,9 @@ impl Pclntab {
         }
         let min_lc = data.get(6).copied().unwrap_or(0);
         let ptr_size = data.get(7).copied().unwrap_or(0);
-        if min_lc != 1 || ptr_size != 8 {
+        if !matches!(min_lc, 1 | 4) || ptr_size != 8 {
             return Err(malformed(format!(
-                "pcHeader minLC={min_lc} ptrSize={ptr_size} (expected amd64: 1, 8)"
+                "pcHeader minLC={min_lc} ptrSize={ptr_size} (expected 1 (amd64) or 4 (arm64), 8)"
             )));
         }
         let hdr = |i: usize| rd_u64(&data, 8 * i).ok_or_else(|| malformed("truncated header"));
@@ -444,6 +449,8 @@ impl Pclntab {
             gofunc: Vec::new(),
             names: OnceLock::new(),
             moduledata,
+            arch: elf.arch(),
+            pc_quantum: min_lc,
         };
         // moduledata.gofunc at this version's offset first; the other known offsets and the
         // symbol in case the version is new or wrong. Take the first whose inline trees make
@@ -561,6 +568,11 @@ impl Pclntab {
     /// stripped binaries have it too).
     pub fn moduledata_addr(&self) -> Option<u64> {
         self.moduledata
+    }
+
+    /// The architecture of the binary this table came from.
+    pub fn arch(&self) -> crate::elf::Arch {
+        self.arch
     }
 
     /// Link-time address where text starts (the base of every entry offset).
@@ -803,8 +815,7 @@ impl Pclntab {
             let delta = ((uvdelta >> 1) as i32) ^ -((uvdelta & 1) as i32);
             val = val.wrapping_add(delta);
             let pcdelta = read_uvarint(&mut p)?;
-            // minLC is 1 on amd64 (checked in from_elf).
-            pc = pc.checked_add(u64::from(pcdelta))?;
+            pc = pc.checked_add(u64::from(pcdelta).checked_mul(u64::from(self.pc_quantum))?)?;
             if target < pc {
                 return Some(val);
             }

@@ -15,9 +15,15 @@
 //! first instruction after the check, with every register at its entry value, but the kernel
 //! single-steps it rather than emulating it.
 
+//!
+//! arm64 ([`probe_site`]): the probe goes on the stack check's `BLS` itself, a branch the kernel
+//! simulates, while the instruction after it (`MOVD.W R30, -N(RSP)`, a pre-indexed store) would
+//! be single-stepped out of line. Registers still hold their entry values there; the price is a
+//! second hit when `morestack` re-runs the prologue, which rewrites the same park record.
+
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
-use crate::elf::ElfFile;
+use crate::elf::{Arch, ElfFile};
 use crate::pclntab::Func;
 use crate::{Error, Result};
 
@@ -26,6 +32,49 @@ const STACKGUARD0: u64 = 0x10;
 /// The check and the frame setup fit in this many instructions in every shape above.
 const MAX_INSNS: usize = 8;
 const MAX_BYTES: u64 = 64;
+
+/// Where a uprobe on a Go function goes, per architecture of the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// Link-time address of the probed instruction.
+    pub addr: u64,
+    /// The kernel simulates the instruction (cheap hit) rather than single-stepping it.
+    pub emulated: bool,
+}
+
+/// The cheapest place for a uprobe in `func` where its entry registers are intact: amd64, the
+/// instruction after the stack check ([`after_stack_check`]); arm64, the check's own branch.
+pub fn probe_site(elf: &ElfFile, func: &Func) -> Result<ProbeSite> {
+    match elf.arch() {
+        Arch::Aarch64 => {
+            let not_found =
+                |why: &str| Error::NotFound(format!("stack check in {} ({why})", func.name));
+            let len = usize::try_from(func.end.saturating_sub(func.entry).min(MAX_BYTES))
+                .map_err(|_| not_found("bad size"))?;
+            let code = elf
+                .read_vaddr(func.entry, len)
+                .ok_or_else(|| not_found("code not in the file"))?;
+            let addr = crate::arm64::stack_check_branch(code, func.entry, func.end)
+                .ok_or_else(|| not_found("no BLS after a load of g.stackguard0"))?;
+            let word = elf
+                .read_vaddr(addr, 4)
+                .and_then(|b| Some(u32::from_le_bytes(b.try_into().ok()?)))
+                .ok_or_else(|| not_found("code not in the file"))?;
+            Ok(ProbeSite {
+                addr,
+                emulated: crate::arm64::simulated_by_uprobes(word, addr),
+            })
+        }
+        _ => {
+            let addr = after_stack_check(elf, func)?;
+            const PUSH_RBP: u8 = 0x55;
+            Ok(ProbeSite {
+                addr,
+                emulated: elf.read_vaddr(addr, 1) == Some(&[PUSH_RBP][..]),
+            })
+        }
+    }
+}
 
 /// Link-time address of the `push rbp` that follows the stack-bound check of `func` (Go ≤ 1.20:
 /// of the `sub rsp, N` that takes its place). An error for functions without a stack check

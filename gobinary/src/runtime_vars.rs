@@ -2,13 +2,14 @@
 //!
 //! Stripped binaries have no data symbols, but `runtime.allgadd` (never inlined, in every
 //! supported release) appends to `allgs` and then publishes `allgptr` and `allglen` with atomic
-//! stores, so its code names all three addresses.
+//! stores, so its code names all three addresses. Its code is read per architecture: amd64
+//! (RIP-relative operands, `XCHG` stores) or arm64 (`ADRP`/`ADD` bases, `STLR` stores).
 
 use std::collections::{BTreeSet, HashMap};
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
-use crate::elf::ElfFile;
+use crate::elf::{Arch, ElfFile};
 use crate::pclntab::Pclntab;
 use crate::{Error, Result};
 
@@ -60,7 +61,33 @@ pub fn locate_by_disassembly(elf: &ElfFile, pclntab: &Pclntab) -> Result<Runtime
                 func.entry
             ),
         })?;
-    from_allgadd_code(code, func.entry)
+    match elf.arch() {
+        Arch::Aarch64 => from_allgadd_code_arm64(code, func.entry),
+        _ => from_allgadd_code(code, func.entry),
+    }
+}
+
+/// The arm64 counterpart of [`from_allgadd_code`]: `allgs` is the base `B` with `B`, `B+8` and
+/// `B+16` all loaded or stored through an `ADRP` page (`LDP` covers two of them); `allglen` is
+/// the target of the last `STLR` (after the `allgptr` one).
+pub fn from_allgadd_code_arm64(code: &[u8], addr: u64) -> Result<RuntimeVars> {
+    let refs = crate::arm64::global_refs(code, addr);
+    let referenced: BTreeSet<u64> = refs.referenced.iter().copied().collect();
+    let allgs = slice_header(&referenced).ok_or_else(|| {
+        Error::NotFound("runtime.allgs (no slice header referenced by runtime.allgadd)".into())
+    })?;
+    let allglen = refs.release_stores.last().copied().ok_or_else(|| {
+        Error::NotFound("runtime.allglen (no atomic store in runtime.allgadd)".into())
+    })?;
+    Ok(RuntimeVars { allgs, allglen })
+}
+
+/// The lowest address `B` with `B`, `B+8` and `B+16` all referenced (a slice header).
+fn slice_header(referenced: &BTreeSet<u64>) -> Option<u64> {
+    referenced.iter().copied().find(|&b| {
+        b.checked_add(8).is_some_and(|a| referenced.contains(&a))
+            && b.checked_add(16).is_some_and(|a| referenced.contains(&a))
+    })
 }
 
 /// Derives the addresses from the amd64 machine code of `runtime.allgadd` loaded at `addr`:
@@ -108,11 +135,7 @@ pub fn from_allgadd_code(code: &[u8], addr: u64) -> Result<RuntimeVars> {
             }
         }
     }
-    let allgs = referenced.iter().copied().find(|&b| {
-        b.checked_add(8).is_some_and(|a| referenced.contains(&a))
-            && b.checked_add(16).is_some_and(|a| referenced.contains(&a))
-    });
-    let allgs = allgs.ok_or_else(|| {
+    let allgs = slice_header(&referenced).ok_or_else(|| {
         Error::NotFound("runtime.allgs (no slice header referenced by runtime.allgadd)".into())
     })?;
     let allglen = last_xchg_target.ok_or_else(|| {

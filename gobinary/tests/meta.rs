@@ -93,7 +93,7 @@ fn dwarf_layout_equals_committed_table() {
             minor,
             patch: 0,
         };
-        let table = layout::from_table(version)
+        let table = layout::from_table(gobinary::elf::Arch::X86_64, version)
             .unwrap_or_else(|| panic!("no table for 1.{minor} in gobinary/data/layouts.json"));
         for variant in [Variant::Normal, Variant::Pie] {
             let elf = open(&go, variant);
@@ -290,7 +290,10 @@ fn gobinary_opens_every_variant() {
                 Some(gb.wait_reasons.clone()),
                 waitreason::from_table(version)
             );
-            assert_eq!(Some(gb.layout.clone()), layout::from_table(version));
+            assert_eq!(
+                Some(gb.layout.clone()),
+                layout::from_table(gobinary::elf::Arch::X86_64, version)
+            );
             if matches!(variant, Variant::Stripped | Variant::PieStripped) {
                 assert_eq!(gb.layout_source, LayoutSource::Table { minor });
                 // Same addresses as the unstripped build of the same kind would not hold
@@ -323,16 +326,62 @@ fn clear_errors_for_non_go_and_foreign_binaries() {
         .expect("not ELF");
     assert!(matches!(err, Error::NotElf(_)), "{err}");
 
+    // A foreign architecture: the arm64 build with its ELF machine changed to RISC-V (243).
     let (_, go) = toolchains().pop().expect("toolchains");
-    let arm = build(&go, Variant::Arm64);
-    let err = GoBinary::open(&arm, &OpenOptions::default())
+    let mut data = std::fs::read(build(&go, Variant::Arm64)).expect("read arm64 binary");
+    data[0x12..0x14].copy_from_slice(&243u16.to_le_bytes());
+    let err = GoBinary::from_elf(ElfFile::parse(data).expect("ELF"), &OpenOptions::default())
         .err()
-        .expect("arm64");
+        .expect("riscv64");
     assert!(
-        matches!(err, Error::UnsupportedArch(ref a) if a == "aarch64"),
+        matches!(err, Error::UnsupportedArch(ref a) if a == "riscv64"),
         "{err}"
     );
     assert!(!err.to_string().contains('\n'));
+}
+
+/// arm64 builds of every toolchain: layouts from DWARF equal the committed arm64 tables,
+/// stripped builds use them, and `allgs`/`allglen` found in `runtime.allgadd`'s arm64 code
+/// (ADRP/ADD/LDR addressing) equal `.symtab`'s.
+#[test]
+fn arm64_binaries_open_like_amd64_ones() {
+    for (minor, go) in toolchains() {
+        let version = GoVersion {
+            major: 1,
+            minor,
+            patch: 0,
+        };
+        let elf = open(&go, Variant::Arm64);
+        assert_eq!(elf.arch(), gobinary::elf::Arch::Aarch64);
+        let table =
+            layout::from_table(gobinary::elf::Arch::Aarch64, version).unwrap_or_else(|| {
+                panic!("no table for 1.{minor} in gobinary/data/layouts-arm64.json")
+            });
+        let dwarf = layout::from_dwarf(&elf).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+        assert_eq!(dwarf, table, "1.{minor} arm64: DWARF differs from table");
+        let expected = runtime_vars::from_symtab(&elf).expect("symtab vars");
+        let pcln = Pclntab::from_elf(&elf, version).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+        let got = runtime_vars::locate_by_disassembly(&elf, &pcln)
+            .unwrap_or_else(|e| panic!("1.{minor} arm64: {e}"));
+        assert_eq!(got, expected, "1.{minor} arm64");
+        // Symbolization with the arm64 pc quantum: allgadd's entry is where .symtab says.
+        let sym = elf.symbol("runtime.allgadd").expect("allgadd symbol");
+        let f = pcln.func_at(sym.addr + 8).expect("func at allgadd+8");
+        assert_eq!((f.name.as_str(), f.entry), ("runtime.allgadd", sym.addr));
+        assert!(pcln
+            .line_at(sym.addr + 8)
+            .is_some_and(|(file, _)| file.ends_with("proc.go")));
+
+        let stripped = build(&go, Variant::Arm64Stripped);
+        let gb = GoBinary::open(&stripped, &OpenOptions::default())
+            .unwrap_or_else(|e| panic!("1.{minor} arm64 stripped: {e}"));
+        assert_eq!(gb.layout_source, LayoutSource::Table { minor });
+        assert_eq!(gb.layout, table);
+        assert_eq!(
+            Some(gb.wait_reasons.clone()),
+            waitreason::from_table(gb.build_info.version)
+        );
+    }
 }
 
 /// The runtime's own function flags, which the thread unwinder stops at: the outermost frames

@@ -16,17 +16,44 @@ pub fn fixture_source_dir(name: &str) -> PathBuf {
     workspace_root().join("fixtures").join(name)
 }
 
-/// Builds `fixtures/<name>` into `<workspace>/target/fixtures/<goversion>-<mode>/<name>` and
-/// returns that path. Rebuilds only when the sources, the toolchain or the flags changed. Safe to
-/// call from concurrent tests and processes (a file lock serialises builds of one output).
+/// `CTXPROBE_TEST_GOARCH`: build fixtures for another architecture (`arm64`), for tests that
+/// run in a VM of that architecture.
+pub fn target_goarch() -> Option<String> {
+    std::env::var("CTXPROBE_TEST_GOARCH")
+        .ok()
+        .filter(|a| !a.is_empty())
+}
+
+/// `CTXPROBE_TEST_PREBUILT=1`: use the fixtures already built (by the host, for a VM that has
+/// no Go toolchain of its architecture) and never run `go`.
+pub fn prebuilt_only() -> bool {
+    std::env::var("CTXPROBE_TEST_PREBUILT").is_ok_and(|v| v == "1")
+}
+
+/// Builds `fixtures/<name>` into `<workspace>/target/fixtures/<goversion>-<mode>[-<goarch>]/<name>`
+/// and returns that path. Rebuilds only when the sources, the toolchain or the flags changed.
+/// Safe to call from concurrent tests and processes (a file lock serialises builds of one output).
 pub fn build_fixture(name: &str, tc: &Toolchain, mode: &BuildMode) -> Result<PathBuf> {
     let src = fixture_source_dir(name);
     if !src.join("main.go").is_file() {
         bail!("no fixture {name}: {} has no main.go", src.display());
     }
-    let out_dir = workspace_root()
-        .join("target/fixtures")
-        .join(format!("{}-{}", tc.version, mode.name));
+    let goarch = target_goarch();
+    let mut cell = format!("{}-{}", tc.version, mode.name);
+    if let Some(a) = &goarch {
+        cell += &format!("-{a}");
+    }
+    let out_dir = workspace_root().join("target/fixtures").join(cell);
+    if prebuilt_only() {
+        let out = out_dir.join(name);
+        if !out.is_file() {
+            bail!(
+                "CTXPROBE_TEST_PREBUILT=1 but {} was not built (build it on the host first)",
+                out.display()
+            );
+        }
+        return Ok(out);
+    }
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let out = out_dir.join(name);
     let key_file = out_dir.join(format!(".{name}.key"));
@@ -45,6 +72,9 @@ pub fn build_fixture(name: &str, tc: &Toolchain, mode: &BuildMode) -> Result<Pat
         .arg(".")
         .current_dir(&src);
     go_env(&mut cmd, mode);
+    if let Some(a) = &goarch {
+        cmd.env("GOARCH", a);
+    }
     let output = cmd
         .output()
         .with_context(|| format!("running {} build", tc.go.display()))?;
@@ -94,6 +124,7 @@ fn build_key(src: &Path, tc: &Toolchain, mode: &BuildMode) -> Result<u64> {
         h.write(a.as_bytes());
     }
     h.write(&[mode.cgo as u8]);
+    h.write(target_goarch().unwrap_or_default().as_bytes());
     Ok(h.0)
 }
 

@@ -27,7 +27,8 @@ impl Toolchain {
                 .join(format!("go{version}"))
                 .join("bin/go")
         };
-        if !go.is_file() {
+        // A VM running prebuilt fixtures has no toolchain (and never runs one).
+        if !go.is_file() && !crate::gobuild::prebuilt_only() {
             let setup = if version == "1.21" || version == LATEST_GO {
                 "scripts/setup.sh"
             } else {
@@ -46,6 +47,15 @@ impl Toolchain {
 
     /// The full version the toolchain reports, e.g. `go1.21.13`.
     pub fn full_version(&self) -> Result<String> {
+        // A VM running prebuilt fixtures cannot run this toolchain: the host recorded it.
+        if crate::gobuild::prebuilt_only() {
+            let file = self.recorded_version_file();
+            return std::fs::read_to_string(&file)
+                .map(|v| v.trim().to_string())
+                .with_context(|| {
+                    format!("reading {} (written with the fixtures)", file.display())
+                });
+        }
         let out = Command::new(&self.go)
             .args(["env", "GOVERSION"])
             .env("GOTOOLCHAIN", "local")
@@ -59,6 +69,19 @@ impl Toolchain {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Writes [`Toolchain::full_version`] where a VM with prebuilt fixtures reads it.
+    pub fn record_version(&self) -> Result<()> {
+        let file = self.recorded_version_file();
+        std::fs::write(&file, self.full_version()? + "\n")
+            .with_context(|| format!("writing {}", file.display()))
+    }
+
+    fn recorded_version_file(&self) -> PathBuf {
+        workspace_root()
+            .join("target/fixtures")
+            .join(format!("go{}.version", self.version))
     }
 }
 

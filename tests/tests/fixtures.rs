@@ -151,3 +151,20 @@ fn other_fixtures_build_and_run() {
         Ok(())
     });
 }
+
+/// Builds the fixtures of the test matrix (`CTXPROBE_TEST_GO` × `CTXPROBE_TEST_BUILD`) without
+/// running them: with `CTXPROBE_TEST_GOARCH=arm64`, for a VM whose guest has no Go toolchain
+/// (`scripts/vm-tests-arm64.sh` runs this on the host, then the tests in the guest with
+/// `CTXPROBE_TEST_PREBUILT=1`).
+#[test]
+#[ignore = "run by scripts/vm-tests-arm64.sh"]
+fn prebuild_matrix_fixtures() {
+    let cells = ctxprobe_tests::toolchain::matrix().expect("test matrix");
+    for (tc, mode) in &cells {
+        tc.record_version()
+            .unwrap_or_else(|e| panic!("Go {}: {e:#}", tc.version));
+        // The goroutine tests' fixture (agent_once, agent_stream).
+        ctxprobe_tests::gobuild::build_fixture("leaky", tc, mode)
+            .unwrap_or_else(|e| panic!("leaky for Go {} {}: {e:#}", tc.version, mode.name));
+    }
+}

@@ -1,4 +1,6 @@
-//! `cargo xtask gen-layouts`: regenerates `gobinary/data/layouts.json` from real toolchains.
+//! `cargo xtask gen-layouts [--arch amd64|arm64]`: regenerates `gobinary/data/layouts.json`
+//! (amd64) or `gobinary/data/layouts-arm64.json` from real toolchains (cross-compiling for
+//! arm64: the probe is only read, never run).
 //!
 //! For each toolchain a tiny probe program is compiled (module mode, no cgo, full DWARF) and
 //! read back with the same code the agent uses on targets with DWARF (`layout::from_dwarf`,
@@ -10,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use gobinary::buildinfo::BuildInfo;
-use gobinary::elf::ElfFile;
+use gobinary::elf::{Arch, ElfFile};
 use gobinary::layout::{self, VersionTable};
 use gobinary::objlayout;
 use gobinary::waitreason;
@@ -45,10 +47,18 @@ const DEFAULT_TOOLCHAINS: &[&str] = &[
 pub fn run(args: &[String]) -> Result<()> {
     let mut gos: Vec<PathBuf> = Vec::new();
     let mut check = false;
+    let mut arch = Arch::X86_64;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--go" => gos.push(PathBuf::from(it.next().context("--go needs a path")?)),
+            "--arch" => {
+                arch = match it.next().map(String::as_str) {
+                    Some("amd64" | "x86_64") => Arch::X86_64,
+                    Some("arm64" | "aarch64") => Arch::Aarch64,
+                    other => bail!("gen-layouts: --arch amd64|arm64, not {other:?}"),
+                }
+            }
             "--check" => check = true,
             other => bail!("gen-layouts: unknown argument {other:?}"),
         }
@@ -57,7 +67,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if gos.is_empty() {
         gos = DEFAULT_TOOLCHAINS.iter().map(|p| root.join(p)).collect();
     }
-    let out_path = root.join("gobinary/data/layouts.json");
+    let out_path = root.join("gobinary").join(layout::tables_file(arch));
     let committed_text = std::fs::read_to_string(&out_path).unwrap_or_default();
     let committed: BTreeMap<String, VersionTable> = if committed_text.trim().is_empty() {
         BTreeMap::new()
@@ -70,7 +80,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut tables = committed.clone();
     let mut generated = Vec::new();
     for go in &gos {
-        let (key, table) = generate(go, &root)?;
+        let (key, table) = generate(go, &root, arch)?;
         eprintln!(
             "{key}: {} (g size {}, {} wait reasons)",
             table.go_version,
@@ -109,7 +119,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// Builds the probe with `go` and reads its table; returns it with its key (`"1.25"`).
-fn generate(go: &Path, root: &Path) -> Result<(String, VersionTable)> {
+fn generate(go: &Path, root: &Path, arch: Arch) -> Result<(String, VersionTable)> {
     if !go.exists() {
         bail!(
             "Go toolchain {} not found (install it with scripts/setup.sh --all-go, or pass --go PATH)",
@@ -118,12 +128,17 @@ fn generate(go: &Path, root: &Path) -> Result<(String, VersionTable)> {
     }
     let dir = std::env::temp_dir().join(format!("ctxprobe-gen-layouts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = build_and_read(go, root, &dir);
+    let result = build_and_read(go, root, &dir, arch);
     let _ = std::fs::remove_dir_all(&dir);
     result.with_context(|| format!("generating layout with {}", go.display()))
 }
 
-fn build_and_read(go: &Path, root: &Path, dir: &Path) -> Result<(String, VersionTable)> {
+fn build_and_read(
+    go: &Path,
+    root: &Path,
+    dir: &Path,
+    arch: Arch,
+) -> Result<(String, VersionTable)> {
     std::fs::write(dir.join("main.go"), PROBE_MAIN)?;
     std::fs::write(dir.join("go.mod"), PROBE_GO_MOD)?;
     let gocache = std::env::var_os("GOCACHE")
@@ -140,7 +155,14 @@ fn build_and_read(go: &Path, root: &Path, dir: &Path) -> Result<(String, Version
         .env("GOCACHE", gocache)
         .env("CGO_ENABLED", "0")
         .env("GOOS", "linux")
-        .env("GOARCH", "amd64")
+        .env(
+            "GOARCH",
+            if arch == Arch::Aarch64 {
+                "arm64"
+            } else {
+                "amd64"
+            },
+        )
         .output()
         .with_context(|| format!("running {}", go.display()))?;
     if !out.status.success() {

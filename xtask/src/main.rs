@@ -11,7 +11,7 @@ use std::path::PathBuf;
 const USAGE: &str = "usage: cargo xtask <task> [args]
 
 tasks:
-  gen-layouts [--go PATH ...] [--check]
+  gen-layouts [--arch amd64|arm64] [--go PATH ...] [--check]
       Compile a probe program with each Go toolchain, read the runtime struct layouts and
       wait-reason strings from its DWARF/symbols and update gobinary/data/layouts.json.
       Default toolchains: /usr/lib/go-1.19/bin/go and .tools/go1.{21..27}/bin/go.

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::procmem::ProcessMemory;
 
+use super::arch::ThreadArch;
 use super::modules::AddressSpace;
 use super::procfs::{self, SyscallState};
 use super::unwind::StackEnd;
@@ -37,15 +38,17 @@ pub struct Ending {
 
 pub struct Flags {
     pid: u32,
+    arch: ThreadArch,
     mem: ProcessMemory,
     space: AddressSpace,
     flagged: HashMap<u32, Flagged>,
 }
 
 impl Flags {
-    pub fn new(pid: u32) -> Flags {
+    pub fn new(pid: u32, arch: ThreadArch) -> Flags {
         Flags {
             pid,
+            arch,
             mem: ProcessMemory::new(pid),
             space: AddressSpace::new(pid),
             flagged: HashMap::new(),
@@ -54,6 +57,10 @@ impl Flags {
 
     pub fn mem(&self) -> &ProcessMemory {
         &self.mem
+    }
+
+    pub fn arch(&self) -> ThreadArch {
+        self.arch
     }
 
     pub fn get(&self, tid: u32) -> Option<&Flagged> {
@@ -131,7 +138,14 @@ impl Flags {
 
     fn stack(&mut self, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
         self.space.begin_batch();
-        let unwound = unwind::unwind(&mut self.space, &self.mem, st.sp, st.pc);
+        let unwound = if self.arch.unwinds {
+            unwind::unwind(&mut self.space, &self.mem, st.sp, st.pc)
+        } else {
+            unwind::Unwound {
+                pcs: vec![st.pc],
+                end: unwind::StackEnd::Cut("no unwinder for this architecture yet".into()),
+            }
+        };
         (
             symbols::symbolize(&mut self.space, &unwound.pcs),
             unwound.end,

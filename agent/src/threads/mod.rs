@@ -11,6 +11,7 @@
 //! /proc/PID/task/TID/syscall plus a read of its stack memory are enough to unwind it once, when
 //! its wait is flagged.
 
+mod arch;
 mod contention;
 mod flags;
 mod idle;
@@ -32,10 +33,11 @@ use anyhow::Result;
 use probe_ebpf::FutexCounters;
 use serde::Serialize;
 
+use arch::{ThreadArch, SYS_FUTEX_WAIT, SYS_FUTEX_WAITV};
 use contention::Tally;
 use flags::Flags;
 use proc_waits::ProcWaits;
-use procfs::{SyscallState, SYS_FUTEX, SYS_FUTEX_WAIT, SYS_FUTEX_WAITV};
+use procfs::SyscallState;
 use tracepoints::TraceWaits;
 use unwind::ReadWord;
 
@@ -51,6 +53,8 @@ pub struct ThreadSettings {
     pub threshold: Duration,
     /// Watch futex waits with the syscall tracepoints (precise mode) instead of polling /proc.
     pub tracepoints: bool,
+    /// The target's architecture (its ELF machine).
+    pub arch: gobinary::elf::Arch,
 }
 
 /// A thread's futex wait crossed the threshold.
@@ -130,7 +134,7 @@ impl ThreadMonitor {
             .unwrap_or(u64::MAX)
             .max(1);
         let floor_ns = threshold_ns.min(CONTENTION_FLOOR.as_nanos() as u64);
-        let flags = Flags::new(s.pid);
+        let flags = Flags::new(s.pid, ThreadArch::of(s.arch));
         let source = if s.tracepoints {
             Source::Tracepoints(TraceWaits::start(s.pid, threshold_ns, floor_ns, &flags)?)
         } else {
@@ -175,10 +179,10 @@ impl ThreadMonitor {
 }
 
 /// The futex word and op of the wait a thread is blocked in, if it is a futex wait.
-fn futex_wait_of(st: &SyscallState, mem: &dyn ReadWord) -> Option<(u64, u32)> {
+fn futex_wait_of(arch: ThreadArch, st: &SyscallState, mem: &dyn ReadWord) -> Option<(u64, u32)> {
     use probe_ebpf::abi::{FUTEX_OP_SYS_WAIT, FUTEX_OP_SYS_WAITV};
     match st.nr {
-        SYS_FUTEX => {
+        nr if nr == arch.sys_futex => {
             let op = st.args[1] as u32;
             ops::is_wait_cmd(op).then_some((st.args[0], op))
         }

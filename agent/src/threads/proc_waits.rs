@@ -97,7 +97,7 @@ impl ProcWaits {
     /// The futex wait `tid` is in now, continuing the one seen at the last poll if it is the same.
     fn look(&mut self, flags: &Flags, tid: u32, began: u64) -> Option<Seen> {
         let st = procfs::syscall_state(self.pid, tid)?;
-        let (uaddr, op) = futex_wait_of(&st, flags.mem())?;
+        let (uaddr, op) = futex_wait_of(flags.arch(), &st, flags.mem())?;
         let sched = procfs::sched_state(self.pid, tid)?;
         let now = procfs::monotonic_ns();
         if let Some(prev) = self.seen.get(&tid) {

@@ -4,10 +4,9 @@
 use std::fs;
 use std::path::PathBuf;
 
-/// x86_64 syscall numbers of the futex family.
+/// x86_64's `futex` syscall number (per architecture: [`super::arch::ThreadArch`]).
+#[cfg(test)]
 pub const SYS_FUTEX: i64 = 202;
-pub const SYS_FUTEX_WAITV: i64 = 449;
-pub const SYS_FUTEX_WAIT: i64 = 455;
 
 /// The ids of the process's threads (empty if it is gone).
 pub fn task_ids(pid: u32) -> Vec<u32> {

@@ -115,6 +115,8 @@ fn monitor(pid: u32, mode: Mode) -> ThreadMonitor {
         pid,
         threshold: THRESHOLD,
         tracepoints: mode == Mode::Tracepoints,
+        arch: gobinary::elf::Arch::of_file(std::path::Path::new(&format!("/proc/{pid}/exe")))
+            .unwrap_or_else(gobinary::elf::Arch::host),
     })
     .expect("start the thread monitor")
 }

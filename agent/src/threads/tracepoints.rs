@@ -65,7 +65,7 @@ impl TraceWaits {
             let Some(st) = procfs::syscall_state(self.pid, tid) else {
                 continue;
             };
-            let Some((uaddr, op)) = futex_wait_of(&st, flags.mem()) else {
+            let Some((uaddr, op)) = futex_wait_of(flags.arch(), &st, flags.mem()) else {
                 continue;
             };
             let sched = procfs::sched_state(self.pid, tid);
@@ -170,7 +170,9 @@ impl TraceWaits {
                 continue;
             };
             // Only a thread still in that wait has the stack of that wait.
-            if futex_wait_of(&st, flags.mem()).map(|(uaddr, _)| uaddr) != Some(rec.uaddr) {
+            if futex_wait_of(flags.arch(), &st, flags.mem()).map(|(uaddr, _)| uaddr)
+                != Some(rec.uaddr)
+            {
                 continue;
             }
             let wait = Wait {

@@ -47,6 +47,7 @@ pub enum Variant {
     /// DWARF left uncompressed, so byte mutations reach the DWARF parser.
     UncompressedDwarf,
     Arm64,
+    Arm64Stripped,
 }
 
 impl Variant {
@@ -63,6 +64,7 @@ impl Variant {
             Variant::PieStripped => (&["-buildmode=pie", "-ldflags=-s -w"], &[]),
             Variant::UncompressedDwarf => (&["-ldflags=-compressdwarf=false"], &[]),
             Variant::Arm64 => (&[], &[("GOARCH", "arm64")]),
+            Variant::Arm64Stripped => (&["-ldflags=-s -w"], &[("GOARCH", "arm64")]),
         }
     }
 }

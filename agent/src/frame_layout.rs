@@ -1,0 +1,83 @@
+//! Where a Go frame keeps its frame pointer and return address, per architecture (chosen from
+//! the target's ELF machine, never from the architecture ctxprobe was built for).
+//!
+//! Both keep the frame-pointer chain as `[fp]` = caller's fp, `[fp+8]` = return address. They
+//! differ in where that pair sits relative to the frame (`cmd/internal/obj/*/obj*.go`, and the
+//! runtime's `traceback.go`):
+//! - amd64: the return address is pushed by `CALL` at the top of the frame, the saved fp just
+//!   below it; `fp` is inside the frame, above `sp`.
+//! - arm64: the prologue stores the link register at the new `sp` (`MOVD.W R30, -N(RSP)`) and
+//!   the caller's fp just *below* it (`MOVD R29, -8(RSP)`; `SUB $8, RSP, R29`), so a
+//!   goroutine's saved `bp` is `sp - 8`: the walk must read one word below the saved `sp`.
+//!   Without frame pointers (pcsp tables), the return address is at `[sp]`, not at the frame's
+//!   top.
+
+use gobinary::elf::Arch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameLayout {
+    Amd64,
+    Arm64,
+}
+
+impl FrameLayout {
+    pub fn of(arch: Arch) -> FrameLayout {
+        match arch {
+            Arch::Aarch64 => FrameLayout::Arm64,
+            _ => FrameLayout::Amd64,
+        }
+    }
+
+    /// The lowest stack address an unwind starting at `sp` reads (arm64: the innermost frame's
+    /// saved fp, one word below `sp`), not below the stack's bottom `stack_lo`.
+    pub fn read_base(self, sp: u64, stack_lo: u64) -> u64 {
+        match self {
+            FrameLayout::Amd64 => sp,
+            FrameLayout::Arm64 => sp.saturating_sub(8).max(stack_lo).min(sp),
+        }
+    }
+
+    /// For a frame at `sp` whose pcsp table value is `frame_size`: where its return address is
+    /// stored and its caller's `sp`. None on overflow.
+    pub fn sp_delta_step(self, sp: u64, frame_size: u64) -> Option<(u64, u64)> {
+        match self {
+            // runtime: frame.fp = sp + spdelta + PtrSize; return address at fp - PtrSize.
+            FrameLayout::Amd64 => {
+                let ret_slot = sp.checked_add(frame_size)?;
+                Some((ret_slot, ret_slot.checked_add(8)?))
+            }
+            // runtime (usesLR): frame.fp = sp + spdelta; the saved LR is at sp.
+            FrameLayout::Arm64 => Some((sp, sp.checked_add(frame_size)?)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm64_reads_the_saved_fp_below_sp() {
+        let l = FrameLayout::of(Arch::Aarch64);
+        assert_eq!(l.read_base(0x1000, 0x800), 0xff8);
+        assert_eq!(l.read_base(0x1000, 0x1000), 0x1000);
+        assert_eq!(l.read_base(4, 0), 0);
+        assert_eq!(
+            FrameLayout::of(Arch::X86_64).read_base(0x1000, 0x800),
+            0x1000
+        );
+    }
+
+    #[test]
+    fn sp_delta_steps() {
+        assert_eq!(
+            FrameLayout::Amd64.sp_delta_step(0x1000, 0x20),
+            Some((0x1020, 0x1028))
+        );
+        assert_eq!(
+            FrameLayout::Arm64.sp_delta_step(0x1000, 0x20),
+            Some((0x1000, 0x1020))
+        );
+        assert_eq!(FrameLayout::Amd64.sp_delta_step(u64::MAX, 1), None);
+    }
+}
