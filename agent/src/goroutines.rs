@@ -190,6 +190,20 @@ impl<'a> GoroutineReader<'a> {
         Ok(out)
     }
 
+    /// Re-reads many goroutines in a few syscalls: `None` for one that is unreadable, dead or
+    /// implausible now.
+    pub fn reread_many(&self, addrs: &[u64]) -> Result<Vec<Option<RawG>>, ReadError> {
+        let (buf, ok) = self.mem.read_many(addrs, self.window)?;
+        Ok(addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                let g = &buf[i * self.window..(i + 1) * self.window];
+                ok[i].then(|| self.decode(addr, g)).flatten()
+            })
+            .collect())
+    }
+
     /// Re-reads one goroutine (to confirm it did not change while we read its stack).
     pub fn reread(&self, addr: u64) -> Option<RawG> {
         let buf = self.mem.read_vec(addr, self.window).ok()?;

@@ -14,6 +14,7 @@ mod probes;
 mod procmem;
 mod report;
 mod session;
+mod snapshot_chunks;
 mod stack;
 mod target;
 mod threads;
@@ -124,9 +125,10 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     };
     let mut session = Session::new(target, bin, &mem, bias, settings);
 
-    // The first read proves we can see the goroutine list before anything is attached.
-    let first = match session.snapshot() {
-        Ok(Some(gs)) => gs,
+    // The first read proves we can see the goroutine list before anything is attached (read a
+    // chunk at a time: a million `g`s need not be held to count them).
+    let goroutines = match session.count_user_goroutines() {
+        Ok(Some(n)) => n,
         Ok(None) => bail!("process {} exited", target.pid),
         Err(e) => {
             if let Some(crate::procmem::MemError::Permission) = e.downcast_ref() {
@@ -143,7 +145,7 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         exe: target.exe_path.clone(),
         go_version: Some(bin.build_info.go_version_string.clone()),
         arch: bin.elf.arch_name().to_string(),
-        goroutines: Some(session.count_user(&first)),
+        goroutines: Some(goroutines),
         threads_only: false,
         mode: if args.once { "once" } else { args.mode.name() },
         threshold_ns: args.threshold.as_nanos() as u64,

@@ -86,25 +86,44 @@ impl ProcessMemory {
             source: io::Error::new(io::ErrorKind::InvalidInput, "batch too large"),
         })?;
         let mut out = vec![0u8; total];
-        let mut ok = vec![false; addrs.len()];
-        for (chunk_idx, chunk) in addrs.chunks(MAX_IOVECS).enumerate() {
-            let base = chunk_idx * MAX_IOVECS;
-            let dest = &mut out[base * len..(base + chunk.len()) * len];
-            let locals: Vec<libc::iovec> = dest
-                .chunks_mut(len)
-                .map(|c| libc::iovec {
-                    iov_base: c.as_mut_ptr().cast(),
-                    iov_len: len,
+        let mut reqs: Vec<(u64, &mut [u8])> = if len == 0 {
+            Vec::new()
+        } else {
+            addrs.iter().copied().zip(out.chunks_mut(len)).collect()
+        };
+        let ok = if len == 0 {
+            vec![true; addrs.len()]
+        } else {
+            self.read_scattered(&mut reqs)?
+        };
+        drop(reqs);
+        Ok((out, ok))
+    }
+
+    /// Fills each buffer from its address, up to `IOV_MAX` ranges per syscall. A range that
+    /// cannot be read is zeroed and `false` in the returned mask; only the target's exit or a
+    /// permission error fails the whole call.
+    pub fn read_scattered(&self, reqs: &mut [(u64, &mut [u8])]) -> Result<Vec<bool>, MemError> {
+        let mut ok = vec![false; reqs.len()];
+        let mut start = 0;
+        let total = reqs.len();
+        while start < total {
+            let batch = &mut reqs[start..total.min(start + MAX_IOVECS)];
+            let locals: Vec<libc::iovec> = batch
+                .iter_mut()
+                .map(|(_, buf)| libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
                 })
                 .collect();
-            let remotes: Vec<libc::iovec> = chunk
+            let remotes: Vec<libc::iovec> = batch
                 .iter()
-                .map(|&a| libc::iovec {
-                    iov_base: a as *mut libc::c_void,
-                    iov_len: len,
+                .map(|(addr, buf)| libc::iovec {
+                    iov_base: *addr as *mut libc::c_void,
+                    iov_len: buf.len(),
                 })
                 .collect();
-            // SAFETY: every local iovec points into `out`, alive for the call.
+            // SAFETY: every local iovec points into a buffer of `reqs`, alive for the call.
             let n = unsafe {
                 libc::process_vm_readv(
                     self.pid,
@@ -115,7 +134,7 @@ impl ProcessMemory {
                     0,
                 )
             };
-            let done = if n < 0 {
+            let mut left = if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.raw_os_error() {
                     Some(libc::ESRCH) => return Err(MemError::Gone),
@@ -123,25 +142,34 @@ impl ProcessMemory {
                     _ => 0,
                 }
             } else {
-                n as usize / len
+                n as usize
             };
-            // process_vm_readv stops at the first faulting remote range: mark what arrived
-            // and retry the rest one by one.
-            for (i, flag) in ok[base..base + chunk.len()].iter_mut().enumerate() {
-                if i < done {
-                    *flag = true;
-                } else {
-                    let slot = &mut out[(base + i) * len..(base + i + 1) * len];
-                    match self.read(chunk[i], slot) {
-                        Ok(()) => *flag = true,
-                        Err(MemError::Gone) => return Err(MemError::Gone),
-                        Err(MemError::Permission) => return Err(MemError::Permission),
-                        Err(_) => slot.fill(0),
-                    }
+            // Whole ranges that arrived, in order.
+            let mut done = 0;
+            for (_, buf) in batch.iter() {
+                if buf.len() > left {
+                    break;
                 }
+                left -= buf.len();
+                done += 1;
             }
+            ok[start..start + done].fill(true);
+            if done == batch.len() {
+                start += done;
+                continue;
+            }
+            // process_vm_readv stops at the first range that faults: that one alone decides
+            // (one syscall), then the batch resumes after it.
+            let (addr, buf) = &mut batch[done];
+            match self.read(*addr, buf) {
+                Ok(()) => ok[start + done] = true,
+                Err(MemError::Gone) => return Err(MemError::Gone),
+                Err(MemError::Permission) => return Err(MemError::Permission),
+                Err(_) => buf.fill(0),
+            }
+            start += done + 1;
         }
-        Ok((out, ok))
+        Ok(ok)
     }
 
     fn classify(&self, addr: u64, len: usize, err: io::Error) -> MemError {

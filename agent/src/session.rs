@@ -13,6 +13,7 @@ use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::groups::Grouper;
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
+use crate::snapshot_chunks::ChunkedSnapshot;
 use crate::report::{
     CreationSiteCount, Event, GoroutineReport, GoroutineSummary, Reporter, SinceSource,
 };
@@ -23,8 +24,6 @@ use crate::tracker::{Park, ParkTracker};
 
 /// Most probe-map look-ups per snapshot (each is a syscall on our side).
 const MAX_RECORD_LOOKUPS: usize = 50_000;
-/// `--once` checks that the target is still the same live process this often (goroutines).
-const TARGET_CHECK_EVERY: usize = 1024;
 /// How many creation sites a summary lists.
 const TOP_SITES: usize = 5;
 
@@ -50,6 +49,30 @@ pub struct Session<'a> {
     /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
     contexts: Option<ContextAnalyzer>,
     context_mem: BudgetedMemory<'a>,
+}
+
+/// The runtime's own record of how long `g` has been blocked (its GC stamp), as of `target_now`.
+fn runtime_blocked(g: &RawG, target_now: i64) -> Option<(u64, SinceSource)> {
+    (g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now)
+        .then(|| ((target_now - g.waitsince) as u64, SinceSource::Runtime))
+}
+
+/// Bytes of stack one batch of a dump reads at most (besides its first goroutine).
+const BATCH_STACK_BYTES: usize = 8 << 20;
+
+/// Where the batch of goroutines starting at `from` ends: at most one chunk, and at most
+/// [`BATCH_STACK_BYTES`] of stacks unless one goroutine alone has more.
+fn stack_batch_end(gs: &[RawG], from: usize) -> usize {
+    let mut bytes = 0;
+    let mut end = from;
+    while end < gs.len() {
+        bytes += stack::read_len(&gs[end]);
+        if bytes > BATCH_STACK_BYTES && end > from {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// Why the loop ended.
@@ -123,12 +146,16 @@ impl<'a> Session<'a> {
     }
 
     fn is_system(&mut self, g: &RawG) -> bool {
-        if let Some(&s) = self.system_by_startpc.get(&g.startpc) {
+        self.is_system_start(g.startpc)
+    }
+
+    fn is_system_start(&mut self, startpc: u64) -> bool {
+        if let Some(&s) = self.system_by_startpc.get(&startpc) {
             return s;
         }
-        let name = self.sym.func_name(g.startpc);
+        let name = self.sym.func_name(startpc);
         let s = stack::is_system_goroutine(name.as_deref());
-        self.system_by_startpc.insert(g.startpc, s);
+        self.system_by_startpc.insert(startpc, s);
         s
     }
 
@@ -148,24 +175,34 @@ impl<'a> Session<'a> {
 
     /// A full report of one goroutine: stack read now, symbolized.
     fn describe(&mut self, g: &RawG, blocked: Option<(u64, SinceSource)>) -> GoroutineReport {
+        let unwound = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g);
+        self.describe_unwound(g, blocked, unwound)
+    }
+
+    /// A full report of one goroutine from its stack as read.
+    fn describe_unwound(
+        &mut self,
+        g: &RawG,
+        blocked: Option<(u64, SinceSource)>,
+        unwound: Result<stack::Unwound, stack::StackError>,
+    ) -> GoroutineReport {
         let wait_reason = self.wait_reason_name(g);
-        let (stack, stack_error, contexts) =
-            match stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g) {
-                Ok(unwound) => {
-                    let contexts = match self.contexts.as_mut() {
-                        Some(a) => a.diagnose(
-                            &self.context_mem,
-                            &self.sym,
-                            g,
-                            wait_reason.as_deref(),
-                            &unwound,
-                        ),
-                        None => ContextDiagnosis::default(),
-                    };
-                    (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
-                }
-                Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),
-            };
+        let (stack, stack_error, contexts) = match unwound {
+            Ok(unwound) => {
+                let contexts = match self.contexts.as_mut() {
+                    Some(a) => a.diagnose(
+                        &self.context_mem,
+                        &self.sym,
+                        g,
+                        wait_reason.as_deref(),
+                        &unwound,
+                    ),
+                    None => ContextDiagnosis::default(),
+                };
+                (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
+            }
+            Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),
+        };
         let system = self.is_system(g);
         GoroutineReport {
             goid: g.goid,
@@ -203,81 +240,182 @@ impl<'a> Session<'a> {
     }
 
     /// One snapshot, each goroutine described (stack read and checked against its state) and
-    /// handed to `each` in `allgs` order; returns how many.
+    /// handed to `each` in `allgs` order; returns how many. The list is read a chunk at a time
+    /// and each chunk is handed on before the next is read, so memory stays bounded however
+    /// many goroutines there are.
     fn for_each_described(
+        &mut self,
+        each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
+    ) -> Result<u64> {
+        if let Some(a) = self.contexts.as_mut() {
+            a.set_dump_cache(true);
+        }
+        let described = self.describe_chunks(each);
+        if let Some(a) = self.contexts.as_mut() {
+            a.set_dump_cache(false);
+        }
+        self.context_mem.clear_prefetched();
+        described
+    }
+
+    fn describe_chunks(
         &mut self,
         mut each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
     ) -> Result<u64> {
-        let gs = self.snapshot()?.context("the target process exited")?;
+        let start = monotonic_ns();
+        let reader = self.own_reader();
+        let mut chunks = ChunkedSnapshot::start(&reader)
+            .map_err(|e| self.read_failure(e, 0))?;
         let target_now = self.target.monotonic_now_ns();
         let mut n = 0;
-        for (i, g) in gs.iter().enumerate() {
-            if !self.settings.include_system && self.is_system(g) {
-                continue;
+        while let Some(chunk) = chunks.next_chunk() {
+            let mut gs = chunk.map_err(|e| self.read_failure(e, n))?;
+            if !self.settings.include_system {
+                gs.retain(|g| !self.is_system(g));
             }
-            let report = self.describe_consistent(g, target_now);
-            // A target that dies or execs mid-dump makes every later read fail (or read
-            // another program): stop at the first sign rather than print empty stacks.
-            if report.stack_error.is_some() || i % TARGET_CHECK_EVERY == 0 {
-                match self.target.state() {
-                    TargetState::Exited => {
-                        bail!("the target process exited during the dump ({n} goroutines read)")
-                    }
-                    TargetState::Execed => bail!(
-                        "the target process replaced its program (exec) during the dump \
-                         ({n} goroutines read)"
-                    ),
-                    TargetState::Running | TargetState::Stopped => {}
+            let mut from = 0;
+            while from < gs.len() {
+                let to = stack_batch_end(&gs, from);
+                let batch = &gs[from..to];
+                let reports = self.describe_batch(batch, target_now)?;
+                // A target that dies or execs mid-dump makes every later read fail (or read
+                // another program): stop at the first sign rather than print empty stacks.
+                // A batch is at most CHUNK goroutines, so this also checks every CHUNK.
+                self.check_target(n)?;
+                for (report, g) in reports.into_iter().zip(batch) {
+                    each(report, g)?;
+                    n += 1;
                 }
+                from = to;
             }
-            each(report, g)?;
-            n += 1;
         }
-        self.last_snapshot = gs;
+        self.last_snapshot_ns = monotonic_ns() - start;
         Ok(n)
     }
 
-    /// A goroutine's report whose stack belongs to the state reported: the target keeps
-    /// running while we read, so re-read the `g` after its stack and start over (once) if it
-    /// moved.
-    fn describe_consistent(&mut self, g: &RawG, target_now: i64) -> GoroutineReport {
-        let runtime_blocked = |g: &RawG| {
-            (g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now)
-                .then(|| ((target_now - g.waitsince) as u64, SinceSource::Runtime))
+    /// Fails if the target exited or replaced its program; `n` goroutines were read so far.
+    fn check_target(&self, n: u64) -> Result<()> {
+        match self.target.state() {
+            TargetState::Exited => {
+                bail!("the target process exited during the dump ({n} goroutines read)")
+            }
+            TargetState::Execed => bail!(
+                "the target process replaced its program (exec) during the dump \
+                 ({n} goroutines read)"
+            ),
+            TargetState::Running | TargetState::Stopped => Ok(()),
+        }
+    }
+
+    /// The error for a failed read of the goroutine list, `n` goroutines into a dump.
+    fn read_failure(&self, e: ReadError, n: u64) -> anyhow::Error {
+        if matches!(e, ReadError::Mem(MemError::Gone)) || !self.target.is_alive() {
+            return match self.check_target(n) {
+                Err(gone) => gone,
+                Ok(()) => anyhow::anyhow!("the target process exited"),
+            };
+        }
+        anyhow::Error::new(e).context("cannot read the goroutine list")
+    }
+
+    /// Reports for a batch of goroutines whose stacks belong to the states reported: their
+    /// stacks, waits and `g`s are each read in a few syscalls. The target keeps running while
+    /// we read, so each `g` is re-read after its stack and described again (once) if it moved.
+    fn describe_batch(&mut self, gs: &[RawG], target_now: i64) -> Result<Vec<GoroutineReport>> {
+        let gone = |e: MemError| match e {
+            MemError::Gone => anyhow::anyhow!("the target process exited during the dump"),
+            e => anyhow::Error::new(e).context("cannot read goroutine stacks"),
         };
-        let mut g = g.clone();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let mut report = self.describe(&g, runtime_blocked(&g));
+        let stacks = stack::unwind_many(self.mem, &self.bin.pclntab, self.bias, gs)
+            .map_err(|e| match self.check_target(0) {
+                Err(dead) => dead,
+                Ok(()) => gone(e),
+            })?;
+        if let Some(a) = &self.contexts {
+            a.prefetch_waits(&self.context_mem, gs);
+        }
+        let mut reports = Vec::with_capacity(gs.len());
+        for (g, unwound) in gs.iter().zip(stacks) {
+            reports.push(self.describe_unwound(g, runtime_blocked(g, target_now), unwound));
+        }
+        self.context_mem.clear_prefetched();
+        let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
+        let again = match self.reader.reread_many(&addrs) {
+            Ok(again) => again,
+            // Checked by the caller: the reports say what could be read.
+            Err(_) => return Ok(reports),
+        };
+        for ((g, again), report) in gs.iter().zip(again).zip(reports.iter_mut()) {
             if g.is_running() {
-                return report; // no stack was read
+                continue; // no stack was read
             }
-            match self.reader.reread(g.addr) {
-                Some(again) if !again.same_state_as(&g) => {
-                    if attempts < 2 {
-                        g = again;
-                        continue;
-                    }
-                    report.stack.clear();
-                    report.contexts = ContextDiagnosis::default();
-                    report.stack_error =
-                        Some("the goroutine kept running while its stack was read".into());
-                    return report;
-                }
-                _ => return report,
+            if let Some(again) = again.filter(|a| !a.same_state_as(g)) {
+                *report = self.describe_again(&again, target_now);
             }
+        }
+        Ok(reports)
+    }
+
+    /// The second and last look at a goroutine that moved while its stack was read.
+    fn describe_again(&mut self, g: &RawG, target_now: i64) -> GoroutineReport {
+        let mut report = self.describe(g, runtime_blocked(g, target_now));
+        if g.is_running() {
+            return report;
+        }
+        match self.reader.reread(g.addr) {
+            Some(again) if !again.same_state_as(g) => {
+                report.stack.clear();
+                report.contexts = ContextDiagnosis::default();
+                report.stack_error =
+                    Some("the goroutine kept running while its stack was read".into());
+                report
+            }
+            _ => report,
+        }
+    }
+
+    /// Counts the non-system goroutines now, reading the list a chunk at a time; `Ok(None)`
+    /// when the target has gone.
+    pub fn count_user_goroutines(&mut self) -> Result<Option<u64>> {
+        let start = monotonic_ns();
+        let reader = self.own_reader();
+        let mut chunks = match ChunkedSnapshot::start(&reader) {
+            Ok(c) => c,
+            Err(e) => return self.count_failure(e),
+        };
+        let mut n = 0;
+        while let Some(chunk) = chunks.next_chunk() {
+            match chunk {
+                Ok(gs) => n += gs.iter().filter(|g| !self.is_system(g)).count() as u64,
+                Err(e) => return self.count_failure(e),
+            }
+        }
+        self.last_snapshot_ns = monotonic_ns() - start;
+        Ok(Some(n))
+    }
+
+    /// A goroutine reader of its own, for chunks read while `self` is borrowed mutably.
+    fn own_reader(&self) -> GoroutineReader<'a> {
+        let bin = self.bin;
+        GoroutineReader::new(
+            self.mem,
+            &bin.layout,
+            bin.vars.allgs.wrapping_add(self.bias),
+            bin.vars.allglen.wrapping_add(self.bias),
+        )
+    }
+
+    fn count_failure(&self, e: ReadError) -> Result<Option<u64>> {
+        match e {
+            ReadError::Mem(MemError::Gone) => Ok(None),
+            _ if !self.target.is_alive() => Ok(None),
+            e => Err(e).context("cannot read the goroutine list"),
         }
     }
 
     /// The target was stopped for `ns` and runs again (see [`ParkTracker::exclude_pause`]).
     pub fn exclude_pause(&mut self, ns: i64) {
         self.tracker.exclude_pause(ns);
-    }
-
-    /// Counts non-system goroutines in a snapshot (what `runtime.NumGoroutine` would say).
-    pub fn count_user(&mut self, gs: &[RawG]) -> u64 {
-        gs.iter().filter(|g| !self.is_system(g)).count() as u64
     }
 
     /// One streaming step: snapshot, track parks, report what crossed the threshold or ended.

@@ -15,7 +15,8 @@ pub mod text;
 pub mod verdict;
 pub mod waits;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use gobinary::objlayout::ObjectLayout;
 use gobinary::rtype::TypeReader;
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 use crate::goroutines::RawG;
 use crate::stack::{Symbolizer, Unwound};
-use chain::{Decoder, Iface, Own};
+use chain::{Decoder, Iface, Link, Own};
 use memory::BudgetedMemory;
 pub use verdict::Verdict;
 
@@ -31,6 +32,9 @@ pub use verdict::Verdict;
 pub const MAX_CHAIN: usize = 64;
 /// Most distinct contexts reported per goroutine.
 const MAX_CONTEXTS: usize = 32;
+/// Most context chains a dump keeps decoded (a few hundred bytes each); the cache starts over
+/// when full.
+const MAX_CACHED_CHAINS: usize = 50_000;
 
 /// One context a goroutine's frames hold (`contexts[]` in the contract).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,6 +94,11 @@ pub struct ContextAnalyzer {
     types_range: Option<(u64, u64)>,
     decoder: Decoder,
     stack_maps: liveness::StackMapCache,
+    /// During a one-off dump only: context chains decoded, by the context value. Goroutines
+    /// of one request or one leak share their contexts, and a dump is a racy snapshot anyway
+    /// (a context cancelled while the dump runs may show either way), so each chain is read
+    /// once per dump. Streaming never caches: a cancellation must show at the next look.
+    dump_chains: Option<HashMap<Iface, Rc<[Link]>>>,
 }
 
 impl ContextAnalyzer {
@@ -103,7 +112,48 @@ impl ContextAnalyzer {
             types_range: None,
             decoder: Decoder::new(),
             stack_maps: liveness::StackMapCache::default(),
+            dump_chains: None,
         })
+    }
+
+    /// Starts (`true`) or ends a one-off dump: context chains are cached while it lasts.
+    pub fn set_dump_cache(&mut self, on: bool) {
+        self.dump_chains = on.then(HashMap::new);
+    }
+
+    /// Reads in a few syscalls what diagnosing these goroutines will read of their waits (the
+    /// `g.waiting` words, the first sudog of each, its channel's head); [`Self::diagnose`]
+    /// then finds them in `mem` until [`BudgetedMemory::clear_prefetched`].
+    pub fn prefetch_waits(&self, mem: &BudgetedMemory<'_>, gs: &[RawG]) {
+        let lay = &self.layout;
+        let (Some(sudog_len), Some(head_len)) =
+            (waits::sudog_read_len(lay), waits::chan_head_len(lay))
+        else {
+            return;
+        };
+        let waiting: Vec<u64> = gs
+            .iter()
+            .filter(|g| g.is_waiting())
+            .filter_map(|g| g.addr.checked_add(lay.g_waiting))
+            .collect();
+        let word = |b: &[u8]| b.get(..8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
+        let mut sudogs: Vec<u64> = mem
+            .prefetch(&waiting, 8)
+            .iter()
+            .filter_map(|(_, b)| word(b))
+            .filter(|&a| a != 0)
+            .collect();
+        sudogs.sort_unstable();
+        sudogs.dedup();
+        let mut chans: Vec<u64> = mem
+            .prefetch(&sudogs, sudog_len)
+            .iter()
+            .filter_map(|(_, b)| waits::sudog_chan(lay, b))
+            .filter(|&c| c != 0)
+            .collect();
+        chans.sort_unstable();
+        chans.dedup();
+        mem.prefetch(&chans, head_len);
     }
 
     /// Contexts on `g`'s stack, what it waits on, and the verdict.
@@ -217,22 +267,7 @@ impl ContextAnalyzer {
         frame: String,
         waited: &HashSet<u64>,
     ) -> Option<HeldContext> {
-        let mut links = Vec::new();
-        let mut at = Some(value);
-        let mut visited = HashSet::new();
-        while let Some((itab, data)) = at {
-            if links.len() >= MAX_CHAIN || !visited.insert((itab, data)) {
-                break;
-            }
-            let Some(typ) = self.decoder.context_type(types, itab) else {
-                break;
-            };
-            let Some(link) = self.decoder.link(types, typ, data) else {
-                break;
-            };
-            at = link.parent;
-            links.push(link);
-        }
+        let links = self.chain(types, value);
         // A chain must end at a root or at a type with no parent field: a cancelCtx or value
         // context always has a parent. Anything else is a stale or mismatched pair of stack
         // words (a dead slot, an itab next to an unrelated word), not a context.
@@ -250,7 +285,7 @@ impl ContextAnalyzer {
         let mut facts = ContextFacts::default();
         let mut err = None;
         let mut resolved = false;
-        for link in &links {
+        for link in links.iter() {
             match &link.own {
                 Own::Delegate => continue,
                 Own::Root | Own::Detach => facts.never_cancelled = true,
@@ -267,7 +302,7 @@ impl ContextAnalyzer {
             // The chain ended (too long, unreadable) before anything decided.
             facts.unknown = true;
         }
-        for link in &links {
+        for link in links.iter() {
             match &link.own {
                 Own::Cancel {
                     deadline: Some(d), ..
@@ -290,6 +325,39 @@ impl ContextAnalyzer {
             chain: links.iter().map(|l| l.type_name.clone()).collect(),
             facts,
         })
+    }
+}
+
+impl ContextAnalyzer {
+    /// The links from `value` to its root (cached during a dump).
+    fn chain(&mut self, types: &TypeReader<'_, BudgetedMemory<'_>>, value: Iface) -> Rc<[Link]> {
+        if let Some(links) = self.dump_chains.as_ref().and_then(|c| c.get(&value)) {
+            return links.clone();
+        }
+        let mut links = Vec::new();
+        let mut at = Some(value);
+        let mut visited = HashSet::new();
+        while let Some((itab, data)) = at {
+            if links.len() >= MAX_CHAIN || !visited.insert((itab, data)) {
+                break;
+            }
+            let Some(typ) = self.decoder.context_type(types, itab) else {
+                break;
+            };
+            let Some(link) = self.decoder.link(types, typ, data) else {
+                break;
+            };
+            at = link.parent;
+            links.push(link);
+        }
+        let links: Rc<[Link]> = links.into();
+        if let Some(cache) = &mut self.dump_chains {
+            if cache.len() >= MAX_CACHED_CHAINS {
+                cache.clear();
+            }
+            cache.insert(value, links.clone());
+        }
+        links
     }
 }
 

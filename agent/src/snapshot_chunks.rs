@@ -1,0 +1,40 @@
+//! The goroutine list read a chunk at a time: a dump of a million goroutines holds the list of
+//! `g` addresses (8 bytes each) and one chunk of decoded `g`s, never all of them.
+//!
+//! Like every read of a running process this is a racy snapshot, and more spread out in time
+//! than one read of all `g`s: the addresses are those of the moment the dump starts, each `g`
+//! is as it is when its chunk is read (one that exited since is skipped as dead).
+
+use crate::goroutines::{GoroutineReader, RawG, ReadError};
+
+/// Goroutines per chunk: one `process_vm_readv` call's worth of ranges (`IOV_MAX`).
+pub const CHUNK: usize = 1024;
+
+pub struct ChunkedSnapshot<'r, 'a> {
+    reader: &'r GoroutineReader<'a>,
+    addrs: Vec<u64>,
+    next: usize,
+}
+
+impl<'r, 'a> ChunkedSnapshot<'r, 'a> {
+    /// Reads the list of `g` addresses (`allgs`); the `g`s themselves come with each chunk.
+    pub fn start(reader: &'r GoroutineReader<'a>) -> Result<Self, ReadError> {
+        Ok(ChunkedSnapshot {
+            reader,
+            addrs: reader.g_addresses()?,
+            next: 0,
+        })
+    }
+
+    /// The next chunk's live goroutines (dead and implausible ones skipped, so it may be
+    /// empty), in `allgs` order; `None` at the end.
+    pub fn next_chunk(&mut self) -> Option<Result<Vec<RawG>, ReadError>> {
+        if self.next >= self.addrs.len() {
+            return None;
+        }
+        let end = self.addrs.len().min(self.next + CHUNK);
+        let chunk = &self.addrs[self.next..end];
+        self.next = end;
+        Some(self.reader.read_gs(chunk))
+    }
+}
