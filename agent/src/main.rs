@@ -100,6 +100,12 @@ fn run(args: Args) -> Result<()> {
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create --output {}", path.display()))?,
         )),
+        // A dump is written in large blocks (a million records would be a million writes);
+        // streaming records go out line by line, as they happen.
+        None if args.once => Box::new(std::io::BufWriter::with_capacity(
+            ONCE_OUTPUT_BUFFER,
+            std::io::stdout(),
+        )),
         None => Box::new(std::io::LineWriter::new(std::io::stdout())),
     };
     // Streaming never waits for its consumer (a stalled log pipeline must not stall probe
@@ -115,6 +121,9 @@ fn run(args: Args) -> Result<()> {
         None => run_threads_only(&args, &target, &mut reporter),
     }
 }
+
+/// Bytes of `--once` output buffered before a write.
+const ONCE_OUTPUT_BUFFER: usize = 256 * 1024;
 
 fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporter) -> Result<()> {
     let bias = target.load_bias(&bin.elf)?;

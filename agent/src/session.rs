@@ -264,20 +264,23 @@ impl<'a> Session<'a> {
     ) -> Result<u64> {
         let start = monotonic_ns();
         let reader = self.own_reader();
-        let mut chunks = ChunkedSnapshot::start(&reader)
+        // g.waiting comes with each g: the wait diagnosis then needs no read of the g again.
+        let waiting_offset = self.contexts.as_ref().map(|a| a.g_waiting_offset());
+        let mut chunks = ChunkedSnapshot::start(&reader, waiting_offset)
             .map_err(|e| self.read_failure(e, 0))?;
         let target_now = self.target.monotonic_now_ns();
         let mut n = 0;
         while let Some(chunk) = chunks.next_chunk() {
-            let mut gs = chunk.map_err(|e| self.read_failure(e, n))?;
+            let mut chunk = chunk.map_err(|e| self.read_failure(e, n))?;
             if !self.settings.include_system {
-                gs.retain(|g| !self.is_system(g));
+                chunk.retain(|(g, _)| !self.is_system(g));
             }
+            let (gs, waiting): (Vec<RawG>, Vec<Option<u64>>) = chunk.into_iter().unzip();
             let mut from = 0;
             while from < gs.len() {
                 let to = stack_batch_end(&gs, from);
                 let batch = &gs[from..to];
-                let reports = self.describe_batch(batch, target_now)?;
+                let reports = self.describe_batch(batch, &waiting[from..to], target_now)?;
                 // A target that dies or execs mid-dump makes every later read fail (or read
                 // another program): stop at the first sign rather than print empty stacks.
                 // A batch is at most CHUNK goroutines, so this also checks every CHUNK.
@@ -321,7 +324,12 @@ impl<'a> Session<'a> {
     /// Reports for a batch of goroutines whose stacks belong to the states reported: their
     /// stacks, waits and `g`s are each read in a few syscalls. The target keeps running while
     /// we read, so each `g` is re-read after its stack and described again (once) if it moved.
-    fn describe_batch(&mut self, gs: &[RawG], target_now: i64) -> Result<Vec<GoroutineReport>> {
+    fn describe_batch(
+        &mut self,
+        gs: &[RawG],
+        waiting: &[Option<u64>],
+        target_now: i64,
+    ) -> Result<Vec<GoroutineReport>> {
         let gone = |e: MemError| match e {
             MemError::Gone => anyhow::anyhow!("the target process exited during the dump"),
             e => anyhow::Error::new(e).context("cannot read goroutine stacks"),
@@ -332,7 +340,7 @@ impl<'a> Session<'a> {
                 Ok(()) => gone(e),
             })?;
         if let Some(a) = &self.contexts {
-            a.prefetch_waits(&self.context_mem, gs);
+            a.prefetch_waits(&self.context_mem, gs, waiting);
         }
         let mut reports = Vec::with_capacity(gs.len());
         for (g, unwound) in gs.iter().zip(stacks) {
@@ -379,14 +387,14 @@ impl<'a> Session<'a> {
     pub fn count_user_goroutines(&mut self) -> Result<Option<u64>> {
         let start = monotonic_ns();
         let reader = self.own_reader();
-        let mut chunks = match ChunkedSnapshot::start(&reader) {
+        let mut chunks = match ChunkedSnapshot::start(&reader, None) {
             Ok(c) => c,
             Err(e) => return self.count_failure(e),
         };
         let mut n = 0;
         while let Some(chunk) = chunks.next_chunk() {
             match chunk {
-                Ok(gs) => n += gs.iter().filter(|g| !self.is_system(g)).count() as u64,
+                Ok(gs) => n += gs.iter().filter(|(g, _)| !self.is_system(g)).count() as u64,
                 Err(e) => return self.count_failure(e),
             }
         }

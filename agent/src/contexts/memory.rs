@@ -53,6 +53,14 @@ impl<'a> BudgetedMemory<'a> {
         out
     }
 
+    /// Serves later reads of `bytes.len()` bytes at `addr` from `bytes` (read elsewhere, in
+    /// a batch).
+    pub fn insert_prefetched(&self, addr: u64, bytes: Vec<u8>) {
+        self.prefetched
+            .borrow_mut()
+            .insert((addr, bytes.len()), bytes);
+    }
+
     /// Forgets what was prefetched: the next reads go to the target again.
     pub fn clear_prefetched(&self) {
         self.prefetched.borrow_mut().clear();

@@ -32,6 +32,8 @@ pub use verdict::Verdict;
 pub const MAX_CHAIN: usize = 64;
 /// Most distinct contexts reported per goroutine.
 const MAX_CONTEXTS: usize = 32;
+/// Sudogs of one goroutine prefetched at most (the cases of a select; more are read when used).
+const PREFETCH_SUDOG_ROUNDS: usize = 4;
 /// Most context chains a dump keeps decoded (a few hundred bytes each); the cache starts over
 /// when full.
 const MAX_CACHED_CHAINS: usize = 50_000;
@@ -121,36 +123,49 @@ impl ContextAnalyzer {
         self.dump_chains = on.then(HashMap::new);
     }
 
+    /// Offset of `g.waiting`, for [`Self::prefetch_waits`]'s caller to read with each `g`.
+    pub fn g_waiting_offset(&self) -> u64 {
+        self.layout.g_waiting
+    }
+
     /// Reads in a few syscalls what diagnosing these goroutines will read of their waits (the
-    /// `g.waiting` words, the first sudog of each, its channel's head); [`Self::diagnose`]
-    /// then finds them in `mem` until [`BudgetedMemory::clear_prefetched`].
-    pub fn prefetch_waits(&self, mem: &BudgetedMemory<'_>, gs: &[RawG]) {
+    /// sudogs of a select's list, their channels' heads); [`Self::diagnose`] then finds them
+    /// in `mem` until [`BudgetedMemory::clear_prefetched`]. `waiting[i]` is `gs[i]`'s
+    /// `g.waiting`, read with the `g` (a `g` whose state then stayed the same has it still).
+    pub fn prefetch_waits(&self, mem: &BudgetedMemory<'_>, gs: &[RawG], waiting: &[Option<u64>]) {
         let lay = &self.layout;
         let (Some(sudog_len), Some(head_len)) =
             (waits::sudog_read_len(lay), waits::chan_head_len(lay))
         else {
             return;
         };
-        let waiting: Vec<u64> = gs
-            .iter()
-            .filter(|g| g.is_waiting())
-            .filter_map(|g| g.addr.checked_add(lay.g_waiting))
-            .collect();
-        let word = |b: &[u8]| b.get(..8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
-        let mut sudogs: Vec<u64> = mem
-            .prefetch(&waiting, 8)
-            .iter()
-            .filter_map(|(_, b)| word(b))
-            .filter(|&a| a != 0)
-            .collect();
-        sudogs.sort_unstable();
-        sudogs.dedup();
-        let mut chans: Vec<u64> = mem
-            .prefetch(&sudogs, sudog_len)
-            .iter()
-            .filter_map(|(_, b)| waits::sudog_chan(lay, b))
-            .filter(|&c| c != 0)
-            .collect();
+        let mut sudogs = Vec::with_capacity(gs.len());
+        for (g, w) in gs.iter().zip(waiting) {
+            let (Some(w), Some(at)) = (w, g.addr.checked_add(lay.g_waiting)) else {
+                continue;
+            };
+            if g.is_waiting() {
+                mem.insert_prefetched(at, w.to_le_bytes().to_vec());
+                sudogs.push(*w);
+            }
+        }
+        let mut chans = Vec::new();
+        // A select's sudogs are a list (`waitlink`): one round per case, for the usual few.
+        for _ in 0..PREFETCH_SUDOG_ROUNDS {
+            sudogs.retain(|&a| a != 0);
+            sudogs.sort_unstable();
+            sudogs.dedup();
+            if sudogs.is_empty() {
+                break;
+            }
+            let read = mem.prefetch(&sudogs, sudog_len);
+            chans.extend(read.iter().filter_map(|(_, b)| waits::sudog_chan(lay, b)));
+            sudogs = read
+                .iter()
+                .filter_map(|(a, b)| waits::sudog_next(lay, b).filter(|n| n != a))
+                .collect();
+        }
+        chans.retain(|&c| c != 0);
         chans.sort_unstable();
         chans.dedup();
         mem.prefetch(&chans, head_len);

@@ -93,6 +93,12 @@ pub fn sudog_chan(lay: &ObjectLayout, rec: &[u8]) -> Option<u64> {
     word(rec, lay.sudog_c)
 }
 
+/// The next sudog of a select's list (`waitlink`, 0 at the end), from a sudog read with
+/// [`sudog_read_len`].
+pub fn sudog_next(lay: &ObjectLayout, rec: &[u8]) -> Option<u64> {
+    word(rec, lay.sudog_waitlink)
+}
+
 fn word(rec: &[u8], off: u64) -> Option<u64> {
     let o = usize::try_from(off).ok()?;
     Some(u64::from_le_bytes(
