@@ -7,6 +7,7 @@
 mod cli;
 mod contexts;
 mod denied;
+mod dump_writer;
 mod goroutines;
 mod groups;
 mod output_queue;
@@ -111,7 +112,8 @@ fn run(args: Args) -> Result<()> {
     // Streaming never waits for its consumer (a stalled log pipeline must not stall probe
     // control or signals); a `--once` dump waits, since it is the whole answer.
     let mut reporter = if args.once {
-        Reporter::new(out, args.format, target.pid)
+        Reporter::threaded(out, args.format, target.pid)
+            .context("cannot start the output writer thread")?
     } else {
         Reporter::queued(out, args.format, target.pid)
             .context("cannot start the output writer thread")?

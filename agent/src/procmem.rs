@@ -39,7 +39,9 @@ fn merge_ranges(addrs: &[u64], order: &[usize], len: usize) -> Vec<Span> {
         }
         spans.push(Span {
             start,
-            end: end.unwrap_or(u64::MAX).max(start.saturating_add(len as u64)),
+            end: end
+                .unwrap_or(u64::MAX)
+                .max(start.saturating_add(len as u64)),
             members: k..k + 1,
         });
     }

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use crate::dump_writer::DumpWriter;
 use crate::groups::GroupRecord;
 use crate::output_queue::{OutputQueue, QUEUE_RECORDS};
 use crate::stack::SourceFrame;
@@ -153,11 +154,10 @@ pub enum Event {
 
 /// Where formatted records go.
 enum Sink {
-    /// Written at once, blocking while the consumer is slow: `--once`, a dump nobody wants
-    /// thinned out.
-    Blocking(Box<dyn Write>),
     /// Streaming: through a bounded queue; never blocks, drops and counts instead.
     Queued(OutputQueue),
+    /// `--once`: formatted and written on a thread of its own, never dropped.
+    Threaded(DumpWriter),
 }
 
 pub struct Reporter {
@@ -167,14 +167,6 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(out: Box<dyn Write>, format: Format, pid: u32) -> Reporter {
-        Reporter {
-            out: Sink::Blocking(out),
-            format,
-            pid,
-        }
-    }
-
     /// A reporter whose writes never block the caller (see [`OutputQueue`]).
     pub fn queued(
         out: Box<dyn Write + Send>,
@@ -188,46 +180,73 @@ impl Reporter {
         })
     }
 
+    /// A reporter that formats and writes on a thread of its own, waiting for its consumer
+    /// (see [`DumpWriter`]); [`Self::emit_owned`] hands events over without a copy.
+    pub fn threaded(
+        out: Box<dyn Write + Send>,
+        format: Format,
+        pid: u32,
+    ) -> std::io::Result<Reporter> {
+        Ok(Reporter {
+            out: Sink::Threaded(DumpWriter::start(out, format, pid)?),
+            format,
+            pid,
+        })
+    }
+
+    /// [`Self::emit`] for an event the caller is done with.
+    pub fn emit_owned(&mut self, event: Event) -> std::io::Result<()> {
+        match &mut self.out {
+            Sink::Threaded(w) => w.send(event),
+            _ => self.emit(&event),
+        }
+    }
+
     /// Records dropped so far because the consumer did not keep up.
     pub fn dropped(&self) -> u64 {
         match &self.out {
-            Sink::Blocking(_) => 0,
+            Sink::Threaded(_) => 0,
             Sink::Queued(q) => q.dropped(),
         }
     }
 
     pub fn emit(&mut self, event: &Event) -> std::io::Result<()> {
-        let record = self.format_record(event)?;
+        if let Sink::Threaded(w) = &mut self.out {
+            return w.send(event.clone());
+        }
+        let record = format_record(self.format, self.pid, event)?;
         match &mut self.out {
-            Sink::Blocking(w) => w.write_all(&record),
             Sink::Queued(q) => {
                 q.push(record);
                 Ok(())
             }
+            Sink::Threaded(_) => Ok(()),
         }
     }
 
     /// Writes out what is pending; a queued reporter waits at most `timeout` for its consumer.
     pub fn finish(&mut self, timeout: std::time::Duration) -> std::io::Result<()> {
         match &mut self.out {
-            Sink::Blocking(w) => w.flush(),
             Sink::Queued(q) => q.close(timeout),
+            // A dump is the whole answer: it is written out however long that takes.
+            Sink::Threaded(w) => w.finish(),
         }
     }
+}
 
-    fn format_record(&self, event: &Event) -> std::io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(256);
-        let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
-        match self.format {
-            Format::Json => {
-                serde_json::to_writer(&mut out, event).map_err(std::io::Error::other)?;
-                splice_time_and_pid(&mut out, &time, self.pid)?;
-                out.push(b'\n');
-            }
-            Format::Text => out.extend_from_slice(render_text(event, self.pid).as_bytes()),
+/// One record as `format` writes it, with its line end.
+pub fn format_record(format: Format, pid: u32, event: &Event) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(1024);
+    let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    match format {
+        Format::Json => {
+            serde_json::to_writer(&mut out, event).map_err(std::io::Error::other)?;
+            splice_time_and_pid(&mut out, &time, pid)?;
+            out.push(b'\n');
         }
-        Ok(out)
+        Format::Text => out.extend_from_slice(render_text(event, pid).as_bytes()),
     }
+    Ok(out)
 }
 
 /// Puts `"time"` and `"pid"` right after the leading `"type"` field of a serialized event, for
@@ -611,14 +630,15 @@ mod tests {
     fn json_lines_have_the_common_fields_first() {
         let path = std::env::temp_dir().join(format!("ctxprobe-report-{}", std::process::id()));
         {
-            let w: Box<dyn Write> = Box::new(std::fs::File::create(&path).unwrap());
-            let mut r = Reporter::new(w, Format::Json, 42);
+            let w: Box<dyn Write + Send> = Box::new(std::fs::File::create(&path).unwrap());
+            let mut r = Reporter::threaded(w, Format::Json, 42).unwrap();
             r.emit(&Event::Detach {
                 reason: "duration",
                 lost_events: 0,
                 dropped_records: 0,
             })
             .unwrap();
+            r.finish(std::time::Duration::MAX).unwrap();
         }
         let line = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
@@ -670,10 +690,7 @@ mod tests {
         for event in [
             Event::TargetStopped {},
             Event::Goroutine(g.clone()),
-            Event::Blocked {
-                g,
-                threshold_ns: 9,
-            },
+            Event::Blocked { g, threshold_ns: 9 },
         ] {
             let mut direct = serde_json::to_vec(&event).unwrap();
             splice_time_and_pid(&mut direct, time, 42).unwrap();

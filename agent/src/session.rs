@@ -13,10 +13,10 @@ use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::groups::Grouper;
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
-use crate::snapshot_chunks::ChunkedSnapshot;
 use crate::report::{
     CreationSiteCount, Event, GoroutineReport, GoroutineSummary, Reporter, SinceSource,
 };
+use crate::snapshot_chunks::ChunkedSnapshot;
 use crate::stack::{self, Symbolizer};
 use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::StackFrame;
@@ -222,7 +222,7 @@ impl<'a> Session<'a> {
 
     /// `--once`: every goroutine, one record each.
     pub fn dump_all(&mut self, out: &mut Reporter) -> Result<u64> {
-        self.for_each_described(|report, _| out.emit(&Event::Goroutine(report)))
+        self.for_each_described(|report, _| out.emit_owned(Event::Goroutine(report)))
     }
 
     /// `--once --grouped`: every goroutine, one record per group, largest first.
@@ -233,10 +233,11 @@ impl<'a> Session<'a> {
             Ok(())
         })?;
         let records = grouper.into_records();
-        for r in &records {
-            out.emit(&Event::Group(r.clone()))?;
+        let n = records.len() as u64;
+        for r in records {
+            out.emit_owned(Event::Group(r))?;
         }
-        Ok(records.len() as u64)
+        Ok(n)
     }
 
     /// One snapshot, each goroutine described (stack read and checked against its state) and
@@ -266,8 +267,8 @@ impl<'a> Session<'a> {
         let reader = self.own_reader();
         // g.waiting comes with each g: the wait diagnosis then needs no read of the g again.
         let waiting_offset = self.contexts.as_ref().map(|a| a.g_waiting_offset());
-        let mut chunks = ChunkedSnapshot::start(&reader, waiting_offset)
-            .map_err(|e| self.read_failure(e, 0))?;
+        let mut chunks =
+            ChunkedSnapshot::start(&reader, waiting_offset).map_err(|e| self.read_failure(e, 0))?;
         let target_now = self.target.monotonic_now_ns();
         let mut n = 0;
         while let Some(chunk) = chunks.next_chunk() {
@@ -334,11 +335,12 @@ impl<'a> Session<'a> {
             MemError::Gone => anyhow::anyhow!("the target process exited during the dump"),
             e => anyhow::Error::new(e).context("cannot read goroutine stacks"),
         };
-        let stacks = stack::unwind_many(self.mem, &self.bin.pclntab, self.bias, gs)
-            .map_err(|e| match self.check_target(0) {
+        let stacks = stack::unwind_many(self.mem, &self.bin.pclntab, self.bias, gs).map_err(
+            |e| match self.check_target(0) {
                 Err(dead) => dead,
                 Ok(()) => gone(e),
-            })?;
+            },
+        )?;
         if let Some(a) = &self.contexts {
             a.prefetch_waits(&self.context_mem, gs, waiting);
         }

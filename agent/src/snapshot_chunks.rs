@@ -10,6 +10,9 @@ use crate::goroutines::{GoroutineReader, RawG, ReadError};
 /// Goroutines per chunk: one `process_vm_readv` call's worth of ranges (`IOV_MAX`).
 pub const CHUNK: usize = 1024;
 
+/// A chunk's goroutines, each with the extra word when asked for and read.
+pub type Chunk = Vec<(RawG, Option<u64>)>;
+
 pub struct ChunkedSnapshot<'r, 'a> {
     reader: &'r GoroutineReader<'a>,
     addrs: Vec<u64>,
@@ -36,7 +39,7 @@ impl<'r, 'a> ChunkedSnapshot<'r, 'a> {
     /// The next chunk's live goroutines (dead and implausible ones skipped, so it may be
     /// empty), in `allgs` order, each with the extra word if asked for and read; `None` at the
     /// end.
-    pub fn next_chunk(&mut self) -> Option<Result<Vec<(RawG, Option<u64>)>, ReadError>> {
+    pub fn next_chunk(&mut self) -> Option<Result<Chunk, ReadError>> {
         if self.next >= self.addrs.len() {
             return None;
         }

@@ -36,10 +36,13 @@ pub struct Symbolizer<'a> {
     cache: RefCell<HashMap<u64, Rc<[Frame]>>>,
     /// Whole symbolized stacks by their return addresses: most goroutines of a big process
     /// share their stack with thousands of others.
-    stacks: RefCell<HashMap<Box<[u64]>, Rc<[SourceFrame]>>>,
+    stacks: RefCell<StackNames>,
     /// Creation sites by `gopc`.
     sites: RefCell<HashMap<u64, Option<SourceFrame>>>,
 }
+
+/// Symbolized stacks by their return addresses.
+type StackNames = HashMap<Box<[u64]>, Rc<[SourceFrame]>>;
 
 /// Most whole stacks or creation sites cached (about 2 KiB each); the cache starts over when
 /// full, so a process with millions of distinct stacks costs time, not memory.
