@@ -175,8 +175,18 @@ impl<'a> Session<'a> {
 
     /// A full report of one goroutine: stack read now, symbolized.
     fn describe(&mut self, g: &RawG, blocked: Option<(u64, SinceSource)>) -> GoroutineReport {
+        self.describe_with(g, blocked, true)
+    }
+
+    /// [`Self::describe`], with or without the context diagnosis.
+    fn describe_with(
+        &mut self,
+        g: &RawG,
+        blocked: Option<(u64, SinceSource)>,
+        with_contexts: bool,
+    ) -> GoroutineReport {
         let unwound = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g);
-        self.describe_unwound(g, blocked, unwound)
+        self.describe_unwound(g, blocked, unwound, with_contexts)
     }
 
     /// A full report of one goroutine from its stack as read.
@@ -185,11 +195,13 @@ impl<'a> Session<'a> {
         g: &RawG,
         blocked: Option<(u64, SinceSource)>,
         unwound: Result<stack::Unwound, stack::StackError>,
+        with_contexts: bool,
     ) -> GoroutineReport {
         let wait_reason = self.wait_reason_name(g);
         let (stack, stack_error, contexts) = match unwound {
             Ok(unwound) => {
-                let contexts = match self.contexts.as_mut() {
+                let analyzer = self.contexts.as_mut().filter(|_| with_contexts);
+                let contexts = match analyzer {
                     Some(a) => a.diagnose(
                         &self.context_mem,
                         &self.sym,
@@ -222,13 +234,14 @@ impl<'a> Session<'a> {
 
     /// `--once`: every goroutine, one record each.
     pub fn dump_all(&mut self, out: &mut Reporter) -> Result<u64> {
-        self.for_each_described(|report, _| out.emit_owned(Event::Goroutine(report)))
+        self.for_each_described(true, |report, _| out.emit_owned(Event::Goroutine(report)))
     }
 
     /// `--once --grouped`: every goroutine, one record per group, largest first.
     pub fn dump_grouped(&mut self, out: &mut Reporter) -> Result<u64> {
         let mut grouper = Grouper::default();
-        self.for_each_described(|report, g| {
+        // Group records carry no contexts: their diagnosis would be thrown away.
+        self.for_each_described(false, |report, g| {
             grouper.add(report, g.stack_hi.saturating_sub(g.stack_lo));
             Ok(())
         })?;
@@ -246,12 +259,13 @@ impl<'a> Session<'a> {
     /// many goroutines there are.
     fn for_each_described(
         &mut self,
+        with_contexts: bool,
         each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
     ) -> Result<u64> {
         if let Some(a) = self.contexts.as_mut() {
             a.set_dump_cache(true);
         }
-        let described = self.describe_chunks(each);
+        let described = self.describe_chunks(with_contexts, each);
         if let Some(a) = self.contexts.as_mut() {
             a.set_dump_cache(false);
         }
@@ -261,12 +275,17 @@ impl<'a> Session<'a> {
 
     fn describe_chunks(
         &mut self,
+        with_contexts: bool,
         mut each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
     ) -> Result<u64> {
         let start = monotonic_ns();
         let reader = self.own_reader();
         // g.waiting comes with each g: the wait diagnosis then needs no read of the g again.
-        let waiting_offset = self.contexts.as_ref().map(|a| a.g_waiting_offset());
+        let waiting_offset = self
+            .contexts
+            .as_ref()
+            .filter(|_| with_contexts)
+            .map(|a| a.g_waiting_offset());
         let mut chunks =
             ChunkedSnapshot::start(&reader, waiting_offset).map_err(|e| self.read_failure(e, 0))?;
         let target_now = self.target.monotonic_now_ns();
@@ -281,7 +300,8 @@ impl<'a> Session<'a> {
             while from < gs.len() {
                 let to = stack_batch_end(&gs, from);
                 let batch = &gs[from..to];
-                let reports = self.describe_batch(batch, &waiting[from..to], target_now)?;
+                let reports =
+                    self.describe_batch(batch, &waiting[from..to], target_now, with_contexts)?;
                 // A target that dies or execs mid-dump makes every later read fail (or read
                 // another program): stop at the first sign rather than print empty stacks.
                 // A batch is at most CHUNK goroutines, so this also checks every CHUNK.
@@ -330,6 +350,7 @@ impl<'a> Session<'a> {
         gs: &[RawG],
         waiting: &[Option<u64>],
         target_now: i64,
+        with_contexts: bool,
     ) -> Result<Vec<GoroutineReport>> {
         let gone = |e: MemError| match e {
             MemError::Gone => anyhow::anyhow!("the target process exited during the dump"),
@@ -341,12 +362,13 @@ impl<'a> Session<'a> {
                 Ok(()) => gone(e),
             },
         )?;
-        if let Some(a) = &self.contexts {
+        if let Some(a) = self.contexts.as_ref().filter(|_| with_contexts) {
             a.prefetch_waits(&self.context_mem, gs, waiting);
         }
         let mut reports = Vec::with_capacity(gs.len());
         for (g, unwound) in gs.iter().zip(stacks) {
-            reports.push(self.describe_unwound(g, runtime_blocked(g, target_now), unwound));
+            let blocked = runtime_blocked(g, target_now);
+            reports.push(self.describe_unwound(g, blocked, unwound, with_contexts));
         }
         self.context_mem.clear_prefetched();
         let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
@@ -360,15 +382,20 @@ impl<'a> Session<'a> {
                 continue; // no stack was read
             }
             if let Some(again) = again.filter(|a| !a.same_state_as(g)) {
-                *report = self.describe_again(&again, target_now);
+                *report = self.describe_again(&again, target_now, with_contexts);
             }
         }
         Ok(reports)
     }
 
     /// The second and last look at a goroutine that moved while its stack was read.
-    fn describe_again(&mut self, g: &RawG, target_now: i64) -> GoroutineReport {
-        let mut report = self.describe(g, runtime_blocked(g, target_now));
+    fn describe_again(
+        &mut self,
+        g: &RawG,
+        target_now: i64,
+        with_contexts: bool,
+    ) -> GoroutineReport {
+        let mut report = self.describe_with(g, runtime_blocked(g, target_now), with_contexts);
         if g.is_running() {
             return report;
         }

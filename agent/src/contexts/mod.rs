@@ -243,19 +243,15 @@ impl ContextAnalyzer {
         sym: &Symbolizer<'_>,
         u: &Unwound,
     ) -> Vec<(Iface, String)> {
-        let slots = u.return_slots();
-        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
-        let func_of = |pc: u64| {
-            sym.func_name(pc.wrapping_sub(1))
-                .unwrap_or_else(|| "?".to_string())
-        };
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
         let words: Vec<u64> = u
             .stack
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
+        // Candidate (itab, data) pairs first: most stacks hold none, and then their frames
+        // and stack maps need not be looked at.
+        let mut seen = HashSet::new();
+        let mut candidates = Vec::new();
         for i in 0..words.len().saturating_sub(1) {
             let (itab, data) = (words[i], words[i + 1]);
             // A context never has a nil data word (even Background points at zerobase).
@@ -265,6 +261,19 @@ impl ContextAnalyzer {
             {
                 continue;
             }
+            candidates.push((i, itab, data));
+        }
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let slots = u.return_slots();
+        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
+        let func_of = |pc: u64| {
+            sym.func_name(pc.wrapping_sub(1))
+                .unwrap_or_else(|| "?".to_string())
+        };
+        let mut out = Vec::new();
+        for (i, itab, data) in candidates {
             let addr = u.sp + 8 * i as u64;
             // Stack maps mark only an interface's data word (its itab is never in the heap).
             if live.is_live(addr + 8) == Some(false) {
