@@ -3,10 +3,9 @@
 //! the `--once --grouped` dump; streaming groups, growth and leak suspects (issue 7) build on
 //! the same record.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
+use crate::fxhash::FxHashMap;
 use crate::report::GoroutineReport;
 use crate::stack::SourceFrame;
 
@@ -49,7 +48,8 @@ struct GroupKey {
 /// Collects goroutine reports into groups; holds one record per group, not per goroutine.
 #[derive(Default)]
 pub struct Grouper {
-    groups: HashMap<GroupKey, GroupRecord>,
+    /// Fx-hashed: a `--once --grouped` dump hashes a whole stack per goroutine.
+    groups: FxHashMap<GroupKey, GroupRecord>,
 }
 
 impl Grouper {

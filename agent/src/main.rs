@@ -8,6 +8,7 @@ mod cli;
 mod contexts;
 mod denied;
 mod dump_writer;
+mod fxhash;
 mod goroutines;
 mod groups;
 mod output_queue;

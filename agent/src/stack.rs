@@ -14,6 +14,7 @@ use std::rc::Rc;
 use gobinary::pclntab::{Frame, Pclntab};
 use serde::Serialize;
 
+use crate::fxhash::FxHashMap;
 use crate::goroutines::RawG;
 use crate::procmem::{MemError, ProcessMemory};
 
@@ -42,7 +43,7 @@ pub struct Symbolizer<'a> {
 }
 
 /// Symbolized stacks by their return addresses.
-type StackNames = HashMap<Box<[u64]>, Rc<[SourceFrame]>>;
+type StackNames = FxHashMap<Box<[u64]>, Rc<[SourceFrame]>>;
 
 /// Most whole stacks or creation sites cached (about 2 KiB each); the cache starts over when
 /// full, so a process with millions of distinct stacks costs time, not memory.
@@ -54,7 +55,7 @@ impl<'a> Symbolizer<'a> {
             pclntab,
             bias,
             cache: RefCell::new(HashMap::new()),
-            stacks: RefCell::new(HashMap::new()),
+            stacks: RefCell::new(FxHashMap::default()),
             sites: RefCell::new(HashMap::new()),
         }
     }

@@ -3,10 +3,10 @@
 //! knows many goroutines will make (their sudogs and channels), a batch at a time.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 use gobinary::rtype::Memory;
 
+use crate::fxhash::FxHashMap;
 use crate::procmem::ProcessMemory;
 
 /// Bytes the diagnosis of one goroutine may read (its stack was read by the unwinder already;
@@ -17,7 +17,7 @@ pub struct BudgetedMemory<'a> {
     mem: &'a ProcessMemory,
     left: Cell<u64>,
     /// Reads done ahead for a batch of goroutines, by (address, length).
-    prefetched: RefCell<HashMap<(u64, usize), Vec<u8>>>,
+    prefetched: RefCell<FxHashMap<(u64, usize), Vec<u8>>>,
 }
 
 impl<'a> BudgetedMemory<'a> {
@@ -25,7 +25,7 @@ impl<'a> BudgetedMemory<'a> {
         BudgetedMemory {
             mem,
             left: Cell::new(budget),
-            prefetched: RefCell::new(HashMap::new()),
+            prefetched: RefCell::new(FxHashMap::default()),
         }
     }
 
