@@ -69,6 +69,21 @@ pub struct Args {
     #[arg(long)]
     pub include_system: bool,
 
+    /// Streaming: at most this many `group` records per summary interval (leak suspects and
+    /// the largest groups first; the rest are counted in the summary's `groups_omitted`).
+    #[arg(long, default_value_t = 50)]
+    pub max_groups: usize,
+
+    /// Streaming: at most this many `blocked` records per group; the group's record counts
+    /// the others.
+    #[arg(long, default_value_t = 3)]
+    pub samples_per_group: u32,
+
+    /// Streaming: a `blocked` record for every goroutine past the threshold, not just samples
+    /// of each group.
+    #[arg(long)]
+    pub every_goroutine: bool,
+
     /// For a Go release newer than ctxprobe's tables and without DWARF: try the nearest known
     /// struct layout (results may be wrong).
     #[arg(long)]

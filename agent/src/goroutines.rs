@@ -74,16 +74,6 @@ impl RawG {
             && self.syscallsp == other.syscallsp
             && self.syscallpc == other.syscallpc
     }
-
-    /// The same park as `other`: same goroutine, still parked at the same place, and it has not
-    /// run in between (`trackingSeq` moves on every transition out of running).
-    pub fn same_park_as(&self, other: &RawG) -> bool {
-        self.goid == other.goid
-            && self.tracking_seq == other.tracking_seq
-            && self.wait_reason == other.wait_reason
-            && self.sched_sp == other.sched_sp
-            && self.sched_pc == other.sched_pc
-    }
 }
 
 pub struct GoroutineReader<'a> {
@@ -168,12 +158,6 @@ impl<'a> GoroutineReader<'a> {
             .map(|c| le_u64(c, 0))
             .filter(|&a| a != 0)
             .collect())
-    }
-
-    /// Every live goroutine (dead and idle ones skipped), in `allgs` order.
-    pub fn read_all(&self) -> Result<Vec<RawG>, ReadError> {
-        let addrs = self.g_addresses()?;
-        self.read_gs(&addrs)
     }
 
     /// [`Self::read_gs`], with the word at `extra` in each `g` (a field RawG does not keep) read
@@ -348,7 +332,7 @@ mod tests {
         let layout = layout();
         // allgs at address 8: unmapped in every process.
         let reader = GoroutineReader::new(&mem, &layout, 8, 16);
-        assert!(reader.read_all().is_err());
+        assert!(reader.g_addresses().is_err());
         let (buf, ok) = mem.read_many(&[8, 16], 32).unwrap();
         assert_eq!(buf.len(), 64);
         assert_eq!(ok, vec![false, false]);

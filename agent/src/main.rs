@@ -15,6 +15,7 @@ mod output_queue;
 mod probes;
 mod procmem;
 mod report;
+mod scan_budget;
 mod session;
 mod snapshot_chunks;
 mod stack;
@@ -38,7 +39,7 @@ use crate::report::{Event, Reporter};
 use crate::session::{Session, Settings};
 use crate::target::{monotonic_ns, TargetProcess};
 use crate::threads::{ThreadMonitor, ThreadSettings};
-use crate::watch::Watch;
+use crate::watch::{Signals, Watch};
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -134,12 +135,14 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     let settings = Settings {
         threshold: args.threshold,
         include_system: args.include_system,
+        max_groups: args.max_groups,
+        samples_per_group: args.samples_per_group,
+        every_goroutine: args.every_goroutine,
     };
     let mut session = Session::new(target, bin, &mem, bias, settings);
 
-    // The first read proves we can see the goroutine list before anything is attached (read a
-    // chunk at a time: a million `g`s need not be held to count them).
-    let goroutines = match session.count_user_goroutines() {
+    // The first read proves we can see the goroutine list before anything is attached.
+    let goroutines = match session.count_at_attach() {
         Ok(Some(n)) => n,
         Ok(None) => bail!("process {} exited", target.pid),
         Err(e) => {
@@ -150,7 +153,7 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
                     crate::denied::cause(target.pid)
                 );
             }
-            return Err(e);
+            return Err(e.context("cannot read the goroutine list"));
         }
     };
     let attach = Event::Attach {
@@ -187,12 +190,14 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         session.probes = Some(start_probes(target, bin, args.mode, args.probe_budget)?);
     }
     let threads = start_threads(args, target)?;
+    let signals = Signals::install()?;
     out.emit(&attach)?;
-    Watch::new(Some(&mut session), Some(threads)).run(args, target, out)
+    Watch::new(Some(&mut session), Some(threads)).run(args, target, out, signals)
 }
 
 fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
     let threads = start_threads(args, target)?;
+    let signals = Signals::install()?;
     out.emit(&Event::Attach {
         exe: target.exe_path.clone(),
         go_version: None,
@@ -203,7 +208,7 @@ fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> 
         threshold_ns: args.threshold.as_nanos() as u64,
         layout_source: "none".into(),
     })?;
-    Watch::new(None, Some(threads)).run(args, target, out)
+    Watch::new(None, Some(threads)).run(args, target, out, signals)
 }
 
 fn start_threads(args: &Args, target: &TargetProcess) -> Result<ThreadMonitor> {

@@ -10,6 +10,7 @@ use gobinary::GoBinary;
 use crate::contexts::memory::{BudgetedMemory, GOROUTINE_READ_BUDGET};
 use crate::contexts::{ContextAnalyzer, ContextDiagnosis};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
+use crate::groups::stream::{GroupLabel, Member, StreamGroups, StreamKey, StreamSettings};
 use crate::groups::Grouper;
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
@@ -20,7 +21,7 @@ use crate::snapshot_chunks::ChunkedSnapshot;
 use crate::stack::{self, Symbolizer};
 use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::StackFrame;
-use crate::tracker::{Park, ParkTracker};
+use crate::tracker::{Changes, Park, ParkTracker};
 
 /// Most probe-map look-ups per snapshot (each is a syscall on our side).
 const MAX_RECORD_LOOKUPS: usize = 50_000;
@@ -30,6 +31,12 @@ const TOP_SITES: usize = 5;
 pub struct Settings {
     pub threshold: Duration,
     pub include_system: bool,
+    /// Streaming: `group` records per summary interval.
+    pub max_groups: usize,
+    /// Streaming: `blocked` records per group.
+    pub samples_per_group: u32,
+    /// Streaming: a `blocked` record for every goroutine past the threshold.
+    pub every_goroutine: bool,
 }
 
 pub struct Session<'a> {
@@ -43,12 +50,17 @@ pub struct Session<'a> {
     tracker: ParkTracker,
     pub probes: Option<ProbeController>,
     system_by_startpc: HashMap<u64, bool>,
-    last_snapshot: Vec<RawG>,
+    /// Streaming: the scan under way, and what the last complete one counted.
+    scan: Option<Scan>,
+    counts: ScanCounts,
+    /// Time spent reading the last snapshot (all its steps).
     pub last_snapshot_ns: i64,
     prev_site_counts: HashMap<u64, u64>,
     /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
     contexts: Option<ContextAnalyzer>,
     context_mem: BudgetedMemory<'a>,
+    /// Streaming: groups of parked goroutines.
+    groups: StreamGroups,
 }
 
 /// The runtime's own record of how long `g` has been blocked (its GC stamp), as of `target_now`.
@@ -109,7 +121,16 @@ impl<'a> Session<'a> {
             bin.vars.allgs.wrapping_add(bias),
             bin.vars.allglen.wrapping_add(bias),
         );
+        let groups = StreamGroups::new(
+            StreamSettings {
+                threshold_ns: settings.threshold.as_nanos() as u64,
+                max_groups: settings.max_groups,
+                samples_per_group: settings.samples_per_group,
+            },
+            monotonic_ns(),
+        );
         Session {
+            groups,
             target,
             bin,
             mem,
@@ -120,7 +141,8 @@ impl<'a> Session<'a> {
             tracker: ParkTracker::default(),
             probes: None,
             system_by_startpc: HashMap::new(),
-            last_snapshot: Vec::new(),
+            scan: None,
+            counts: ScanCounts::default(),
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
             contexts: ContextAnalyzer::new(bin, bias),
@@ -128,21 +150,29 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Reads the goroutine list; `Ok(None)` when the target has gone.
-    pub fn snapshot(&mut self) -> Result<Option<Vec<RawG>>> {
-        let start = monotonic_ns();
-        match self.reader.read_all() {
-            Ok(gs) => {
-                self.last_snapshot_ns = monotonic_ns() - start;
-                Ok(Some(gs))
-            }
-            Err(ReadError::Mem(MemError::Gone)) => Ok(None),
-            Err(e) if !self.target.is_alive() => {
-                let _ = e;
-                Ok(None)
-            }
-            Err(e) => Err(e).context("cannot read the goroutine list"),
+    /// The goroutines the runtime would count (`runtime.NumGoroutine`), read in chunks so a
+    /// million of them are never held at once; proves the list is readable before anything is
+    /// attached. `Ok(None)` when the target has gone.
+    pub fn count_at_attach(&mut self) -> Result<Option<u64>> {
+        let mem_error = |e: ReadError| match e {
+            ReadError::Mem(m) => anyhow::Error::new(m),
+            other => anyhow::Error::new(other),
+        };
+        let addrs = match self.reader.g_addresses() {
+            Ok(a) => a,
+            Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
+            Err(e) => return Err(mem_error(e)),
+        };
+        let mut n = 0;
+        for chunk in addrs.chunks(SCAN_CHUNK) {
+            let gs = match self.reader.read_gs(chunk) {
+                Ok(gs) => gs,
+                Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
+                Err(e) => return Err(mem_error(e)),
+            };
+            n += gs.iter().filter(|g| !self.is_system(g)).count() as u64;
         }
+        Ok(Some(n))
     }
 
     fn is_system(&mut self, g: &RawG) -> bool {
@@ -160,33 +190,30 @@ impl<'a> Session<'a> {
     }
 
     fn wait_reason_name(&self, g: &RawG) -> Option<String> {
-        if !g.is_waiting() || g.wait_reason == 0 {
+        if !g.is_waiting() {
+            return None;
+        }
+        self.reason_name(g.wait_reason)
+    }
+
+    fn reason_name(&self, wait_reason: u8) -> Option<String> {
+        if wait_reason == 0 {
             return None;
         }
         Some(
             self.bin
                 .wait_reasons
-                .get(g.wait_reason as usize)
+                .get(wait_reason as usize)
                 .filter(|s| !s.is_empty())
                 .cloned()
-                .unwrap_or_else(|| format!("waitreason({})", g.wait_reason)),
+                .unwrap_or_else(|| format!("waitreason({wait_reason})")),
         )
     }
 
     /// A full report of one goroutine: stack read now, symbolized.
     fn describe(&mut self, g: &RawG, blocked: Option<(u64, SinceSource)>) -> GoroutineReport {
-        self.describe_with(g, blocked, true)
-    }
-
-    /// [`Self::describe`], with or without the context diagnosis.
-    fn describe_with(
-        &mut self,
-        g: &RawG,
-        blocked: Option<(u64, SinceSource)>,
-        with_contexts: bool,
-    ) -> GoroutineReport {
         let unwound = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g);
-        self.describe_unwound(g, blocked, unwound, with_contexts)
+        self.describe_unwound(g, blocked, unwound)
     }
 
     /// A full report of one goroutine from its stack as read.
@@ -195,13 +222,11 @@ impl<'a> Session<'a> {
         g: &RawG,
         blocked: Option<(u64, SinceSource)>,
         unwound: Result<stack::Unwound, stack::StackError>,
-        with_contexts: bool,
     ) -> GoroutineReport {
         let wait_reason = self.wait_reason_name(g);
         let (stack, stack_error, contexts) = match unwound {
             Ok(unwound) => {
-                let analyzer = self.contexts.as_mut().filter(|_| with_contexts);
-                let contexts = match analyzer {
+                let contexts = match self.contexts.as_mut() {
                     Some(a) => a.diagnose(
                         &self.context_mem,
                         &self.sym,
@@ -234,14 +259,13 @@ impl<'a> Session<'a> {
 
     /// `--once`: every goroutine, one record each.
     pub fn dump_all(&mut self, out: &mut Reporter) -> Result<u64> {
-        self.for_each_described(true, |report, _| out.emit_owned(Event::Goroutine(report)))
+        self.for_each_described(|report, _| out.emit_owned(Event::Goroutine(report)))
     }
 
     /// `--once --grouped`: every goroutine, one record per group, largest first.
     pub fn dump_grouped(&mut self, out: &mut Reporter) -> Result<u64> {
         let mut grouper = Grouper::default();
-        // Group records carry no contexts: their diagnosis would be thrown away.
-        self.for_each_described(false, |report, g| {
+        self.for_each_described(|report, g| {
             grouper.add(report, g.stack_hi.saturating_sub(g.stack_lo));
             Ok(())
         })?;
@@ -259,13 +283,12 @@ impl<'a> Session<'a> {
     /// many goroutines there are.
     fn for_each_described(
         &mut self,
-        with_contexts: bool,
         each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
     ) -> Result<u64> {
         if let Some(a) = self.contexts.as_mut() {
             a.set_dump_cache(true);
         }
-        let described = self.describe_chunks(with_contexts, each);
+        let described = self.describe_chunks(each);
         if let Some(a) = self.contexts.as_mut() {
             a.set_dump_cache(false);
         }
@@ -275,17 +298,12 @@ impl<'a> Session<'a> {
 
     fn describe_chunks(
         &mut self,
-        with_contexts: bool,
         mut each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
     ) -> Result<u64> {
         let start = monotonic_ns();
         let reader = self.own_reader();
         // g.waiting comes with each g: the wait diagnosis then needs no read of the g again.
-        let waiting_offset = self
-            .contexts
-            .as_ref()
-            .filter(|_| with_contexts)
-            .map(|a| a.g_waiting_offset());
+        let waiting_offset = self.contexts.as_ref().map(|a| a.g_waiting_offset());
         let mut chunks =
             ChunkedSnapshot::start(&reader, waiting_offset).map_err(|e| self.read_failure(e, 0))?;
         let target_now = self.target.monotonic_now_ns();
@@ -300,8 +318,7 @@ impl<'a> Session<'a> {
             while from < gs.len() {
                 let to = stack_batch_end(&gs, from);
                 let batch = &gs[from..to];
-                let reports =
-                    self.describe_batch(batch, &waiting[from..to], target_now, with_contexts)?;
+                let reports = self.describe_batch(batch, &waiting[from..to], target_now)?;
                 // A target that dies or execs mid-dump makes every later read fail (or read
                 // another program): stop at the first sign rather than print empty stacks.
                 // A batch is at most CHUNK goroutines, so this also checks every CHUNK.
@@ -350,7 +367,6 @@ impl<'a> Session<'a> {
         gs: &[RawG],
         waiting: &[Option<u64>],
         target_now: i64,
-        with_contexts: bool,
     ) -> Result<Vec<GoroutineReport>> {
         let gone = |e: MemError| match e {
             MemError::Gone => anyhow::anyhow!("the target process exited during the dump"),
@@ -362,13 +378,14 @@ impl<'a> Session<'a> {
                 Ok(()) => gone(e),
             },
         )?;
-        if let Some(a) = self.contexts.as_ref().filter(|_| with_contexts) {
-            a.prefetch_waits(&self.context_mem, gs, waiting);
+        if let Some(a) = &self.contexts {
+            let reason = |g: &RawG| self.wait_reason_name(g);
+            a.prefetch_waits(&self.context_mem, gs, waiting, &reason);
         }
         let mut reports = Vec::with_capacity(gs.len());
         for (g, unwound) in gs.iter().zip(stacks) {
             let blocked = runtime_blocked(g, target_now);
-            reports.push(self.describe_unwound(g, blocked, unwound, with_contexts));
+            reports.push(self.describe_unwound(g, blocked, unwound));
         }
         self.context_mem.clear_prefetched();
         let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
@@ -382,20 +399,15 @@ impl<'a> Session<'a> {
                 continue; // no stack was read
             }
             if let Some(again) = again.filter(|a| !a.same_state_as(g)) {
-                *report = self.describe_again(&again, target_now, with_contexts);
+                *report = self.describe_again(&again, target_now);
             }
         }
         Ok(reports)
     }
 
     /// The second and last look at a goroutine that moved while its stack was read.
-    fn describe_again(
-        &mut self,
-        g: &RawG,
-        target_now: i64,
-        with_contexts: bool,
-    ) -> GoroutineReport {
-        let mut report = self.describe_with(g, runtime_blocked(g, target_now), with_contexts);
+    fn describe_again(&mut self, g: &RawG, target_now: i64) -> GoroutineReport {
+        let mut report = self.describe(g, runtime_blocked(g, target_now));
         if g.is_running() {
             return report;
         }
@@ -411,26 +423,6 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Counts the non-system goroutines now, reading the list a chunk at a time; `Ok(None)`
-    /// when the target has gone.
-    pub fn count_user_goroutines(&mut self) -> Result<Option<u64>> {
-        let start = monotonic_ns();
-        let reader = self.own_reader();
-        let mut chunks = match ChunkedSnapshot::start(&reader, None) {
-            Ok(c) => c,
-            Err(e) => return self.count_failure(e),
-        };
-        let mut n = 0;
-        while let Some(chunk) = chunks.next_chunk() {
-            match chunk {
-                Ok(gs) => n += gs.iter().filter(|(g, _)| !self.is_system(g)).count() as u64,
-                Err(e) => return self.count_failure(e),
-            }
-        }
-        self.last_snapshot_ns = monotonic_ns() - start;
-        Ok(Some(n))
-    }
-
     /// A goroutine reader of its own, for chunks read while `self` is borrowed mutably.
     fn own_reader(&self) -> GoroutineReader<'a> {
         let bin = self.bin;
@@ -442,103 +434,314 @@ impl<'a> Session<'a> {
         )
     }
 
-    fn count_failure(&self, e: ReadError) -> Result<Option<u64>> {
-        match e {
-            ReadError::Mem(MemError::Gone) => Ok(None),
-            _ if !self.target.is_alive() => Ok(None),
-            e => Err(e).context("cannot read the goroutine list"),
-        }
-    }
-
     /// The target was stopped for `ns` and runs again (see [`ParkTracker::exclude_pause`]).
     pub fn exclude_pause(&mut self, ns: i64) {
         self.tracker.exclude_pause(ns);
     }
 
-    /// One streaming step: snapshot, track parks, report what crossed the threshold or ended.
-    /// `Ok(false)` when the target has gone.
-    pub fn poll(&mut self, out: &mut Reporter) -> Result<bool> {
-        let Some(gs) = self.snapshot()? else {
+    /// One step of the streaming scan: starts a scan if none is under way, then reads one
+    /// chunk of goroutines, tracks their parks, groups them and reports what crossed the
+    /// threshold or ended. [`Step::Done`] after the scan's last chunk.
+    pub fn poll_step(&mut self, out: &mut Reporter) -> Result<Step> {
+        let started = monotonic_ns();
+        if self.scan.is_none() {
+            let addrs = match self.reader.g_addresses() {
+                Ok(a) => a,
+                Err(ReadError::Mem(MemError::Gone)) => return Ok(Step::Gone),
+                Err(_) if !self.target.is_alive() => return Ok(Step::Gone),
+                Err(e) => return Err(e).context("cannot read the goroutine list"),
+            };
+            self.tracker.begin_scan(started);
+            self.scan = Some(Scan {
+                addrs,
+                next: 0,
+                counts: ScanCounts::default(),
+                busy_ns: 0,
+            });
+        }
+        let more = match self.scan_chunk(out) {
+            Ok(more) => more,
+            Err(e) => {
+                self.scan = None;
+                if !self.target.is_alive() {
+                    return Ok(Step::Gone);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(scan) = &mut self.scan {
+            scan.busy_ns += monotonic_ns() - started;
+        }
+        if more {
+            return Ok(Step::More);
+        }
+        self.finish_scan(out)?;
+        Ok(Step::Done)
+    }
+
+    /// Reads the scan's next chunk; false when it was the last.
+    fn scan_chunk(&mut self, out: &mut Reporter) -> Result<bool> {
+        let Some(scan) = &mut self.scan else {
             return Ok(false);
         };
-        // One clock reading for both clocks: time spent between two readings (observe() below)
-        // would count towards the `blocked` record's duration but not the `unblocked` one's.
+        let base = scan.next;
+        let end = base.saturating_add(SCAN_CHUNK).min(scan.addrs.len());
+        let chunk = scan.addrs.get(base..end).unwrap_or_default().to_vec();
+        scan.next = end;
+        let more = end < scan.addrs.len();
+        let gs = self
+            .reader
+            .read_gs(&chunk)
+            .context("cannot read the goroutine list")?;
+        // One clock reading for both clocks: time spent between two readings would count
+        // towards the `blocked` record's duration but not the `unblocked` one's.
         let now = monotonic_ns();
         let target_now = now + self.target.monotonic_offset_ns;
-        let changes = self.tracker.observe(&gs, now);
+        let mut changes = Changes::default();
+        self.tracker
+            .observe_chunk(base, &chunk, &gs, now, &mut changes);
+        self.count(&gs);
+        self.end_parks(out, std::mem::take(&mut changes.ended), now, target_now)?;
+        self.time_new_parks_by_probe(&changes.new_parks);
+        self.group_parks(&changes.parked, &gs);
+        self.report_past_threshold(out, &changes.parked, &gs, now, target_now)?;
+        Ok(more)
+    }
 
-        for park in changes.ended_flagged {
-            self.report_unblocked(out, &park, now, target_now)?;
+    /// After the last chunk: parks the scan did not see again have ended; groups are
+    /// updated and the records they owe go out.
+    fn finish_scan(&mut self, out: &mut Reporter) -> Result<()> {
+        let mut changes = Changes::default();
+        self.tracker.end_scan(&mut changes);
+        let now = monotonic_ns();
+        let target_now = now + self.target.monotonic_offset_ns;
+        self.end_parks(out, changes.ended, now, target_now)?;
+        self.update_groups(now, target_now);
+        if let Some(scan) = self.scan.take() {
+            self.counts = scan.counts;
+            self.last_snapshot_ns = scan.busy_ns;
         }
-        if let Some(probes) = &self.probes {
-            for &addr in changes.new_parks.iter().take(MAX_RECORD_LOOKUPS) {
-                let Some(park) = self.tracker.get_mut(addr) else {
+        // Stacks read across an exec are the new program's: its groups are not reported.
+        if self.target.state() == TargetState::Execed {
+            return Ok(());
+        }
+        for record in self.groups.due_now(now) {
+            out.emit(&Event::Group(record))?;
+        }
+        Ok(())
+    }
+
+    /// Counts one chunk's goroutines for the summary.
+    fn count(&mut self, gs: &[RawG]) {
+        let system: Vec<bool> = gs.iter().map(|g| self.is_system(g)).collect();
+        let include_system = self.settings.include_system;
+        let Some(scan) = &mut self.scan else {
+            return;
+        };
+        let c = &mut scan.counts;
+        for (g, system) in gs.iter().zip(system) {
+            if g.m != 0 {
+                c.on_threads.push((g.goid, g.m));
+            }
+            if system {
+                c.system += 1;
+                if !include_system {
                     continue;
-                };
-                if let Some(rec) = probes.park_record(addr) {
-                    // The record is this park's if it is the same goroutine, it has left
-                    // `_Grunning` exactly once since (trackingSeq moves on that transition), and
-                    // the probe has been attached ever since (else a later park went unseen
-                    // and trackingSeq may just have wrapped around).
-                    if rec.goid == park.g.goid
-                        && rec.seq.wrapping_add(1) == park.g.tracking_seq
-                        && rec.reason == park.g.wait_reason
-                        && rec.wake_ns == 0
-                        && probes.attached_continuously_since(rec.park_ns as i64)
-                    {
-                        park.exact_park_ns = Some(rec.park_ns as i64);
-                    }
                 }
+            } else {
+                c.user += 1;
+            }
+            *c.by_status.entry(g.status).or_default() += 1;
+            if g.is_waiting() && g.wait_reason != 0 {
+                *c.by_reason.entry(g.wait_reason).or_default() += 1;
+            }
+            *c.sites.entry(g.gopc).or_default() += 1;
+        }
+    }
+
+    /// Parks that ended: they leave their group; reported ones get `unblocked`.
+    fn end_parks(
+        &mut self,
+        out: &mut Reporter,
+        ended: Vec<Park>,
+        now: i64,
+        target_now: i64,
+    ) -> Result<()> {
+        for park in ended {
+            if let Some(group) = park.group {
+                self.groups.left(group);
+            }
+            if park.flagged {
+                self.report_unblocked(out, &park, now, target_now)?;
             }
         }
+        Ok(())
+    }
 
+    /// Parks of this chunk (`parked`: positions and indices in `gs`) newly past the
+    /// threshold: a `blocked` record for the first `--samples-per-group` of each group (every
+    /// one with `--every-goroutine`); the others are counted in their group.
+    fn report_past_threshold(
+        &mut self,
+        out: &mut Reporter,
+        parked: &[(usize, usize)],
+        gs: &[RawG],
+        now: i64,
+        target_now: i64,
+    ) -> Result<()> {
         let threshold = self.settings.threshold.as_nanos() as u64;
-        let mut candidates: Vec<(u64, u64)> = self
-            .tracker
-            .parks()
-            .filter(|p| {
-                !p.flagged
+        let mut candidates: Vec<(u64, usize, usize)> = parked
+            .iter()
+            .filter_map(|&(pos, gi)| {
+                let p = self.tracker.get(pos)?;
+                (!p.flagged
+                    && !p.counted
                     && !p.ignored
+                    && p.group.is_some()
                     && p.confirmed()
-                    && p.blocked(now, target_now).0 >= threshold
+                    && p.blocked(now, target_now).0 >= threshold)
+                    .then_some((p.goid, pos, gi))
             })
-            .map(|p| (p.g.goid, p.g.addr))
             .collect();
         // Oldest goroutines first, so a report reads in creation order.
         candidates.sort_unstable();
-        for (_, addr) in candidates {
-            let Some(park) = self.tracker.get_mut(addr) else {
+        let mut reports = Vec::new();
+        for (_, pos, gi) in candidates {
+            let (Some(park), Some(g)) = (self.tracker.get_mut(pos), gs.get(gi)) else {
                 continue;
             };
-            let g = park.g.clone();
-            let blocked = park.blocked(now, target_now);
-            if !self.settings.include_system && self.is_system(&g) {
-                if let Some(p) = self.tracker.get_mut(addr) {
-                    // Remember the decision so it is not revisited every snapshot.
-                    p.ignored = true;
-                }
+            let Some(group) = park.group else { continue };
+            if !self.settings.every_goroutine && !self.groups.may_sample(group) {
+                // In its group's count; the group's samples speak for it.
+                park.counted = true;
                 continue;
             }
-            let report = self.describe(&g, Some(blocked));
+            let blocked = park.blocked(now, target_now);
+            let report = self.describe(g, Some(blocked));
             // The goroutine may have woken while we read its stack: then the stack is not
-            // this park's and the next snapshot will tell.
-            match self.reader.reread(addr) {
-                Some(again) if again.same_park_as(&g) && again.is_waiting() => {}
-                _ => continue,
+            // this park's and the next scan will tell.
+            let still = match (self.reader.reread(g.addr), self.tracker.get(pos)) {
+                (Some(again), Some(park)) => park.still(&again),
+                _ => false,
+            };
+            if !still {
+                continue;
             }
-            if let Some(p) = self.tracker.get_mut(addr) {
-                p.flagged = true;
-            }
+            self.tracker.flag(pos, report.contexts.context_verdict);
+            self.groups.sampled(group, &report.contexts);
             if let Some(probes) = &mut self.probes {
-                probes.watch(addr);
+                probes.watch(g.addr);
             }
+            reports.push(report);
+        }
+        // Stacks read across an exec are the new program's: send nothing read here.
+        if reports.is_empty() || self.target.state() == TargetState::Execed {
+            return Ok(());
+        }
+        for report in reports {
             out.emit(&Event::Blocked {
                 g: report,
                 threshold_ns: threshold,
             })?;
         }
-        self.last_snapshot = gs;
-        Ok(true)
+        Ok(())
+    }
+
+    /// Parks that started since the last snapshot and that the park probe saw begin get its
+    /// exact timestamp.
+    fn time_new_parks_by_probe(&mut self, new_parks: &[usize]) {
+        let Some(probes) = &self.probes else {
+            return;
+        };
+        for &pos in new_parks.iter().take(MAX_RECORD_LOOKUPS) {
+            let Some(park) = self.tracker.get_mut(pos) else {
+                continue;
+            };
+            if let Some(rec) = probes.park_record(park.addr) {
+                // The record is this park's if it is the same goroutine, it has left
+                // `_Grunning` exactly once since (trackingSeq moves on that transition), and
+                // the probe has been attached ever since (else a later park went unseen
+                // and trackingSeq may just have wrapped around).
+                if rec.goid == park.goid
+                    && rec.seq.wrapping_add(1) == park.tracking_seq
+                    && rec.reason == park.wait_reason
+                    && rec.wake_ns == 0
+                    && probes.attached_continuously_since(rec.park_ns as i64)
+                {
+                    park.exact_park_ns = Some(rec.park_ns as i64);
+                }
+            }
+        }
+    }
+
+    /// Puts each park that a second snapshot saw (or the probe timed) into its group: its stack
+    /// is read once, here, from the `g` just read. Runtime-internal goroutines are set aside
+    /// unless asked for.
+    fn group_parks(&mut self, parked: &[(usize, usize)], gs: &[RawG]) {
+        for &(pos, gi) in parked {
+            let due = self.tracker.get(pos).is_some_and(|p| {
+                p.group.is_none() && !p.ignored && (p.sightings >= 2 || p.exact_park_ns.is_some())
+            });
+            let Some(g) = gs.get(gi).filter(|_| due) else {
+                continue;
+            };
+            if !self.settings.include_system && self.is_system(g) {
+                if let Some(p) = self.tracker.get_mut(pos) {
+                    p.ignored = true;
+                }
+                continue;
+            }
+            // A stack that cannot be read now is tried again at the next scan.
+            let Ok(unwound) = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g)
+            else {
+                continue;
+            };
+            let key = StreamKey {
+                status: g.status,
+                wait_reason: g.wait_reason,
+                pcs: unwound.pcs,
+                gopc: g.gopc,
+            };
+            let id = match self.groups.find(&key) {
+                Some(id) => id,
+                None => {
+                    let label = GroupLabel {
+                        state: status_name(g.status),
+                        wait_reason: self.wait_reason_name(g),
+                        stack: stack::symbolize(&self.sym, &key.pcs),
+                        created_by: self.sym.creation_site(g.gopc),
+                    };
+                    self.groups.create(key, label)
+                }
+            };
+            self.groups.joined(id);
+            if let Some(p) = self.tracker.get_mut(pos) {
+                p.group = Some(id);
+            }
+        }
+    }
+
+    fn update_groups(&mut self, now: i64, target_now: i64) {
+        let members = self.tracker.parks().filter_map(|p| {
+            Some(Member {
+                group: p.group?,
+                goid: p.goid,
+                stack_bytes: u64::from(p.stack_bytes),
+                blocked_ns: p.blocked(now, target_now).0,
+                sampled: p.flagged,
+            })
+        });
+        self.groups.update(now, members);
+    }
+
+    /// `group` records owed at a summary (see [`StreamGroups::due_at_summary`]); returns how
+    /// many were held back by `--max-groups`.
+    pub fn emit_due_groups(&mut self, out: &mut Reporter) -> Result<u64> {
+        let (records, omitted) = self.groups.due_at_summary(monotonic_ns());
+        for record in records {
+            out.emit(&Event::Group(record))?;
+        }
+        Ok(omitted)
     }
 
     fn report_unblocked(
@@ -549,18 +752,15 @@ impl<'a> Session<'a> {
         target_now: i64,
     ) -> Result<()> {
         if let Some(probes) = &mut self.probes {
-            probes.unwatch(park.g.addr);
-        }
-        if !self.settings.include_system && self.is_system(&park.g) {
-            return Ok(());
+            probes.unwatch(park.addr);
         }
         // It woke somewhere between the last snapshot that saw it parked and now: report the
         // part we know it was blocked for.
         let seen_ago = now - park.last_seen_ns;
         let (blocked_ns, _) = park.blocked(park.last_seen_ns, target_now - seen_ago);
         out.emit(&Event::Unblocked {
-            goid: park.g.goid,
-            wait_reason: self.wait_reason_name(&park.g),
+            goid: park.goid,
+            wait_reason: self.reason_name(park.wait_reason),
             blocked_ns,
             exact: false,
         })?;
@@ -574,10 +774,13 @@ impl<'a> Session<'a> {
         };
         let events = probes.take_wake_events();
         for ev in events {
-            let Some(park) = self.tracker.remove(ev.g) else {
+            let Some(park) = self.tracker.take_flagged(ev.g) else {
                 continue;
             };
-            if !park.flagged || park.g.goid != ev.goid {
+            if let Some(group) = park.group {
+                self.groups.left(group);
+            }
+            if park.goid != ev.goid {
                 continue;
             }
             if let Some(p) = &mut self.probes {
@@ -593,8 +796,8 @@ impl<'a> Session<'a> {
                     .0
             };
             out.emit(&Event::Unblocked {
-                goid: park.g.goid,
-                wait_reason: self.wait_reason_name(&park.g),
+                goid: park.goid,
+                wait_reason: self.reason_name(park.wait_reason),
                 blocked_ns,
                 exact,
             })?;
@@ -602,29 +805,21 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    pub fn summary(&mut self) -> GoroutineSummary {
-        let gs = std::mem::take(&mut self.last_snapshot);
+    /// The goroutine half of a summary, from the last complete scan; `groups_omitted` from
+    /// [`Self::emit_due_groups`].
+    pub fn summary(&mut self, groups_omitted: u64) -> GoroutineSummary {
+        let c = &self.counts;
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
-        let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
-        let mut sites: HashMap<u64, u64> = HashMap::new();
-        let mut user = 0;
-        let mut system = 0;
-        for g in &gs {
-            if self.is_system(g) {
-                system += 1;
-                if !self.settings.include_system {
-                    continue;
-                }
-            } else {
-                user += 1;
-            }
-            *by_state.entry(status_name(g.status)).or_default() += 1;
-            if let Some(r) = self.wait_reason_name(g) {
-                *by_reason.entry(r).or_default() += 1;
-            }
-            *sites.entry(g.gopc).or_default() += 1;
+        for (&status, &n) in &c.by_status {
+            *by_state.entry(status_name(status)).or_default() += n;
         }
-        let mut top: Vec<(u64, u64)> = sites.iter().map(|(&pc, &n)| (pc, n)).collect();
+        let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+        for (&reason, &n) in &c.by_reason {
+            if let Some(name) = self.reason_name(reason) {
+                *by_reason.entry(name).or_default() += n;
+            }
+        }
+        let mut top: Vec<(u64, u64)> = c.sites.iter().map(|(&pc, &n)| (pc, n)).collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut top_sites = Vec::new();
         for (pc, n) in top {
@@ -641,10 +836,10 @@ impl<'a> Session<'a> {
                 delta: n as i64 - before as i64,
             });
         }
-        self.prev_site_counts = sites;
+        self.prev_site_counts = self.counts.sites.clone();
+        let (user, system) = (self.counts.user, self.counts.system);
         let now = monotonic_ns();
         let probe = self.probes.as_mut().map(|p| p.status(now));
-        self.last_snapshot = gs;
         GoroutineSummary {
             goroutines: if self.settings.include_system {
                 user + system
@@ -653,13 +848,54 @@ impl<'a> Session<'a> {
             },
             by_state,
             by_wait_reason: by_reason,
-            blocked: self.tracker.flagged_count(),
+            blocked: self.tracker.past_threshold_count(),
+            context_verdicts: self.tracker.flagged_verdicts(),
+            groups: self.groups.past_threshold(),
+            groups_omitted,
+            leak_suspects: self.groups.leak_suspects(),
             system_goroutines: system,
             top_creation_sites: top_sites,
             probe,
             snapshot_ms: self.last_snapshot_ns as f64 / 1e6,
         }
     }
+}
+
+/// Goroutines read per step of a streaming scan: a step takes a few milliseconds, so the
+/// loop's probe control, summaries and signals never wait long, however many goroutines.
+const SCAN_CHUNK: usize = 4096;
+
+/// What a scan counted, for the summary (a million goroutines are counted, not kept).
+#[derive(Default)]
+struct ScanCounts {
+    by_status: BTreeMap<u32, u64>,
+    by_reason: BTreeMap<u8, u64>,
+    /// Goroutines per creation site (`gopc`).
+    sites: HashMap<u64, u64>,
+    user: u64,
+    system: u64,
+    /// Goroutines on an OS thread (running, in a syscall): goid and `g.m`.
+    on_threads: Vec<(u64, u64)>,
+}
+
+/// A streaming scan under way.
+struct Scan {
+    addrs: Vec<u64>,
+    /// Index in `addrs` of the next chunk.
+    next: usize,
+    counts: ScanCounts,
+    /// Time spent in its steps so far.
+    busy_ns: i64,
+}
+
+/// What a [`Session::poll_step`] did.
+pub enum Step {
+    /// The scan goes on: call again.
+    More,
+    /// The scan is complete.
+    Done,
+    /// The target has gone.
+    Gone,
 }
 
 impl Session<'_> {
@@ -694,15 +930,12 @@ impl Session<'_> {
     /// The goroutine each OS thread is running, from the last snapshot: running and syscall
     /// goroutines have `g.m`, and `m.procid` is the thread id.
     pub fn goid_on_thread(&self, tid: u32) -> Option<u64> {
-        self.last_snapshot
-            .iter()
-            .filter(|g| g.m != 0)
-            .find_map(|g| {
-                let procid = self
-                    .mem
-                    .read_u64(g.m.wrapping_add(self.bin.layout.m_procid))
-                    .ok()?;
-                (procid == tid as u64).then_some(g.goid)
-            })
+        self.counts.on_threads.iter().find_map(|&(goid, m)| {
+            let procid = self
+                .mem
+                .read_u64(m.wrapping_add(self.bin.layout.m_procid))
+                .ok()?;
+            (procid == tid as u64).then_some(goid)
+        })
     }
 }

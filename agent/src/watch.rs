@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 use crate::cli::Args;
 use crate::report::{Event, Reporter};
-use crate::session::{End, Session};
+use crate::scan_budget::ScanBudget;
+use crate::session::{End, Session, Step};
 use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::{self, ThreadEvent, ThreadMonitor};
 
@@ -17,6 +18,34 @@ const FINISH_TIMEOUT: Duration = Duration::from_millis(500);
 
 fn default_poll_interval(threshold: Duration) -> Duration {
     (threshold / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// The loop's event loop and its SIGTERM/SIGINT handlers, installed before `attach` goes out:
+/// a signal sent as soon as `attach` is read must end the stream with `detach`, not kill
+/// ctxprobe with the default action.
+pub struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .enable_io()
+            .build()
+            .context("cannot start the event loop")?;
+        let (term, int) = {
+            let _in_runtime = rt.enter();
+            (
+                signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            )
+        };
+        Ok(Signals { rt, term, int })
+    }
 }
 
 /// What the streaming loop drives: the goroutine session (Go programs) and the thread monitor.
@@ -48,8 +77,14 @@ impl<'s, 'a> Watch<'s, 'a> {
     }
 
     /// Streams until the end, detaches every probe, then says so.
-    pub fn run(mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
-        let end = match self.stream(args, target, out) {
+    pub fn run(
+        mut self,
+        args: &Args,
+        target: &TargetProcess,
+        out: &mut Reporter,
+        mut signals: Signals,
+    ) -> Result<()> {
+        let end = match self.stream(args, target, out, &mut signals) {
             Ok(end) => end,
             Err(e) => {
                 // What was queued before the failure still goes out (within the timeout).
@@ -131,7 +166,13 @@ impl<'s, 'a> Watch<'s, 'a> {
 
     fn summary(&mut self, out: &mut Reporter) -> Result<()> {
         let lost = self.lost_events();
-        let goroutines = self.session.as_mut().map(|s| s.summary());
+        let goroutines = match self.session.as_mut() {
+            Some(s) => {
+                let omitted = s.emit_due_groups(out)?;
+                Some(s.summary(omitted))
+            }
+            None => None,
+        };
         let contended_futexes = self.threads.as_ref().map(|t| t.top_contended(5));
         let futex_calls_per_sec = self.threads.as_ref().and_then(|t| t.counters()).map(|c| {
             let calls = c.calls;
@@ -189,16 +230,16 @@ impl<'s, 'a> Watch<'s, 'a> {
         }
     }
 
-    fn stream(&mut self, args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<End> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .enable_io()
-            .build()
-            .context("cannot start the event loop")?;
+    fn stream(
+        &mut self,
+        args: &Args,
+        target: &TargetProcess,
+        out: &mut Reporter,
+        signals: &mut Signals,
+    ) -> Result<End> {
+        let Signals { rt, term, int } = signals;
         rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-            let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+            let (sigterm, sigint) = (term, int);
             let base_poll =
                 args.poll_interval.unwrap_or_else(|| default_poll_interval(args.threshold));
             let mut summary = tokio::time::interval(args.summary_interval);
@@ -208,6 +249,12 @@ impl<'s, 'a> Watch<'s, 'a> {
             let mut control = tokio::time::interval(Duration::from_millis(25));
             let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
             let mut next_poll = tokio::time::Instant::now();
+            // Goroutine scans run in steps (see Session::poll_step), paced by the budget.
+            let mut next_scan = tokio::time::Instant::now();
+            let mut scanning = false;
+            let mut budget = ScanBudget::new(monotonic_ns());
+            let has_session = self.session.is_some();
+            let has_threads = self.threads.is_some();
             loop {
                 let until_deadline = async {
                     match deadline {
@@ -215,43 +262,62 @@ impl<'s, 'a> Watch<'s, 'a> {
                         None => std::future::pending().await,
                     }
                 };
+                let may_step = scanning && self.stopped_since.is_none();
                 tokio::select! {
                     _ = sigterm.recv() => return Ok(End::Signal),
                     _ = sigint.recv() => return Ok(End::Signal),
                     _ = until_deadline => return Ok(End::Duration),
-                    _ = tokio::time::sleep_until(next_poll) => {
+                    _ = tokio::time::sleep_until(next_poll), if has_threads => {
+                        next_poll = tokio::time::Instant::now() + base_poll;
+                        if let Some(end) = self.check_target(target, out)? {
+                            return Ok(end);
+                        }
+                        if self.stopped_since.is_none() {
+                            self.poll_threads(target, out)?;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next_scan), if has_session && !scanning => {
                         if let Some(end) = self.check_target(target, out)? {
                             return Ok(end);
                         }
                         if self.stopped_since.is_some() {
-                            // A stopped target changes nothing; snapshots would only age its
+                            // A stopped target changes nothing; scans would only age its
                             // goroutines' parks.
-                            next_poll = tokio::time::Instant::now() + base_poll;
-                            continue;
+                            next_scan = tokio::time::Instant::now() + base_poll;
+                        } else {
+                            scanning = true;
                         }
-                        let mut took = Duration::ZERO;
-                        if let Some(session) = &mut self.session {
-                            match session.poll(out) {
-                                Ok(true) => {}
-                                Ok(false) => {
-                                    self.poll_threads(target, out)?;
-                                    return Ok(End::TargetExited);
-                                }
-                                // A racy read of a live process can fail now and then: say so
-                                // (once per kind of failure) and try again at the next poll.
-                                Err(e) => {
-                                    let message = format!("{e:#}");
-                                    if self.last_error.as_ref() != Some(&message) {
-                                        out.emit(&Event::Error { message: message.clone() })?;
-                                        self.last_error = Some(message);
-                                    }
+                    }
+                    _ = std::future::ready(()), if may_step => {
+                        let Some(session) = &mut self.session else {
+                            scanning = false;
+                            continue;
+                        };
+                        let started = monotonic_ns();
+                        let step = session.poll_step(out);
+                        let now = monotonic_ns();
+                        budget.spend(now, now - started);
+                        match step {
+                            Ok(Step::More) => continue,
+                            Ok(Step::Done) => {}
+                            Ok(Step::Gone) => {
+                                self.poll_threads(target, out)?;
+                                return Ok(End::TargetExited);
+                            }
+                            // A racy read of a live process can fail now and then: say so
+                            // (once per kind of failure) and try again at the next scan.
+                            Err(e) => {
+                                let message = format!("{e:#}");
+                                if self.last_error.as_ref() != Some(&message) {
+                                    out.emit(&Event::Error { message: message.clone() })?;
+                                    self.last_error = Some(message);
                                 }
                             }
-                            took = Duration::from_nanos(session.last_snapshot_ns.max(0) as u64);
                         }
-                        self.poll_threads(target, out)?;
-                        // Keep our reads of a very large process under ~5% of the time.
-                        next_poll = tokio::time::Instant::now() + base_poll.max(took * 20);
+                        scanning = false;
+                        let wait = budget.wait_before_next_ns(now, base_poll.as_nanos() as i64);
+                        next_scan = tokio::time::Instant::now()
+                            + Duration::from_nanos(wait.max(0) as u64);
                     }
                     _ = control.tick() => {
                         if let Some(session) = &mut self.session {

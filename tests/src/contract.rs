@@ -98,6 +98,9 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
                 counts(v, "by_state")?;
                 counts(v, "by_wait_reason")?;
                 u64_field(v, "blocked")?;
+                u64_field(v, "groups")?;
+                u64_field(v, "groups_omitted")?;
+                u64_field(v, "leak_suspects")?;
             } else if !v["contended_futexes"].is_array() {
                 bail!("a summary without goroutine counts must be a thread-only one");
             }

@@ -65,6 +65,46 @@ fn check_cell(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
             ));
         }
     }
+    // The same verdicts and chains, counted per group by `--once --grouped`.
+    let grouped = run_ctxprobe(
+        &args(fixture.pid(), &["--once", "--grouped"]),
+        Duration::from_secs(60),
+    )?;
+    ensure_success(&grouped)?;
+    let groups = check_all_records(&grouped, fixture.pid())?;
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let Some(g) = groups.iter().find(|g| {
+            g["type"] == "group"
+                && g["sample_goids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.contains(&case["goid"]))
+        }) else {
+            problems.push(format!("{name}: no group lists goroutine {}", case["goid"]));
+            continue;
+        };
+        let members = g["goroutines"].as_u64().unwrap_or(0);
+        if g["contexts_analysed"].as_u64() != Some(members) {
+            problems.push(format!(
+                "{name}: contexts_analysed {} of {members} members in a dump",
+                g["contexts_analysed"]
+            ));
+        }
+        if let Some(v) = case["verdict"].as_str() {
+            if g["context_verdicts"][v].as_u64().unwrap_or(0) == 0 {
+                problems.push(format!(
+                    "{name}: group verdicts {} lack {v}",
+                    g["context_verdicts"]
+                ));
+            }
+        }
+        if members == 1 && g["context_chain"] != case["chain"] {
+            problems.push(format!(
+                "{name}: group context_chain {} but expected {}",
+                g["context_chain"], case["chain"]
+            ));
+        }
+    }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }

@@ -53,7 +53,14 @@ fn exec_case(tc: &Toolchain, mode: &BuildMode, argv: &[String], new_is_go: bool)
     let pid = target.pid();
     let mut probe = RunningProbe::spawn(&args(
         pid,
-        &["--threshold", "1s", "--summary-interval", "1s"],
+        // One record per goroutine: every old one is waited for below.
+        &[
+            "--threshold",
+            "1s",
+            "--summary-interval",
+            "1s",
+            "--every-goroutine",
+        ],
     ))?;
     probe.wait_record("attach", Duration::from_secs(20))?;
     // The old image's parked goroutines are all reported before the exec, so any `blocked`

@@ -200,7 +200,6 @@ const STREAM_SUMMARY: Duration = Duration::from_secs(2);
 /// Streaming on a process with growing leaks, a stable pool, a warm-up, a burst that drains and
 /// busy goroutines: each leak site is a suspect, nothing else is; counts follow the fixture's.
 #[test]
-#[ignore = "issue 7: streaming group records, per-group sampling and leak suspects are not implemented yet"]
 fn streaming_groups_and_leak_suspects() {
     for_each_cell(|tc, mode| {
         let mut g = Groups::start(
@@ -418,7 +417,6 @@ const STATIC: &[&str] = &[
 /// `--samples-per-group 1 --max-groups 2`: at most one `blocked` per group, `unblocked` only for
 /// those, at most two `group` records per summary interval and the rest counted.
 #[test]
-#[ignore = "issue 7: streaming group records, per-group sampling and leak suspects are not implemented yet"]
 fn samples_per_group_and_max_groups() {
     for_each_cell(|tc, mode| {
         let g = Groups::start(tc, mode, STATIC)?;
@@ -509,7 +507,6 @@ fn samples_per_group_and_max_groups() {
 /// `--every-goroutine`: one `blocked` per goroutine (exactly the fixture's members per site) and
 /// one `unblocked` per member of the drained burst.
 #[test]
-#[ignore = "issue 7: streaming group records, per-group sampling and leak suspects are not implemented yet"]
 fn every_goroutine_restores_per_goroutine_records() {
     for_each_cell(|tc, mode| {
         let g = Groups::start(tc, mode, STATIC)?;
@@ -698,8 +695,8 @@ fn stalled_stdout_never_stalls_the_loop() {
                 "1s",
                 "--duration",
                 "25s",
-                // One `blocked` per goroutine is today's default; once per-group sampling
-                // lands (issue 7), `--every-goroutine` goes back here to keep the output heavy.
+                // One record per goroutine keeps the output heavy enough to fill the queue.
+                "--every-goroutine",
             ],
         ))?;
         std::thread::sleep(Duration::from_secs(20));

@@ -35,6 +35,8 @@ fn streams_blocked_goroutines() {
                 "8s",
                 "--summary-interval",
                 "1s",
+                // Every leaked goroutine is checked, not samples of each group.
+                "--every-goroutine",
             ],
         ))?;
         let attach = probe.wait_record("attach", Duration::from_secs(20))?;
@@ -206,7 +208,8 @@ fn reports_unblocked_when_a_flagged_goroutine_resumes() {
             .goid;
         let mut probe = RunningProbe::spawn(&args(
             leaky.pid(),
-            &["--threshold", "1s", "--duration", "6s"],
+            // That one goroutine's record, not samples of its group.
+            &["--threshold", "1s", "--duration", "6s", "--every-goroutine"],
         ))?;
         probe.wait_record("attach", Duration::from_secs(20))?;
         let blocked = probe.wait_for(

@@ -132,7 +132,14 @@ impl ContextAnalyzer {
     /// sudogs of a select's list, their channels' heads); [`Self::diagnose`] then finds them
     /// in `mem` until [`BudgetedMemory::clear_prefetched`]. `waiting[i]` is `gs[i]`'s
     /// `g.waiting`, read with the `g` (a `g` whose state then stayed the same has it still).
-    pub fn prefetch_waits(&self, mem: &BudgetedMemory<'_>, gs: &[RawG], waiting: &[Option<u64>]) {
+    /// `reason` names a goroutine's wait reason.
+    pub fn prefetch_waits(
+        &self,
+        mem: &BudgetedMemory<'_>,
+        gs: &[RawG],
+        waiting: &[Option<u64>],
+        reason: &dyn Fn(&RawG) -> Option<String>,
+    ) {
         let lay = &self.layout;
         let (Some(sudog_len), Some(head_len)) =
             (waits::sudog_read_len(lay), waits::chan_head_len(lay))
@@ -144,7 +151,7 @@ impl ContextAnalyzer {
             let (Some(w), Some(at)) = (w, g.addr.checked_add(lay.g_waiting)) else {
                 continue;
             };
-            if g.is_waiting() {
+            if g.is_waiting() && waits::parks_on_channels(reason(g).as_deref()) {
                 mem.insert_prefetched(at, w.to_le_bytes().to_vec());
                 sudogs.push(*w);
             }

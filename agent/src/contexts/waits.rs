@@ -31,6 +31,9 @@ pub fn channel_waits<M: Memory>(
 ) -> Vec<ChanWaitRaw> {
     let mem = types.mem;
     let mut out = Vec::new();
+    if !parks_on_channels(wait_reason) {
+        return out;
+    }
     let Some(mut sg) = g_addr
         .checked_add(lay.g_waiting)
         .and_then(|a| mem.read_u64(a))
@@ -64,6 +67,14 @@ pub fn channel_waits<M: Memory>(
         sg = next;
     }
     out
+}
+
+/// Only channel operations and selects park with channel sudogs on `g.waiting`. Since Go 1.27
+/// a goroutine parked on a semaphore or a sync.Cond has its sudog there too, linked
+/// (`waitlink`) to the other waiters on the same address: no channel in it, and walking it
+/// would read the sudogs of up to MAX_SUDOGS other goroutines.
+pub fn parks_on_channels(wait_reason: Option<&str>) -> bool {
+    wait_reason.is_some_and(|r| r.starts_with("chan ") || r.starts_with("select"))
 }
 
 /// Bytes read of each sudog: up to the last field used (one read per sudog).

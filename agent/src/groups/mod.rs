@@ -1,9 +1,17 @@
 //! Goroutines grouped the way pprof's `debug=1` and panicparse group them, finer by state and
-//! wait reason: the same state, wait reason, stack and creation site make one group. This is
-//! the `--once --grouped` dump; streaming groups, growth and leak suspects (issue 7) build on
-//! the same record.
+//! wait reason: the same state, wait reason, stack and creation site make one group. This module
+//! is the `--once --grouped` dump and the `group` record; [`stream`] keeps groups of parked
+//! goroutines while streaming, with their growth ([`history`]) and leak suspects.
+
+pub mod history;
+pub mod stream;
+pub mod verdicts;
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use verdicts::VerdictTally;
 
 use crate::fxhash::FxHashMap;
 use crate::report::GoroutineReport;
@@ -35,6 +43,20 @@ pub struct GroupRecord {
     pub leak_since: Option<String>,
     /// Null in a one-off dump, which has no threshold.
     pub threshold_ns: Option<u64>,
+    /// Members whose contexts were analysed (all in a dump; the `blocked` samples while
+    /// streaming), their verdicts (`context_verdict` → members) and the most common context
+    /// chain among them.
+    pub contexts_analysed: u64,
+    pub context_verdicts: BTreeMap<String, u64>,
+    pub context_chain: Option<Vec<String>>,
+}
+
+impl GroupRecord {
+    fn set_contexts(&mut self, tally: &VerdictTally) {
+        self.contexts_analysed = tally.analysed();
+        self.context_verdicts = tally.verdicts();
+        self.context_chain = tally.common_chain();
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,7 +71,7 @@ struct GroupKey {
 #[derive(Default)]
 pub struct Grouper {
     /// Fx-hashed: a `--once --grouped` dump hashes a whole stack per goroutine.
-    groups: FxHashMap<GroupKey, GroupRecord>,
+    groups: FxHashMap<GroupKey, (GroupRecord, VerdictTally)>,
 }
 
 impl Grouper {
@@ -62,24 +84,33 @@ impl Grouper {
             created_by: g.created_by,
         };
         let next_id = self.groups.len() as u64 + 1;
-        let group = self.groups.entry(key).or_insert_with_key(|k| GroupRecord {
-            group_id: next_id,
-            goroutines: 0,
-            state: k.state.clone(),
-            wait_reason: k.wait_reason.clone(),
-            stack: k.stack.clone(),
-            created_by: k.created_by.clone(),
-            blocked_min_ns: None,
-            blocked_max_ns: None,
-            new: 0,
-            gone: 0,
-            growth_per_min: 0.0,
-            stack_bytes: 0,
-            sample_goids: Vec::new(),
-            leak_suspect: false,
-            leak_since: None,
-            threshold_ns: None,
+        let (group, tally) = self.groups.entry(key).or_insert_with_key(|k| {
+            (
+                GroupRecord {
+                    group_id: next_id,
+                    goroutines: 0,
+                    state: k.state.clone(),
+                    wait_reason: k.wait_reason.clone(),
+                    stack: k.stack.clone(),
+                    created_by: k.created_by.clone(),
+                    blocked_min_ns: None,
+                    blocked_max_ns: None,
+                    new: 0,
+                    gone: 0,
+                    growth_per_min: 0.0,
+                    stack_bytes: 0,
+                    sample_goids: Vec::new(),
+                    leak_suspect: false,
+                    leak_since: None,
+                    threshold_ns: None,
+                    contexts_analysed: 0,
+                    context_verdicts: BTreeMap::new(),
+                    context_chain: None,
+                },
+                VerdictTally::default(),
+            )
         });
+        tally.add(&g.contexts);
         group.goroutines += 1;
         group.stack_bytes += stack_bytes;
         if let Some(ns) = g.blocked_ns {
@@ -93,7 +124,14 @@ impl Grouper {
 
     /// The groups, largest first (ties: the group seen first).
     pub fn into_records(self) -> Vec<GroupRecord> {
-        let mut records: Vec<GroupRecord> = self.groups.into_values().collect();
+        let mut records: Vec<GroupRecord> = self
+            .groups
+            .into_values()
+            .map(|(mut r, tally)| {
+                r.set_contexts(&tally);
+                r
+            })
+            .collect();
         records.sort_by(|a, b| {
             b.goroutines
                 .cmp(&a.goroutines)
