@@ -17,6 +17,8 @@ const STATUS_DEAD_EXTRA: u32 = 11;
 pub const STATUS_LEAKED: u32 = 10;
 const STATUS_SCAN_BIT: u32 = 0x1000;
 
+/// Larger than any release's `runtime.g`: an offset beyond it is not a field.
+const MAX_G_BYTES: usize = 4096;
 /// More goroutines than any real process has: a larger `allglen` means we read garbage.
 const MAX_GOROUTINES: u64 = 50_000_000;
 
@@ -158,10 +160,31 @@ impl<'a> GoroutineReader<'a> {
             .collect())
     }
 
-    /// Every live goroutine (dead and idle ones skipped), in `allgs` order.
-    pub fn read_all(&self) -> Result<Vec<RawG>, ReadError> {
-        let addrs = self.g_addresses()?;
-        self.read_gs(&addrs)
+    /// [`Self::read_gs`], with the word at `extra` in each `g` (a field RawG does not keep) read
+    /// in the same pass; `None` when the layout puts it beyond any plausible `g`.
+    pub fn read_gs_with_word(
+        &self,
+        addrs: &[u64],
+        extra: u64,
+    ) -> Result<Vec<(RawG, Option<u64>)>, ReadError> {
+        let extra_end = usize::try_from(extra)
+            .ok()
+            .and_then(|o| o.checked_add(8))
+            .filter(|&end| end <= MAX_G_BYTES);
+        let window = self.window.max(extra_end.unwrap_or(0));
+        let (buf, ok) = self.mem.read_many(addrs, window)?;
+        let mut out = Vec::with_capacity(addrs.len());
+        for (i, &addr) in addrs.iter().enumerate() {
+            if !ok[i] {
+                continue;
+            }
+            let g = &buf[i * window..(i + 1) * window];
+            if let Some(raw) = self.decode(addr, g) {
+                let word = extra_end.map(|_| le_u64(g, extra as usize));
+                out.push((raw, word));
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the given g addresses; unreadable or implausible ones are skipped.
@@ -178,6 +201,20 @@ impl<'a> GoroutineReader<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// Re-reads many goroutines in a few syscalls: `None` for one that is unreadable, dead or
+    /// implausible now.
+    pub fn reread_many(&self, addrs: &[u64]) -> Result<Vec<Option<RawG>>, ReadError> {
+        let (buf, ok) = self.mem.read_many(addrs, self.window)?;
+        Ok(addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| {
+                let g = &buf[i * self.window..(i + 1) * self.window];
+                ok[i].then(|| self.decode(addr, g)).flatten()
+            })
+            .collect())
     }
 
     /// Re-reads one goroutine (to confirm it did not change while we read its stack).
@@ -295,7 +332,7 @@ mod tests {
         let layout = layout();
         // allgs at address 8: unmapped in every process.
         let reader = GoroutineReader::new(&mem, &layout, 8, 16);
-        assert!(reader.read_all().is_err());
+        assert!(reader.g_addresses().is_err());
         let (buf, ok) = mem.read_many(&[8, 16], 32).unwrap();
         assert_eq!(buf.len(), 64);
         assert_eq!(ok, vec![false, false]);

@@ -7,7 +7,9 @@
 mod cli;
 mod contexts;
 mod denied;
+mod dump_writer;
 mod frame_layout;
+mod fxhash;
 mod goroutines;
 mod groups;
 mod output_queue;
@@ -16,6 +18,7 @@ mod procmem;
 mod report;
 mod scan_budget;
 mod session;
+mod snapshot_chunks;
 mod stack;
 mod target;
 mod threads;
@@ -101,12 +104,19 @@ fn run(args: Args) -> Result<()> {
             std::fs::File::create(path)
                 .with_context(|| format!("cannot create --output {}", path.display()))?,
         )),
+        // A dump is written in large blocks (a million records would be a million writes);
+        // streaming records go out line by line, as they happen.
+        None if args.once => Box::new(std::io::BufWriter::with_capacity(
+            ONCE_OUTPUT_BUFFER,
+            std::io::stdout(),
+        )),
         None => Box::new(std::io::LineWriter::new(std::io::stdout())),
     };
     // Streaming never waits for its consumer (a stalled log pipeline must not stall probe
     // control or signals); a `--once` dump waits, since it is the whole answer.
     let mut reporter = if args.once {
-        Reporter::new(out, args.format, target.pid)
+        Reporter::threaded(out, args.format, target.pid)
+            .context("cannot start the output writer thread")?
     } else {
         Reporter::queued(out, args.format, target.pid)
             .context("cannot start the output writer thread")?
@@ -116,6 +126,9 @@ fn run(args: Args) -> Result<()> {
         None => run_threads_only(&args, &target, &mut reporter),
     }
 }
+
+/// Bytes of `--once` output buffered before a write.
+const ONCE_OUTPUT_BUFFER: usize = 256 * 1024;
 
 fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporter) -> Result<()> {
     let bias = target.load_bias(&bin.elf)?;

@@ -16,8 +16,9 @@ use gobinary::pclntab::{Frame, Pclntab};
 use serde::Serialize;
 
 use crate::frame_layout::FrameLayout;
+use crate::fxhash::FxHashMap;
 use crate::goroutines::RawG;
-use crate::procmem::ProcessMemory;
+use crate::procmem::{MemError, ProcessMemory};
 
 /// The runtime prints at most 100 frames of a goroutine; so do we.
 const MAX_FRAMES: usize = 100;
@@ -36,7 +37,19 @@ pub struct Symbolizer<'a> {
     bias: u64,
     /// Logical frames by runtime return address: goroutines share most of their stacks.
     cache: RefCell<HashMap<u64, Rc<[Frame]>>>,
+    /// Whole symbolized stacks by their return addresses: most goroutines of a big process
+    /// share their stack with thousands of others.
+    stacks: RefCell<StackNames>,
+    /// Creation sites by `gopc`.
+    sites: RefCell<HashMap<u64, Option<SourceFrame>>>,
 }
+
+/// Symbolized stacks by their return addresses.
+type StackNames = FxHashMap<Box<[u64]>, Rc<[SourceFrame]>>;
+
+/// Most whole stacks or creation sites cached (about 2 KiB each); the cache starts over when
+/// full, so a process with millions of distinct stacks costs time, not memory.
+const MAX_CACHED: usize = 20_000;
 
 impl<'a> Symbolizer<'a> {
     pub fn new(pclntab: &'a Pclntab, bias: u64) -> Self {
@@ -44,6 +57,8 @@ impl<'a> Symbolizer<'a> {
             pclntab,
             bias,
             cache: RefCell::new(HashMap::new()),
+            stacks: RefCell::new(FxHashMap::default()),
+            sites: RefCell::new(HashMap::new()),
         }
     }
 
@@ -78,6 +93,19 @@ impl<'a> Symbolizer<'a> {
     /// The `go` statement at `gopc`, as the runtime's "created by" line shows it: the physical
     /// function's name and the source position of the call.
     pub fn creation_site(&self, gopc: u64) -> Option<SourceFrame> {
+        if let Some(site) = self.sites.borrow().get(&gopc) {
+            return site.clone();
+        }
+        let site = self.find_creation_site(gopc);
+        let mut sites = self.sites.borrow_mut();
+        if sites.len() >= MAX_CACHED {
+            sites.clear();
+        }
+        sites.insert(gopc, site.clone());
+        site
+    }
+
+    fn find_creation_site(&self, gopc: u64) -> Option<SourceFrame> {
         if gopc == 0 {
             return None;
         }
@@ -170,14 +198,20 @@ impl Unwound {
     }
 }
 
-/// Return addresses of a non-running goroutine, innermost first (runtime addresses), with the
-/// stack copy they were read from.
-pub fn unwind_with_stack(
-    mem: &ProcessMemory,
-    pclntab: &Pclntab,
-    bias: u64,
-    g: &RawG,
-) -> Result<Unwound, StackError> {
+/// Where a non-running goroutine's stack is and how to walk it.
+struct StackPlan {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    use_fp: bool,
+    layout: FrameLayout,
+    /// Where the read starts (at or just below `sp`, see [`FrameLayout::read_base`]) and how
+    /// many bytes it reads.
+    base: u64,
+    len: usize,
+}
+
+fn plan(g: &RawG, layout: FrameLayout) -> Result<StackPlan, StackError> {
     if g.is_running() {
         return Err(StackError::Running);
     }
@@ -194,16 +228,93 @@ pub fn unwind_with_stack(
             "saved sp {sp:#x} outside the stack"
         )));
     }
-    let layout = FrameLayout::of(pclntab.arch());
     let base = layout.read_base(sp, g.stack_lo);
     let hi = g.stack_hi.min(sp.saturating_add(MAX_STACK_READ));
+    let len = usize::try_from(hi - base)
+        .map_err(|_| StackError::Unreadable(format!("stack at {sp:#x} too large")))?;
+    Ok(StackPlan {
+        pc,
+        sp,
+        bp,
+        use_fp,
+        layout,
+        base,
+        len,
+    })
+}
+
+/// Bytes [`unwind_many`] reads for `g` (0 when it reads nothing).
+pub fn read_len(g: &RawG, pclntab: &Pclntab) -> usize {
+    plan(g, FrameLayout::of(pclntab.arch())).map_or(0, |p| p.len)
+}
+
+/// Return addresses of a non-running goroutine, innermost first (runtime addresses), with the
+/// stack copy they were read from.
+pub fn unwind_with_stack(
+    mem: &ProcessMemory,
+    pclntab: &Pclntab,
+    bias: u64,
+    g: &RawG,
+) -> Result<Unwound, StackError> {
+    let plan = plan(g, FrameLayout::of(pclntab.arch()))?;
     let stack = mem
-        .read_vec(base, (hi - base) as usize)
+        .read_vec(plan.base, plan.len)
         .map_err(|e| StackError::Unreadable(e.to_string()))?;
-    let pcs = if use_fp {
-        walk_frame_pointers(&stack, base, pc, bp)
+    Ok(unwind_copy(pclntab, bias, &plan, stack))
+}
+
+/// [`unwind_with_stack`] for many goroutines, their stacks read in a few syscalls (many ranges
+/// per `process_vm_readv`). Fails only when the target has gone or cannot be read at all;
+/// the caller bounds the bytes (see [`read_len`]).
+pub fn unwind_many(
+    mem: &ProcessMemory,
+    pclntab: &Pclntab,
+    bias: u64,
+    gs: &[RawG],
+) -> Result<Vec<Result<Unwound, StackError>>, MemError> {
+    let layout = FrameLayout::of(pclntab.arch());
+    let plans: Vec<Result<StackPlan, StackError>> = gs.iter().map(|g| plan(g, layout)).collect();
+    let mut stacks: Vec<Vec<u8>> = plans
+        .iter()
+        .map(|p| p.as_ref().map_or_else(|_| Vec::new(), |p| vec![0; p.len]))
+        .collect();
+    let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(gs.len());
+    let mut which = Vec::with_capacity(gs.len());
+    for (i, (p, stack)) in plans.iter().zip(stacks.iter_mut()).enumerate() {
+        if let Ok(p) = p {
+            reqs.push((p.base, stack.as_mut_slice()));
+            which.push(i);
+        }
+    }
+    let ok = mem.read_scattered(&mut reqs)?;
+    drop(reqs);
+    let mut read = vec![false; gs.len()];
+    for (&i, ok) in which.iter().zip(ok) {
+        read[i] = ok;
+    }
+    Ok(plans
+        .into_iter()
+        .zip(stacks)
+        .zip(read)
+        .map(|((p, stack), read)| {
+            let p = p?;
+            if !read {
+                return Err(StackError::Unreadable(format!(
+                    "cannot read target memory at {:#x} ({} bytes)",
+                    p.base, p.len
+                )));
+            }
+            Ok(unwind_copy(pclntab, bias, &p, stack))
+        })
+        .collect())
+}
+
+fn unwind_copy(pclntab: &Pclntab, bias: u64, plan: &StackPlan, stack: Vec<u8>) -> Unwound {
+    let (pc, sp, base) = (plan.pc, plan.sp, plan.base);
+    let pcs = if plan.use_fp {
+        walk_frame_pointers(&stack, base, pc, plan.bp)
     } else {
-        walk_sp_deltas(layout, &stack, base, sp, pc, |pc| {
+        walk_sp_deltas(plan.layout, &stack, base, sp, pc, |pc| {
             let link = pc.wrapping_sub(bias);
             let f = pclntab.func_at(link)?;
             if f.name == "runtime.goexit" {
@@ -213,11 +324,11 @@ pub fn unwind_with_stack(
             u64::try_from(pclntab.sp_delta_at(at)?).ok()
         })
     };
-    Ok(Unwound {
+    Unwound {
         pcs,
         stack,
         sp: base,
-    })
+    }
 }
 
 /// The word at `addr` of a stack copy that starts at `base`.
@@ -291,6 +402,9 @@ fn walk_sp_deltas(
 /// The stack as the runtime's traceback prints it: inlined calls expanded, wrappers and the
 /// runtime's own unexported frames hidden. Addresses that do not symbolize are dropped.
 pub fn symbolize(sym: &Symbolizer<'_>, pcs: &[u64]) -> Vec<SourceFrame> {
+    if let Some(frames) = sym.stacks.borrow().get(pcs) {
+        return frames.to_vec();
+    }
     let mut out = Vec::new();
     for &pc in pcs {
         for f in sym.frames_for_return_pc(pc).iter() {
@@ -304,6 +418,11 @@ pub fn symbolize(sym: &Symbolizer<'_>, pcs: &[u64]) -> Vec<SourceFrame> {
             });
         }
     }
+    let mut stacks = sym.stacks.borrow_mut();
+    if stacks.len() >= MAX_CACHED {
+        stacks.clear();
+    }
+    stacks.insert(pcs.into(), out.as_slice().into());
     out
 }
 

@@ -36,7 +36,8 @@ const USAGE: &str = "usage: cargo xtask bench [--go 1.27] [--rounds 3] [--modes 
     [--pingpong-n 1000000] [--wrk-duration 5s] [--wrk-connections 32] [--many-n 100000]
     [--only pingpong,wrk,many,futex,contexts,scale,soak] [--futex-threads 4] [--ctxprobe PATH]
     [--scale] [--scale-sizes 10000,100000,1000000] [--scale-duration 60s] [--soak-cycles 1000]
---scale runs only the scale section (fixtures/groups up to 1M goroutines, ~10 minutes);
+--scale runs only the scale section (fixtures/groups up to 1M goroutines, ~10 minutes;
+--scale-duration 0s skips its streaming runs);
 the default run leaves it out, and --only soak (attach/detach cycles under load, ~10 minutes for 1000).
 Build ctxprobe first: cargo build --release -p ctxprobe";
 

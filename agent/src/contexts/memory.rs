@@ -1,10 +1,12 @@
 //! Target memory for context diagnosis, with a read budget: a corrupt or hostile process cannot
-//! make the diagnosis of one goroutine read without bound.
+//! make the diagnosis of one goroutine read without bound. A dump can prefetch the reads it
+//! knows many goroutines will make (their sudogs and channels), a batch at a time.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use gobinary::rtype::Memory;
 
+use crate::fxhash::FxHashMap;
 use crate::procmem::ProcessMemory;
 
 /// Bytes the diagnosis of one goroutine may read (its stack was read by the unwinder already;
@@ -14,6 +16,8 @@ pub const GOROUTINE_READ_BUDGET: u64 = 256 * 1024;
 pub struct BudgetedMemory<'a> {
     mem: &'a ProcessMemory,
     left: Cell<u64>,
+    /// Reads done ahead for a batch of goroutines, by (address, length).
+    prefetched: RefCell<FxHashMap<(u64, usize), Vec<u8>>>,
 }
 
 impl<'a> BudgetedMemory<'a> {
@@ -21,12 +25,45 @@ impl<'a> BudgetedMemory<'a> {
         BudgetedMemory {
             mem,
             left: Cell::new(budget),
+            prefetched: RefCell::new(FxHashMap::default()),
         }
     }
 
     /// Gives the budget back (before each goroutine).
     pub fn refill(&self, budget: u64) {
         self.left.set(budget);
+    }
+
+    /// Reads `len` bytes at each address in a few syscalls and serves later reads of exactly
+    /// those ranges from the copy; returns what was read. Unreadable ranges are left to the
+    /// later read (which fails as it would have).
+    pub fn prefetch(&self, addrs: &[u64], len: usize) -> Vec<(u64, Vec<u8>)> {
+        let Ok((buf, ok)) = self.mem.read_many(addrs, len) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(addrs.len());
+        let mut map = self.prefetched.borrow_mut();
+        for (i, &addr) in addrs.iter().enumerate() {
+            if ok[i] {
+                let bytes = buf[i * len..(i + 1) * len].to_vec();
+                map.insert((addr, len), bytes.clone());
+                out.push((addr, bytes));
+            }
+        }
+        out
+    }
+
+    /// Serves later reads of `bytes.len()` bytes at `addr` from `bytes` (read elsewhere, in
+    /// a batch).
+    pub fn insert_prefetched(&self, addr: u64, bytes: Vec<u8>) {
+        self.prefetched
+            .borrow_mut()
+            .insert((addr, bytes.len()), bytes);
+    }
+
+    /// Forgets what was prefetched: the next reads go to the target again.
+    pub fn clear_prefetched(&self) {
+        self.prefetched.borrow_mut().clear();
     }
 }
 
@@ -39,6 +76,9 @@ impl Memory for BudgetedMemory<'_> {
             return None;
         }
         self.left.set(left - want);
+        if let Some(bytes) = self.prefetched.borrow().get(&(addr, len)) {
+            return Some(bytes.clone());
+        }
         self.mem.read_vec(addr, len).ok()
     }
 }

@@ -15,7 +15,8 @@ pub mod text;
 pub mod verdict;
 pub mod waits;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use gobinary::objlayout::ObjectLayout;
 use gobinary::rtype::TypeReader;
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 use crate::goroutines::RawG;
 use crate::stack::{Symbolizer, Unwound};
-use chain::{Decoder, Iface, Own};
+use chain::{Decoder, Iface, Link, Own};
 use memory::BudgetedMemory;
 pub use verdict::Verdict;
 
@@ -31,6 +32,11 @@ pub use verdict::Verdict;
 pub const MAX_CHAIN: usize = 64;
 /// Most distinct contexts reported per goroutine.
 const MAX_CONTEXTS: usize = 32;
+/// Sudogs of one goroutine prefetched at most (the cases of a select; more are read when used).
+const PREFETCH_SUDOG_ROUNDS: usize = 4;
+/// Most context chains a dump keeps decoded (a few hundred bytes each); the cache starts over
+/// when full.
+const MAX_CACHED_CHAINS: usize = 50_000;
 
 /// One context a goroutine's frames hold (`contexts[]` in the contract).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,6 +96,11 @@ pub struct ContextAnalyzer {
     types_range: Option<(u64, u64)>,
     decoder: Decoder,
     stack_maps: liveness::StackMapCache,
+    /// During a one-off dump only: context chains decoded, by the context value. Goroutines
+    /// of one request or one leak share their contexts, and a dump is a racy snapshot anyway
+    /// (a context cancelled while the dump runs may show either way), so each chain is read
+    /// once per dump. Streaming never caches: a cancellation must show at the next look.
+    dump_chains: Option<HashMap<Iface, Rc<[Link]>>>,
 }
 
 impl ContextAnalyzer {
@@ -103,7 +114,68 @@ impl ContextAnalyzer {
             types_range: None,
             decoder: Decoder::new(),
             stack_maps: liveness::StackMapCache::default(),
+            dump_chains: None,
         })
+    }
+
+    /// Starts (`true`) or ends a one-off dump: context chains are cached while it lasts.
+    pub fn set_dump_cache(&mut self, on: bool) {
+        self.dump_chains = on.then(HashMap::new);
+    }
+
+    /// Offset of `g.waiting`, for [`Self::prefetch_waits`]'s caller to read with each `g`.
+    pub fn g_waiting_offset(&self) -> u64 {
+        self.layout.g_waiting
+    }
+
+    /// Reads in a few syscalls what diagnosing these goroutines will read of their waits (the
+    /// sudogs of a select's list, their channels' heads); [`Self::diagnose`] then finds them
+    /// in `mem` until [`BudgetedMemory::clear_prefetched`]. `waiting[i]` is `gs[i]`'s
+    /// `g.waiting`, read with the `g` (a `g` whose state then stayed the same has it still).
+    /// `reason` names a goroutine's wait reason.
+    pub fn prefetch_waits(
+        &self,
+        mem: &BudgetedMemory<'_>,
+        gs: &[RawG],
+        waiting: &[Option<u64>],
+        reason: &dyn Fn(&RawG) -> Option<String>,
+    ) {
+        let lay = &self.layout;
+        let (Some(sudog_len), Some(head_len)) =
+            (waits::sudog_read_len(lay), waits::chan_head_len(lay))
+        else {
+            return;
+        };
+        let mut sudogs = Vec::with_capacity(gs.len());
+        for (g, w) in gs.iter().zip(waiting) {
+            let (Some(w), Some(at)) = (w, g.addr.checked_add(lay.g_waiting)) else {
+                continue;
+            };
+            if g.is_waiting() && waits::parks_on_channels(reason(g).as_deref()) {
+                mem.insert_prefetched(at, w.to_le_bytes().to_vec());
+                sudogs.push(*w);
+            }
+        }
+        let mut chans = Vec::new();
+        // A select's sudogs are a list (`waitlink`): one round per case, for the usual few.
+        for _ in 0..PREFETCH_SUDOG_ROUNDS {
+            sudogs.retain(|&a| a != 0);
+            sudogs.sort_unstable();
+            sudogs.dedup();
+            if sudogs.is_empty() {
+                break;
+            }
+            let read = mem.prefetch(&sudogs, sudog_len);
+            chans.extend(read.iter().filter_map(|(_, b)| waits::sudog_chan(lay, b)));
+            sudogs = read
+                .iter()
+                .filter_map(|(a, b)| waits::sudog_next(lay, b).filter(|n| n != a))
+                .collect();
+        }
+        chans.retain(|&c| c != 0);
+        chans.sort_unstable();
+        chans.dedup();
+        mem.prefetch(&chans, head_len);
     }
 
     /// Contexts on `g`'s stack, what it waits on, and the verdict.
@@ -178,19 +250,15 @@ impl ContextAnalyzer {
         sym: &Symbolizer<'_>,
         u: &Unwound,
     ) -> Vec<(Iface, String)> {
-        let slots = u.return_slots();
-        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
-        let func_of = |pc: u64| {
-            sym.func_name(pc.wrapping_sub(1))
-                .unwrap_or_else(|| "?".to_string())
-        };
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
         let words: Vec<u64> = u
             .stack
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect();
+        // Candidate (itab, data) pairs first: most stacks hold none, and then their frames
+        // and stack maps need not be looked at.
+        let mut seen = HashSet::new();
+        let mut candidates = Vec::new();
         for i in 0..words.len().saturating_sub(1) {
             let (itab, data) = (words[i], words[i + 1]);
             // A context never has a nil data word (even Background points at zerobase).
@@ -200,6 +268,19 @@ impl ContextAnalyzer {
             {
                 continue;
             }
+            candidates.push((i, itab, data));
+        }
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let slots = u.return_slots();
+        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
+        let func_of = |pc: u64| {
+            sym.func_name(pc.wrapping_sub(1))
+                .unwrap_or_else(|| "?".to_string())
+        };
+        let mut out = Vec::new();
+        for (i, itab, data) in candidates {
             let addr = u.sp + 8 * i as u64;
             // Stack maps mark only an interface's data word (its itab is never in the heap).
             if live.is_live(addr + 8) == Some(false) {
@@ -217,22 +298,7 @@ impl ContextAnalyzer {
         frame: String,
         waited: &HashSet<u64>,
     ) -> Option<HeldContext> {
-        let mut links = Vec::new();
-        let mut at = Some(value);
-        let mut visited = HashSet::new();
-        while let Some((itab, data)) = at {
-            if links.len() >= MAX_CHAIN || !visited.insert((itab, data)) {
-                break;
-            }
-            let Some(typ) = self.decoder.context_type(types, itab) else {
-                break;
-            };
-            let Some(link) = self.decoder.link(types, typ, data) else {
-                break;
-            };
-            at = link.parent;
-            links.push(link);
-        }
+        let links = self.chain(types, value);
         // A chain must end at a root or at a type with no parent field: a cancelCtx or value
         // context always has a parent. Anything else is a stale or mismatched pair of stack
         // words (a dead slot, an itab next to an unrelated word), not a context.
@@ -250,7 +316,7 @@ impl ContextAnalyzer {
         let mut facts = ContextFacts::default();
         let mut err = None;
         let mut resolved = false;
-        for link in &links {
+        for link in links.iter() {
             match &link.own {
                 Own::Delegate => continue,
                 Own::Root | Own::Detach => facts.never_cancelled = true,
@@ -267,7 +333,7 @@ impl ContextAnalyzer {
             // The chain ended (too long, unreadable) before anything decided.
             facts.unknown = true;
         }
-        for link in &links {
+        for link in links.iter() {
             match &link.own {
                 Own::Cancel {
                     deadline: Some(d), ..
@@ -290,6 +356,39 @@ impl ContextAnalyzer {
             chain: links.iter().map(|l| l.type_name.clone()).collect(),
             facts,
         })
+    }
+}
+
+impl ContextAnalyzer {
+    /// The links from `value` to its root (cached during a dump).
+    fn chain(&mut self, types: &TypeReader<'_, BudgetedMemory<'_>>, value: Iface) -> Rc<[Link]> {
+        if let Some(links) = self.dump_chains.as_ref().and_then(|c| c.get(&value)) {
+            return links.clone();
+        }
+        let mut links = Vec::new();
+        let mut at = Some(value);
+        let mut visited = HashSet::new();
+        while let Some((itab, data)) = at {
+            if links.len() >= MAX_CHAIN || !visited.insert((itab, data)) {
+                break;
+            }
+            let Some(typ) = self.decoder.context_type(types, itab) else {
+                break;
+            };
+            let Some(link) = self.decoder.link(types, typ, data) else {
+                break;
+            };
+            at = link.parent;
+            links.push(link);
+        }
+        let links: Rc<[Link]> = links.into();
+        if let Some(cache) = &mut self.dump_chains {
+            if cache.len() >= MAX_CACHED_CHAINS {
+                cache.clear();
+            }
+            cache.insert(value, links.clone());
+        }
+        links
     }
 }
 

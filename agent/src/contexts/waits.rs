@@ -31,6 +31,9 @@ pub fn channel_waits<M: Memory>(
 ) -> Vec<ChanWaitRaw> {
     let mem = types.mem;
     let mut out = Vec::new();
+    if !parks_on_channels(wait_reason) {
+        return out;
+    }
     let Some(mut sg) = g_addr
         .checked_add(lay.g_waiting)
         .and_then(|a| mem.read_u64(a))
@@ -42,15 +45,11 @@ pub fn channel_waits<M: Memory>(
         Some(r) if r.starts_with("chan receive") => Some("recv"),
         _ => None,
     };
-    // One read per sudog: up to the last field used.
-    let sudog_len = lay.sudog_c.max(lay.sudog_waitlink).saturating_add(8);
+    let sudog_len = sudog_read_len(lay);
     let mut steps = 0;
     while sg != 0 && steps < MAX_SUDOGS {
         steps += 1;
-        let Some(rec) = usize::try_from(sudog_len)
-            .ok()
-            .and_then(|n| mem.read(sg, n))
-        else {
+        let Some(rec) = sudog_len.and_then(|n| mem.read(sg, n)) else {
             break;
         };
         let (Some(c), Some(next)) = (word(&rec, lay.sudog_c), word(&rec, lay.sudog_waitlink))
@@ -70,6 +69,47 @@ pub fn channel_waits<M: Memory>(
     out
 }
 
+/// Only channel operations and selects park with channel sudogs on `g.waiting`. Since Go 1.27
+/// a goroutine parked on a semaphore or a sync.Cond has its sudog there too, linked
+/// (`waitlink`) to the other waiters on the same address: no channel in it, and walking it
+/// would read the sudogs of up to MAX_SUDOGS other goroutines.
+pub fn parks_on_channels(wait_reason: Option<&str>) -> bool {
+    wait_reason.is_some_and(|r| r.starts_with("chan ") || r.starts_with("select"))
+}
+
+/// Bytes read of each sudog: up to the last field used (one read per sudog).
+pub fn sudog_read_len(lay: &ObjectLayout) -> Option<usize> {
+    usize::try_from(lay.sudog_c.max(lay.sudog_waitlink).saturating_add(8)).ok()
+}
+
+/// Bytes read of a channel's head: up to the last field used (one read per channel).
+pub fn chan_head_len(lay: &ObjectLayout) -> Option<usize> {
+    let end = [
+        lay.hchan_qcount,
+        lay.hchan_dataqsiz,
+        lay.hchan_closed,
+        lay.hchan_elemtype,
+        lay.hchan_recvq,
+        lay.hchan_sendq,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+    .saturating_add(8);
+    usize::try_from(end).ok()
+}
+
+/// The channel a sudog read with [`sudog_read_len`] points at (0: none).
+pub fn sudog_chan(lay: &ObjectLayout, rec: &[u8]) -> Option<u64> {
+    word(rec, lay.sudog_c)
+}
+
+/// The next sudog of a select's list (`waitlink`, 0 at the end), from a sudog read with
+/// [`sudog_read_len`].
+pub fn sudog_next(lay: &ObjectLayout, rec: &[u8]) -> Option<u64> {
+    word(rec, lay.sudog_waitlink)
+}
+
 fn word(rec: &[u8], off: u64) -> Option<u64> {
     let o = usize::try_from(off).ok()?;
     Some(u64::from_le_bytes(
@@ -86,20 +126,7 @@ fn read_chan<M: Memory>(
     type_name: &mut dyn FnMut(u64) -> Option<String>,
 ) -> Option<ChanWaitRaw> {
     let mem = types.mem;
-    // One read of the channel's head, up to the last field used.
-    let len = [
-        lay.hchan_qcount,
-        lay.hchan_dataqsiz,
-        lay.hchan_closed,
-        lay.hchan_elemtype,
-        lay.hchan_recvq,
-        lay.hchan_sendq,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0)
-    .saturating_add(8);
-    let head = mem.read(c, usize::try_from(len).ok()?)?;
+    let head = mem.read(c, chan_head_len(lay)?)?;
     let field = |off: u64| word(&head, off);
     let closed = usize::try_from(lay.hchan_closed)
         .ok()

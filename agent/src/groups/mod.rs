@@ -7,12 +7,13 @@ pub mod history;
 pub mod stream;
 pub mod verdicts;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use verdicts::VerdictTally;
 
+use crate::fxhash::FxHashMap;
 use crate::report::GoroutineReport;
 use crate::stack::SourceFrame;
 
@@ -69,7 +70,8 @@ struct GroupKey {
 /// Collects goroutine reports into groups; holds one record per group, not per goroutine.
 #[derive(Default)]
 pub struct Grouper {
-    groups: HashMap<GroupKey, (GroupRecord, VerdictTally)>,
+    /// Fx-hashed: a `--once --grouped` dump hashes a whole stack per goroutine.
+    groups: FxHashMap<GroupKey, (GroupRecord, VerdictTally)>,
 }
 
 impl Grouper {

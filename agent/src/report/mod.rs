@@ -10,6 +10,7 @@ use std::io::Write;
 
 pub use event::*;
 
+use crate::dump_writer::DumpWriter;
 use crate::output_queue::{OutputQueue, QUEUE_RECORDS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,11 +21,11 @@ pub enum Format {
 
 /// Where formatted records go.
 enum Sink {
-    /// Written at once, blocking while the consumer is slow: `--once`, a dump nobody wants
-    /// thinned out.
-    Blocking(Box<dyn Write>),
     /// Streaming: through a bounded queue; never blocks, drops and counts instead.
     Queued(OutputQueue),
+    /// `--once`: formatted and written on a thread of its own, never dropped (a dump nobody
+    /// wants thinned out waits for its consumer).
+    Threaded(DumpWriter),
 }
 
 pub struct Reporter {
@@ -34,14 +35,6 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(out: Box<dyn Write>, format: Format, pid: u32) -> Reporter {
-        Reporter {
-            out: Sink::Blocking(out),
-            format,
-            pid,
-        }
-    }
-
     /// A reporter whose writes never block the caller (see [`OutputQueue`]).
     pub fn queued(
         out: Box<dyn Write + Send>,
@@ -55,20 +48,41 @@ impl Reporter {
         })
     }
 
+    /// A reporter that formats and writes on a thread of its own, waiting for its consumer
+    /// (see [`DumpWriter`]); [`Self::emit_owned`] hands events over without a copy.
+    pub fn threaded(
+        out: Box<dyn Write + Send>,
+        format: Format,
+        pid: u32,
+    ) -> std::io::Result<Reporter> {
+        Ok(Reporter {
+            out: Sink::Threaded(DumpWriter::start(out, format, pid)?),
+            format,
+            pid,
+        })
+    }
+
+    /// [`Self::emit`] for an event the caller is done with.
+    pub fn emit_owned(&mut self, event: Event) -> std::io::Result<()> {
+        match &mut self.out {
+            Sink::Threaded(w) => w.send(event),
+            Sink::Queued(_) => self.emit(&event),
+        }
+    }
+
     /// Records dropped so far because the consumer did not keep up.
     pub fn dropped(&self) -> u64 {
         match &self.out {
-            Sink::Blocking(_) => 0,
+            Sink::Threaded(_) => 0,
             Sink::Queued(q) => q.dropped(),
         }
     }
 
     pub fn emit(&mut self, event: &Event) -> std::io::Result<()> {
-        let record = self.format_record(event)?;
         match &mut self.out {
-            Sink::Blocking(w) => w.write_all(&record),
+            Sink::Threaded(w) => w.send(event.clone()),
             Sink::Queued(q) => {
-                q.push(record);
+                q.push(format_record(self.format, self.pid, event)?);
                 Ok(())
             }
         }
@@ -77,17 +91,19 @@ impl Reporter {
     /// Writes out what is pending; a queued reporter waits at most `timeout` for its consumer.
     pub fn finish(&mut self, timeout: std::time::Duration) -> std::io::Result<()> {
         match &mut self.out {
-            Sink::Blocking(w) => w.flush(),
             Sink::Queued(q) => q.close(timeout),
+            // A dump is the whole answer: it is written out however long that takes.
+            Sink::Threaded(w) => w.finish(),
         }
     }
+}
 
-    fn format_record(&self, event: &Event) -> std::io::Result<Vec<u8>> {
-        let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
-        match self.format {
-            Format::Json => json::render(event, &time, self.pid),
-            Format::Text => Ok(text::render(event, self.pid).into_bytes()),
-        }
+/// One record as `format` writes it, with its line end.
+pub fn format_record(format: Format, pid: u32, event: &Event) -> std::io::Result<Vec<u8>> {
+    let time = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    match format {
+        Format::Json => json::render(event, &time, pid),
+        Format::Text => Ok(text::render(event, pid).into_bytes()),
     }
 }
 
@@ -99,14 +115,15 @@ mod tests {
     fn json_lines_have_the_common_fields_first() {
         let path = std::env::temp_dir().join(format!("ctxprobe-report-{}", std::process::id()));
         {
-            let w: Box<dyn Write> = Box::new(std::fs::File::create(&path).unwrap());
-            let mut r = Reporter::new(w, Format::Json, 42);
+            let w: Box<dyn Write + Send> = Box::new(std::fs::File::create(&path).unwrap());
+            let mut r = Reporter::threaded(w, Format::Json, 42).unwrap();
             r.emit(&Event::Detach {
                 reason: "duration",
                 lost_events: 0,
                 dropped_records: 0,
             })
             .unwrap();
+            r.finish(std::time::Duration::MAX).unwrap();
         }
         let line = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);

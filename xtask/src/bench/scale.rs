@@ -99,6 +99,32 @@ fn measure(bin: &Path, ctxprobe: &Path, n: u64, duration: Duration) -> Result<Ro
         once.max_rss_mib, once.count
     );
 
+    let grouped = run(ctxprobe, &["--pid", &pid, "--once", "--grouped"])?;
+    eprintln!(
+        "bench:   --once --grouped {:.0} ms, {:.0} MiB, {} lines",
+        grouped.wall.as_secs_f64() * 1e3,
+        grouped.max_rss_mib,
+        grouped.count
+    );
+
+    if duration.is_zero() {
+        // `--scale-duration 0s`: the `--once` half only.
+        fixture.stop(Duration::from_secs(30))?;
+        return Ok(Row {
+            goroutines: n,
+            dump1_ms,
+            dump2_ms,
+            once_ms,
+            once_rss_mib: once.max_rss_mib,
+            once_lines: once.count,
+            stream_rss_mib: f64::NAN,
+            cpu_pct: f64::NAN,
+            mb_per_min: f64::NAN,
+            first_group: vec![None; SITES.len()],
+            punctuality_s: None,
+            detach_s: f64::NAN,
+        });
+    }
     let secs = format!("{}s", duration.as_secs());
     let interval = format!("{}s", SUMMARY_INTERVAL.as_secs());
     let stream = run(

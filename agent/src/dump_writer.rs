@@ -1,0 +1,93 @@
+//! `--once` output on a thread of its own: records are formatted and written while the next
+//! goroutines are read, on the machine's other core. Unlike streaming's queue nothing is ever
+//! dropped: the dump waits when its consumer is slow, since the dump is the whole answer.
+
+use std::io::{self, Write};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
+
+use crate::report::{format_record, Event, Format};
+
+/// Events handed to the writer thread at once (one channel operation per batch).
+const BATCH: usize = 256;
+/// Batches in flight at most: bounds memory when the consumer is slower than the dump.
+const BATCHES_IN_FLIGHT: usize = 8;
+
+pub struct DumpWriter {
+    pending: Vec<Event>,
+    tx: Option<SyncSender<Vec<Event>>>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl DumpWriter {
+    pub fn start(mut out: Box<dyn Write + Send>, format: Format, pid: u32) -> io::Result<Self> {
+        let (tx, rx) = sync_channel::<Vec<Event>>(BATCHES_IN_FLIGHT);
+        let thread = std::thread::Builder::new()
+            .name("dump-writer".into())
+            .spawn(move || {
+                for batch in rx {
+                    for event in &batch {
+                        out.write_all(&format_record(format, pid, event)?)?;
+                    }
+                }
+                out.flush()
+            })?;
+        Ok(DumpWriter {
+            pending: Vec::with_capacity(BATCH),
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues one event; fails once writing has failed (a closed pipe, a full disk).
+    pub fn send(&mut self, event: Event) -> io::Result<()> {
+        self.pending.push(event);
+        if self.pending.len() >= BATCH {
+            self.send_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Writes out everything queued and waits for it; the writer's first error, if any.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            // An error here comes back from the join below.
+            let _ = self.send_pending();
+        }
+        self.tx = None;
+        self.join()
+    }
+
+    fn send_pending(&mut self) -> io::Result<()> {
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        let sent = match &self.tx {
+            Some(tx) => tx.send(batch).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The thread has ended: it failed to write (or finish ran already).
+        self.tx = None;
+        self.join()?;
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the dump's output is closed",
+        ))
+    }
+
+    fn join(&mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the dump writer thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DumpWriter {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
