@@ -206,7 +206,7 @@ impl<'a> Session<'a> {
         let (stack, stack_error, contexts) =
             match stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g) {
                 Ok(unwound) => {
-                    let contexts = match self.contexts.as_mut() {
+                    let mut contexts = match self.contexts.as_mut() {
                         Some(a) => a.diagnose(
                             &self.context_mem,
                             &self.sym,
@@ -216,6 +216,15 @@ impl<'a> Session<'a> {
                         ),
                         None => ContextDiagnosis::default(),
                     };
+                    if let Some(p) = &self.probes {
+                        let lookup = |addr| p.cancel_record(addr);
+                        crate::contexts::cancels::attribute(
+                            &mut contexts,
+                            &lookup,
+                            &self.sym,
+                            crate::target::monotonic_ns(),
+                        );
+                    }
                     (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
                 }
                 Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),

@@ -30,6 +30,17 @@ struct wake_event {
 	__u8 pad[6];
 };
 
+/* Caller PCs kept per cancellation: [0] is the return address into cancel's caller. */
+#define CANCEL_PCS 6
+
+/* Value of the LRU `cancels` map, keyed by the address of the context.cancelCtx (u64): its first
+ * cancellation seen while the cancel probe was attached. */
+struct cancel_record {
+	__u64 ns;   /* bpf_ktime_get_ns() at the cancel: CLOCK_MONOTONIC */
+	__u64 goid; /* the cancelling goroutine */
+	__u64 pcs[CANCEL_PCS]; /* return addresses, innermost first; 0 past the end of the walk */
+};
+
 /* Indices into the per-CPU `counters` array. */
 enum ctxprobe_counter {
 	CTR_PARK_HITS = 0,     /* gopark probe fired for the target */
@@ -38,6 +49,8 @@ enum ctxprobe_counter {
 	CTR_UPDATE_ERRORS = 3, /* `parks` map update failed */
 	CTR_LOST_EVENTS = 4,   /* ring buffer full: wake event dropped */
 	CTR_WAKE_MATCHED = 5,  /* ready(gp) found a park record for gp */
+	CTR_CANCEL_HITS = 6,   /* cancel probe fired for the target (first cancels and repeats) */
+	CTR_CANCEL_RECORDED = 7, /* a first cancellation was recorded in `cancels` */
 	CTR_MAX = 8,
 };
 

@@ -32,7 +32,14 @@ int main(void)
 	printf("const.CTR_UPDATE_ERRORS %d\n", CTR_UPDATE_ERRORS);
 	printf("const.CTR_LOST_EVENTS %d\n", CTR_LOST_EVENTS);
 	printf("const.CTR_WAKE_MATCHED %d\n", CTR_WAKE_MATCHED);
+	printf("const.CTR_CANCEL_HITS %d\n", CTR_CANCEL_HITS);
+	printf("const.CTR_CANCEL_RECORDED %d\n", CTR_CANCEL_RECORDED);
 	printf("const.CTR_MAX %d\n", CTR_MAX);
+	printf("const.CANCEL_PCS %d\n", CANCEL_PCS);
+	SIZE(cancel_record);
+	OFF(cancel_record, ns);
+	OFF(cancel_record, goid);
+	OFF(cancel_record, pcs);
 	SIZE(futex_wait_rec);
 	OFF(futex_wait_rec, uaddr);
 	OFF(futex_wait_rec, start_ns);

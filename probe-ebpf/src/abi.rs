@@ -36,8 +36,26 @@ pub struct WakeEvent {
     pub pad: [u8; 6],
 }
 
+/// Caller PCs kept per cancellation (`CANCEL_PCS`).
+pub const CANCEL_PCS: usize = 6;
+
+/// Value of the LRU `cancels` map (key: address of the `context.cancelCtx`): its first
+/// cancellation seen by the cancel probe.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CancelRecord {
+    /// CLOCK_MONOTONIC ns at `context.(*cancelCtx).cancel`.
+    pub ns: u64,
+    /// The cancelling goroutine.
+    pub goid: u64,
+    /// Return addresses from cancel's caller outwards; 0 past the end of the frame-pointer walk.
+    pub pcs: [u64; CANCEL_PCS],
+}
+
 // SAFETY: plain integers, no padding (checked by the layout test), every bit pattern valid.
 unsafe impl aya::Pod for ParkRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CancelRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for WakeEvent {}
 
@@ -48,6 +66,8 @@ pub const CTR_READ_ERRORS: u32 = 2;
 pub const CTR_UPDATE_ERRORS: u32 = 3;
 pub const CTR_LOST_EVENTS: u32 = 4;
 pub const CTR_WAKE_MATCHED: u32 = 5;
+pub const CTR_CANCEL_HITS: u32 = 6;
+pub const CTR_CANCEL_RECORDED: u32 = 7;
 pub const CTR_MAX: u32 = 8;
 
 /// Value of the futex `waiting` map (key: tid): a futex wait in progress.
@@ -176,7 +196,17 @@ mod tests {
             ("const.CTR_UPDATE_ERRORS", CTR_UPDATE_ERRORS as usize),
             ("const.CTR_LOST_EVENTS", CTR_LOST_EVENTS as usize),
             ("const.CTR_WAKE_MATCHED", CTR_WAKE_MATCHED as usize),
+            ("const.CTR_CANCEL_HITS", CTR_CANCEL_HITS as usize),
+            ("const.CTR_CANCEL_RECORDED", CTR_CANCEL_RECORDED as usize),
             ("const.CTR_MAX", CTR_MAX as usize),
+            ("const.CANCEL_PCS", CANCEL_PCS),
+            ("sizeof.cancel_record", size_of::<CancelRecord>()),
+            ("offsetof.cancel_record.ns", offset_of!(CancelRecord, ns)),
+            (
+                "offsetof.cancel_record.goid",
+                offset_of!(CancelRecord, goid),
+            ),
+            ("offsetof.cancel_record.pcs", offset_of!(CancelRecord, pcs)),
             ("sizeof.futex_wait_rec", size_of::<FutexWaitRec>()),
             (
                 "offsetof.futex_wait_rec.uaddr",
