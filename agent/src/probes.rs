@@ -71,9 +71,10 @@ impl ProbeController {
             probes
                 .attach_wake()
                 .context("cannot attach the wake probe")?;
-            probes
-                .attach_cancel()
-                .context("cannot attach the context cancel probe")?;
+            // Optional: without it only the cancelled_* fields of contexts stay null.
+            if let Err(e) = probes.attach_cancel() {
+                eprintln!("ctxprobe: cannot attach the context cancel probe: {e}");
+            }
         }
         Ok(ProbeController {
             probes,

@@ -260,15 +260,22 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
         .context("ready line without cases")?;
     for case in cases.iter().filter(|c| c["cancelled"] == true) {
         let name = case["name"].as_str().unwrap_or("?");
-        // Parked long before the attach: reported within the first snapshots, before the
-        // worker (parked after the attach, reported a threshold later).
-        let r = probe
-            .process
-            .lines()
-            .iter()
-            .filter_map(|l| l.json.clone())
-            .find(|v| v["type"] == "blocked" && goid(v) == case["goid"].as_u64())
-            .with_context(|| format!("{name}: no blocked record"))?;
+        // Parked long before the attach: reported within the first snapshots, usually before
+        // the worker; records come in no fixed order, so look through all of them.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let r = loop {
+            let found = probe
+                .process
+                .lines()
+                .iter()
+                .filter_map(|l| l.json.clone())
+                .find(|v| v["type"] == "blocked" && goid(v) == case["goid"].as_u64());
+            match found {
+                Some(r) => break r,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                None => anyhow::bail!("{name}: no blocked record"),
+            }
+        };
         let c = &r["contexts"][0];
         for key in ["cancelled_ago_ns", "cancelled_by_goid", "cancelled_at"] {
             ensure!(
