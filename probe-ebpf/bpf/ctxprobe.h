@@ -33,13 +33,22 @@ struct wake_event {
 /* Caller PCs kept per cancellation: [0] is the return address into cancel's caller. */
 #define CANCEL_PCS 6
 
-/* Value of the LRU `cancels` map, keyed by the address of the context.cancelCtx (u64): its first
- * cancellation seen while the cancel probe was attached. */
+/* Slots of the `cancels` array (a power of two). */
+#define CANCEL_SLOTS 16384
+
+/* Element of the `cancels` array: a direct-mapped cache of first cancellations, slot
+ * cancel_slot(c) for the context.cancelCtx at c; a later cancel of another context hashing to the
+ * same slot replaces it (no LRU map: its insert and eviction cost ~1.3 µs a hit). */
 struct cancel_record {
+	__u64 ctx;  /* address of the context.cancelCtx; 0 in an unused slot */
 	__u64 ns;   /* bpf_ktime_get_ns() at the cancel: CLOCK_MONOTONIC */
 	__u64 goid; /* the cancelling goroutine */
 	__u64 pcs[CANCEL_PCS]; /* return addresses, innermost first; 0 past the end of the walk */
 };
+
+/* Fibonacci hashing of a heap address (16-byte granules) to a slot; src/abi.rs mirrors it. */
+#define CANCEL_HASH_MUL 0x9E3779B97F4A7C15ULL
+#define CANCEL_SLOT_BITS 14
 
 /* Indices into the per-CPU `counters` array. */
 enum ctxprobe_counter {

@@ -36,7 +36,12 @@ int main(void)
 	printf("const.CTR_CANCEL_RECORDED %d\n", CTR_CANCEL_RECORDED);
 	printf("const.CTR_MAX %d\n", CTR_MAX);
 	printf("const.CANCEL_PCS %d\n", CANCEL_PCS);
+	printf("const.CANCEL_SLOTS %d\n", CANCEL_SLOTS);
+	printf("const.CANCEL_SLOT_BITS %d\n", CANCEL_SLOT_BITS);
+	printf("const.CANCEL_HASH_MUL_LO32 %llu\n", CANCEL_HASH_MUL & 0xffffffffULL);
+	printf("const.CANCEL_HASH_MUL_HI32 %llu\n", CANCEL_HASH_MUL >> 32);
 	SIZE(cancel_record);
+	OFF(cancel_record, ctx);
 	OFF(cancel_record, ns);
 	OFF(cancel_record, goid);
 	OFF(cancel_record, pcs);

@@ -39,11 +39,23 @@ pub struct WakeEvent {
 /// Caller PCs kept per cancellation (`CANCEL_PCS`).
 pub const CANCEL_PCS: usize = 6;
 
-/// Value of the LRU `cancels` map (key: address of the `context.cancelCtx`): its first
-/// cancellation seen by the cancel probe.
+/// Slots of the `cancels` array (`CANCEL_SLOTS`).
+pub const CANCEL_SLOTS: u32 = 16384;
+pub const CANCEL_SLOT_BITS: u32 = 14;
+pub const CANCEL_HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The `cancels` slot of the `context.cancelCtx` at `ctx` (the BPF program's hash).
+pub fn cancel_slot(ctx: u64) -> u32 {
+    ((ctx >> 4).wrapping_mul(CANCEL_HASH_MUL) >> (64 - CANCEL_SLOT_BITS)) as u32
+}
+
+/// Element of the `cancels` array: the last first-cancellation seen of a context hashing to
+/// that slot.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CancelRecord {
+    /// Address of the `context.cancelCtx`; 0 in an unused slot.
+    pub ctx: u64,
     /// CLOCK_MONOTONIC ns at `context.(*cancelCtx).cancel`.
     pub ns: u64,
     /// The cancelling goroutine.
@@ -200,7 +212,18 @@ mod tests {
             ("const.CTR_CANCEL_RECORDED", CTR_CANCEL_RECORDED as usize),
             ("const.CTR_MAX", CTR_MAX as usize),
             ("const.CANCEL_PCS", CANCEL_PCS),
+            ("const.CANCEL_SLOTS", CANCEL_SLOTS as usize),
+            ("const.CANCEL_SLOT_BITS", CANCEL_SLOT_BITS as usize),
+            (
+                "const.CANCEL_HASH_MUL_LO32",
+                (CANCEL_HASH_MUL & 0xffff_ffff) as usize,
+            ),
+            (
+                "const.CANCEL_HASH_MUL_HI32",
+                (CANCEL_HASH_MUL >> 32) as usize,
+            ),
             ("sizeof.cancel_record", size_of::<CancelRecord>()),
+            ("offsetof.cancel_record.ctx", offset_of!(CancelRecord, ctx)),
             ("offsetof.cancel_record.ns", offset_of!(CancelRecord, ns)),
             (
                 "offsetof.cancel_record.goid",

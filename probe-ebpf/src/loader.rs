@@ -4,14 +4,15 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, UProbe};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use crate::abi::{
-    CancelRecord, ParkRecord, WakeEvent, CTR_CANCEL_HITS, CTR_CANCEL_RECORDED, CTR_LOST_EVENTS,
-    CTR_PARK_HITS, CTR_READ_ERRORS, CTR_UPDATE_ERRORS, CTR_WAKE_HITS, CTR_WAKE_MATCHED,
+    cancel_slot, CancelRecord, ParkRecord, WakeEvent, CTR_CANCEL_HITS, CTR_CANCEL_RECORDED,
+    CTR_LOST_EVENTS, CTR_PARK_HITS, CTR_READ_ERRORS, CTR_UPDATE_ERRORS, CTR_WAKE_HITS,
+    CTR_WAKE_MATCHED,
 };
 use crate::error::{
     classify, errno, log_excerpt, program_load_error, ProbeError, VERIFIER_LOG_LINES,
@@ -201,11 +202,13 @@ impl Probes {
         self.cancel_link.is_some()
     }
 
-    /// The first cancellation seen of the `context.cancelCtx` at `addr`.
+    /// The first cancellation seen of the `context.cancelCtx` at `addr`, unless another
+    /// context's cancellation has since taken its slot.
     pub fn cancel_record(&self, addr: u64) -> Option<CancelRecord> {
         let map = self.ebpf.map(CANCELS_MAP)?;
-        let cancels = HashMap::<&MapData, u64, CancelRecord>::try_from(map).ok()?;
-        cancels.get(&addr, 0).ok()
+        let cancels = Array::<&MapData, CancelRecord>::try_from(map).ok()?;
+        let rec = cancels.get(&cancel_slot(addr), 0).ok()?;
+        (rec.ctx == addr && addr != 0).then_some(rec)
     }
 
     /// Per-CPU counters summed over CPUs.

@@ -8,7 +8,7 @@ use crate::stack::{symbolize, SourceFrame, Symbolizer};
 
 /// Fills `cancelled_ago_ns`, `cancelled_by_goid` and `cancelled_at` of the cancelled contexts
 /// whose cancellation the probe saw; the others keep null (cancelled before the probe was
-/// attached, or the record was evicted). `now_ns`: CLOCK_MONOTONIC, the probe's clock.
+/// attached, or a later cancellation took its slot). `now_ns`: CLOCK_MONOTONIC, the probe's clock.
 pub fn attribute(
     d: &mut ContextDiagnosis,
     lookup: &dyn Fn(u64) -> Option<CancelRecord>,
