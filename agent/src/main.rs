@@ -235,17 +235,49 @@ fn start_probes(
     } else {
         None
     };
+    // Precise mode also records who cancels contexts. A binary that never cancels one has no
+    // cancelCtx.cancel (dead code): then there is simply no cancel probe.
+    let cancel = if mode == Mode::Precise {
+        cancel_site(bin)
+    } else {
+        None
+    };
     let cfg = probe_ebpf::ProbeConfig {
         pid: target.pid,
         exe_path: target.exe_link.clone(),
         park_file_offset: park.file_offset,
         wake_file_offset: wake_offset,
+        cancel_file_offset: cancel.map(|c| c.0),
+        cancelctx_err_offset: cancel.map(|c| c.1).unwrap_or(0),
         g_goid_offset: bin.layout.g_goid,
         g_tracking_seq_offset: bin.layout.g_tracking_seq,
         max_parks: 131_072,
     };
     ProbeController::start(&cfg, mode, budget, park.hit_cost_ns, monotonic_ns())
         .context("cannot attach the eBPF probes (use --mode poll to run without BPF)")
+}
+
+/// The cancel probe's site and `cancelCtx.err`'s offset, when both are known.
+fn cancel_site(bin: &GoBinary) -> Option<(u64, u64)> {
+    const CANCEL: &str = "context.(*cancelCtx).cancel";
+    bin.pclntab.func_by_name(CANCEL)?;
+    let err = gobinary::objlayout::cancelctx_err(&bin.elf, bin.build_info.version, true);
+    let site = probe_site(bin, CANCEL);
+    match (site, err) {
+        (Ok(site), Some(err)) => Some((site.file_offset, err)),
+        (site, _) => {
+            // Precise mode works without it: the cancelled_* fields stay null.
+            let why = match site {
+                Err(e) => format!("{e:#}"),
+                Ok(_) => format!(
+                    "no context.cancelCtx layout for {}",
+                    bin.build_info.go_version_string
+                ),
+            };
+            eprintln!("ctxprobe: no cancel probe: {why}");
+            None
+        }
+    }
 }
 
 /// Where a uprobe on a Go function goes, and what each hit will cost the target.

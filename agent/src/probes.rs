@@ -8,7 +8,7 @@
 //! and wake probes attached whatever they cost.
 
 use anyhow::{Context, Result};
-use probe_ebpf::{ParkRecord, ProbeConfig, Probes, WakeEvent};
+use probe_ebpf::{CancelRecord, ParkRecord, ProbeConfig, Probes, WakeEvent};
 
 use crate::report::ProbeStatus;
 
@@ -71,6 +71,10 @@ impl ProbeController {
             probes
                 .attach_wake()
                 .context("cannot attach the wake probe")?;
+            // Optional: without it only the cancelled_* fields of contexts stay null.
+            if let Err(e) = probes.attach_cancel() {
+                eprintln!("ctxprobe: cannot attach the context cancel probe: {e}");
+            }
         }
         Ok(ProbeController {
             probes,
@@ -127,6 +131,15 @@ impl ProbeController {
 
     pub fn park_record(&self, g_addr: u64) -> Option<ParkRecord> {
         self.probes.park_record(g_addr)
+    }
+
+    /// The first cancellation the cancel probe saw of the `context.cancelCtx` at `addr`
+    /// (precise mode only).
+    pub fn cancel_record(&self, addr: u64) -> Option<CancelRecord> {
+        if !self.probes.cancel_attached() {
+            return None;
+        }
+        self.probes.cancel_record(addr)
     }
 
     pub fn watch(&mut self, g_addr: u64) {

@@ -232,7 +232,7 @@ impl<'a> Session<'a> {
         let wait_reason = self.wait_reason_name(g);
         let (stack, stack_error, contexts) = match unwound {
             Ok(unwound) => {
-                let contexts = match self.contexts.as_mut() {
+                let mut contexts = match self.contexts.as_mut() {
                     Some(a) => a.diagnose(
                         &self.context_mem,
                         &self.sym,
@@ -242,6 +242,16 @@ impl<'a> Session<'a> {
                     ),
                     None => ContextDiagnosis::default(),
                 };
+                // Precise mode: who cancelled its contexts, from the cancel probe's records.
+                if let Some(p) = &self.probes {
+                    let lookup = |addr| p.cancel_record(addr);
+                    crate::contexts::cancels::attribute(
+                        &mut contexts,
+                        &lookup,
+                        &self.sym,
+                        monotonic_ns(),
+                    );
+                }
                 (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
             }
             Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),

@@ -42,6 +42,11 @@ pub struct ObjectLayout {
     pub structfield_name: u64,
     pub structfield_typ: u64,
     pub structfield_offset: u64,
+    /// Offset of `err` in `context.cancelCtx` (the cancel probe's already-cancelled check).
+    /// Not part of [`from_dwarf`] (package context's DWARF is far from the runtime's, and only
+    /// precise mode needs it): see [`cancelctx_err`]. None in tables generated before it.
+    #[serde(default)]
+    pub cancelctx_err: Option<u64>,
 }
 
 /// Names a struct has had, newest first.
@@ -123,7 +128,35 @@ pub fn from_dwarf(elf: &ElfFile) -> Result<ObjectLayout> {
         structfield_name: field(sf, &["Name", "name"])?,
         structfield_typ: field(sf, &["Typ", "typ"])?,
         structfield_offset: field(sf, &["Offset", "offset"])?,
+        cancelctx_err: None,
     })
+}
+
+/// Offset of `err` in `context.cancelCtx` from the binary's DWARF (an `error` up to 1.24, an
+/// `atomic.Value` from 1.25: either way its first word is non-zero once the context is
+/// cancelled). NotFound when the binary has no DWARF or does not use package context.
+pub fn cancelctx_err_from_dwarf(elf: &ElfFile) -> Result<u64> {
+    let structs = read_structs(elf, &["context.cancelCtx"])?;
+    structs
+        .get("context.cancelCtx")
+        .and_then(|s| s.fields.get("err").copied())
+        .ok_or_else(|| Error::NotFound("context.cancelCtx.err in DWARF".into()))
+}
+
+/// `cancelCtx.err`'s offset: DWARF if present, else the generated table for this release (or
+/// the nearest older one when `allow_nearest`).
+pub fn cancelctx_err(elf: &ElfFile, version: GoVersion, allow_nearest: bool) -> Option<u64> {
+    if elf.section(".debug_info").is_some() {
+        if let Ok(off) = cancelctx_err_from_dwarf(elf) {
+            return Some(off);
+        }
+    }
+    let table = match crate::layout::table_for(version) {
+        Some(t) => Some(t),
+        None if allow_nearest => crate::layout::nearest_lower(version).map(|(_, t)| t),
+        None => None,
+    };
+    table.and_then(|t| t.objects.as_ref()?.cancelctx_err)
 }
 
 /// DWARF if present, else the generated table for this minor release (or the nearest older one

@@ -441,7 +441,13 @@ fn object_layout_from_dwarf_equals_table_and_decodes_types() {
             .and_then(|t| t.objects.clone())
             .unwrap_or_else(|| panic!("no object table for 1.{minor}"));
         let elf = open(&go, Variant::Normal);
-        let dwarf = objlayout::from_dwarf(&elf).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+        let mut dwarf = objlayout::from_dwarf(&elf).unwrap_or_else(|e| panic!("1.{minor}: {e}"));
+        // cancelCtx.err is read separately (only when the binary uses package context).
+        assert!(table.cancelctx_err.is_some(), "1.{minor}: no cancelctx_err");
+        if let Ok(err) = objlayout::cancelctx_err_from_dwarf(&elf) {
+            assert_eq!(Some(err), table.cancelctx_err, "1.{minor}: cancelCtx.err");
+        }
+        dwarf.cancelctx_err = table.cancelctx_err;
         assert_eq!(dwarf, table, "1.{minor}: DWARF differs from table");
         let stripped = open(&go, Variant::Stripped);
         assert_eq!(

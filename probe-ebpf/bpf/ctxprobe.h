@@ -30,6 +30,26 @@ struct wake_event {
 	__u8 pad[6];
 };
 
+/* Caller PCs kept per cancellation: [0] is the return address into cancel's caller. */
+#define CANCEL_PCS 6
+
+/* Slots of the `cancels` array (a power of two). */
+#define CANCEL_SLOTS 16384
+
+/* Element of the `cancels` array: a direct-mapped cache of first cancellations, slot
+ * cancel_slot(c) for the context.cancelCtx at c; a later cancel of another context hashing to the
+ * same slot replaces it (no LRU map: its insert and eviction cost ~1.3 µs a hit). */
+struct cancel_record {
+	__u64 ctx;  /* address of the context.cancelCtx; 0 in an unused slot */
+	__u64 ns;   /* bpf_ktime_get_ns() at the cancel: CLOCK_MONOTONIC */
+	__u64 goid; /* the cancelling goroutine */
+	__u64 pcs[CANCEL_PCS]; /* return addresses, innermost first; 0 past the end of the walk */
+};
+
+/* Fibonacci hashing of a heap address (16-byte granules) to a slot; src/abi.rs mirrors it. */
+#define CANCEL_HASH_MUL 0x9E3779B97F4A7C15ULL
+#define CANCEL_SLOT_BITS 14
+
 /* Indices into the per-CPU `counters` array. */
 enum ctxprobe_counter {
 	CTR_PARK_HITS = 0,     /* gopark probe fired for the target */
@@ -38,6 +58,8 @@ enum ctxprobe_counter {
 	CTR_UPDATE_ERRORS = 3, /* `parks` map update failed */
 	CTR_LOST_EVENTS = 4,   /* ring buffer full: wake event dropped */
 	CTR_WAKE_MATCHED = 5,  /* ready(gp) found a park record for gp */
+	CTR_CANCEL_HITS = 6,   /* cancel probe fired for the target (first cancels and repeats) */
+	CTR_CANCEL_RECORDED = 7, /* a first cancellation was recorded in `cancels` */
 	CTR_MAX = 8,
 };
 

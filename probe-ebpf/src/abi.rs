@@ -36,8 +36,38 @@ pub struct WakeEvent {
     pub pad: [u8; 6],
 }
 
+/// Caller PCs kept per cancellation (`CANCEL_PCS`).
+pub const CANCEL_PCS: usize = 6;
+
+/// Slots of the `cancels` array (`CANCEL_SLOTS`).
+pub const CANCEL_SLOTS: u32 = 16384;
+pub const CANCEL_SLOT_BITS: u32 = 14;
+pub const CANCEL_HASH_MUL: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The `cancels` slot of the `context.cancelCtx` at `ctx` (the BPF program's hash).
+pub fn cancel_slot(ctx: u64) -> u32 {
+    ((ctx >> 4).wrapping_mul(CANCEL_HASH_MUL) >> (64 - CANCEL_SLOT_BITS)) as u32
+}
+
+/// Element of the `cancels` array: the last first-cancellation seen of a context hashing to
+/// that slot.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CancelRecord {
+    /// Address of the `context.cancelCtx`; 0 in an unused slot.
+    pub ctx: u64,
+    /// CLOCK_MONOTONIC ns at `context.(*cancelCtx).cancel`.
+    pub ns: u64,
+    /// The cancelling goroutine.
+    pub goid: u64,
+    /// Return addresses from cancel's caller outwards; 0 past the end of the frame-pointer walk.
+    pub pcs: [u64; CANCEL_PCS],
+}
+
 // SAFETY: plain integers, no padding (checked by the layout test), every bit pattern valid.
 unsafe impl aya::Pod for ParkRecord {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CancelRecord {}
 // SAFETY: as above.
 unsafe impl aya::Pod for WakeEvent {}
 
@@ -48,6 +78,8 @@ pub const CTR_READ_ERRORS: u32 = 2;
 pub const CTR_UPDATE_ERRORS: u32 = 3;
 pub const CTR_LOST_EVENTS: u32 = 4;
 pub const CTR_WAKE_MATCHED: u32 = 5;
+pub const CTR_CANCEL_HITS: u32 = 6;
+pub const CTR_CANCEL_RECORDED: u32 = 7;
 pub const CTR_MAX: u32 = 8;
 
 /// Value of the futex `waiting` map (key: tid): a futex wait in progress.
@@ -176,7 +208,28 @@ mod tests {
             ("const.CTR_UPDATE_ERRORS", CTR_UPDATE_ERRORS as usize),
             ("const.CTR_LOST_EVENTS", CTR_LOST_EVENTS as usize),
             ("const.CTR_WAKE_MATCHED", CTR_WAKE_MATCHED as usize),
+            ("const.CTR_CANCEL_HITS", CTR_CANCEL_HITS as usize),
+            ("const.CTR_CANCEL_RECORDED", CTR_CANCEL_RECORDED as usize),
             ("const.CTR_MAX", CTR_MAX as usize),
+            ("const.CANCEL_PCS", CANCEL_PCS),
+            ("const.CANCEL_SLOTS", CANCEL_SLOTS as usize),
+            ("const.CANCEL_SLOT_BITS", CANCEL_SLOT_BITS as usize),
+            (
+                "const.CANCEL_HASH_MUL_LO32",
+                (CANCEL_HASH_MUL & 0xffff_ffff) as usize,
+            ),
+            (
+                "const.CANCEL_HASH_MUL_HI32",
+                (CANCEL_HASH_MUL >> 32) as usize,
+            ),
+            ("sizeof.cancel_record", size_of::<CancelRecord>()),
+            ("offsetof.cancel_record.ctx", offset_of!(CancelRecord, ctx)),
+            ("offsetof.cancel_record.ns", offset_of!(CancelRecord, ns)),
+            (
+                "offsetof.cancel_record.goid",
+                offset_of!(CancelRecord, goid),
+            ),
+            ("offsetof.cancel_record.pcs", offset_of!(CancelRecord, pcs)),
             ("sizeof.futex_wait_rec", size_of::<FutexWaitRec>()),
             (
                 "offsetof.futex_wait_rec.uaddr",

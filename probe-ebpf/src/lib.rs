@@ -12,7 +12,9 @@ pub mod futex;
 mod loader;
 mod maps;
 
-pub use abi::{FutexContention, FutexEvent, FutexWaitRec, FutexWakeRec, ParkRecord, WakeEvent};
+pub use abi::{
+    CancelRecord, FutexContention, FutexEvent, FutexWaitRec, FutexWakeRec, ParkRecord, WakeEvent,
+};
 pub use error::ProbeError;
 pub use futex::{FutexConfig, FutexCounters, FutexProbes};
 pub use loader::{Counters, ProbeConfig, Probes};

@@ -4,14 +4,15 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 
-use aya::maps::{HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, UProbe};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 use crate::abi::{
-    ParkRecord, WakeEvent, CTR_LOST_EVENTS, CTR_PARK_HITS, CTR_READ_ERRORS, CTR_UPDATE_ERRORS,
-    CTR_WAKE_HITS, CTR_WAKE_MATCHED,
+    cancel_slot, CancelRecord, ParkRecord, WakeEvent, CTR_CANCEL_HITS, CTR_CANCEL_RECORDED,
+    CTR_LOST_EVENTS, CTR_PARK_HITS, CTR_READ_ERRORS, CTR_UPDATE_ERRORS, CTR_WAKE_HITS,
+    CTR_WAKE_MATCHED,
 };
 use crate::error::{
     classify, errno, log_excerpt, program_load_error, ProbeError, VERIFIER_LOG_LINES,
@@ -20,6 +21,8 @@ use crate::maps::{self, bpf_error, missing};
 
 const PARK_PROG: &str = "park";
 const WAKE_PROG: &str = "wake";
+const CANCEL_PROG: &str = "cancel";
+const CANCELS_MAP: &str = "cancels";
 const PARKS_MAP: &str = "parks";
 const WATCH_MAP: &str = "watch";
 const EVENTS_MAP: &str = "events";
@@ -35,6 +38,11 @@ pub struct ProbeConfig {
     pub park_file_offset: u64,
     /// File offset of the `push rbp` after `runtime.ready`'s stack check.
     pub wake_file_offset: Option<u64>,
+    /// File offset of the instruction after `context.(*cancelCtx).cancel`'s stack check; None
+    /// when the binary has no such function (it never cancels a context).
+    pub cancel_file_offset: Option<u64>,
+    /// Offset of `err` in `context.cancelCtx`.
+    pub cancelctx_err_offset: u64,
     pub g_goid_offset: u64,
     pub g_tracking_seq_offset: u64,
     /// Capacity of the LRU `parks` map (goroutines remembered).
@@ -51,6 +59,9 @@ pub struct Counters {
     pub read_errors: u64,
     pub update_errors: u64,
     pub lost_events: u64,
+    pub cancel_hits: u64,
+    /// First cancellations recorded (the rest of the hits were repeats on cancelled contexts).
+    pub cancel_recorded: u64,
 }
 
 /// The loaded programs and maps, and the uprobe links currently attached. Dropping it detaches
@@ -63,8 +74,10 @@ pub struct Probes {
     scope: UProbeScope,
     park_offset: u64,
     wake_offset: Option<u64>,
+    cancel_offset: Option<u64>,
     park_link: Option<UProbeLinkId>,
     wake_link: Option<UProbeLinkId>,
+    cancel_link: Option<UProbeLinkId>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -73,6 +86,7 @@ impl std::fmt::Debug for Probes {
             .field("exe_path", &self.exe_path)
             .field("park_attached", &self.park_link.is_some())
             .field("wake_attached", &self.wake_link.is_some())
+            .field("cancel_attached", &self.cancel_link.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -95,10 +109,11 @@ impl Probes {
             .override_global("target_tgid", &cfg.pid, true)
             .override_global("g_goid_offset", &cfg.g_goid_offset, true)
             .override_global("g_tracking_seq_offset", &cfg.g_tracking_seq_offset, true)
+            .override_global("cancelctx_err_offset", &cfg.cancelctx_err_offset, true)
             .map_max_entries(PARKS_MAP, cfg.max_parks)
             .load(crate::BPF_OBJECT)
             .map_err(load_error)?;
-        for name in [PARK_PROG, WAKE_PROG] {
+        for name in [PARK_PROG, WAKE_PROG, CANCEL_PROG] {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|e| program_load_error(name, e))?;
@@ -116,8 +131,10 @@ impl Probes {
             scope: UProbeScope::OneProcess(pid),
             park_offset: cfg.park_file_offset,
             wake_offset: cfg.wake_file_offset,
+            cancel_offset: cfg.cancel_file_offset,
             park_link: None,
             wake_link: None,
+            cancel_link: None,
         })
     }
 
@@ -162,9 +179,41 @@ impl Probes {
         self.wake_link.is_some()
     }
 
+    /// Attaches the cancel probe; a no-op returning false when the binary has no
+    /// `context.(*cancelCtx).cancel`.
+    pub fn attach_cancel(&mut self) -> Result<bool, ProbeError> {
+        let Some(offset) = self.cancel_offset else {
+            return Ok(false);
+        };
+        if self.cancel_link.is_none() {
+            self.cancel_link = Some(self.attach(CANCEL_PROG, "cancelCtx.cancel", offset)?);
+        }
+        Ok(true)
+    }
+
+    pub fn detach_cancel(&mut self) -> Result<(), ProbeError> {
+        match self.cancel_link.take() {
+            Some(link) => self.detach(CANCEL_PROG, link),
+            None => Ok(()),
+        }
+    }
+
+    pub fn cancel_attached(&self) -> bool {
+        self.cancel_link.is_some()
+    }
+
+    /// The first cancellation seen of the `context.cancelCtx` at `addr`, unless another
+    /// context's cancellation has since taken its slot.
+    pub fn cancel_record(&self, addr: u64) -> Option<CancelRecord> {
+        let map = self.ebpf.map(CANCELS_MAP)?;
+        let cancels = Array::<&MapData, CancelRecord>::try_from(map).ok()?;
+        let rec = cancels.get(&cancel_slot(addr), 0).ok()?;
+        (rec.ctx == addr && addr != 0).then_some(rec)
+    }
+
     /// Per-CPU counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ProbeError> {
-        let [park_hits, wake_hits, wake_matched, read_errors, update_errors, lost_events] =
+        let [park_hits, wake_hits, wake_matched, read_errors, update_errors, lost_events, cancel_hits, cancel_recorded] =
             maps::sum_counters(
                 &self.ebpf,
                 COUNTERS_MAP,
@@ -175,6 +224,8 @@ impl Probes {
                     CTR_READ_ERRORS,
                     CTR_UPDATE_ERRORS,
                     CTR_LOST_EVENTS,
+                    CTR_CANCEL_HITS,
+                    CTR_CANCEL_RECORDED,
                 ],
             )?;
         Ok(Counters {
@@ -184,6 +235,8 @@ impl Probes {
             read_errors,
             update_errors,
             lost_events,
+            cancel_hits,
+            cancel_recorded,
         })
     }
 
@@ -279,6 +332,7 @@ impl Drop for Probes {
         // removes the breakpoints from the target before anything else is torn down.
         let _ = self.detach_park();
         let _ = self.detach_wake();
+        let _ = self.detach_cancel();
     }
 }
 

@@ -343,6 +343,8 @@ fn config(ver: &GoVersion, pid: u32, sites: &Sites) -> ProbeConfig {
         exe_path: PathBuf::from(format!("/proc/{pid}/exe")),
         park_file_offset: sites.park_offset,
         wake_file_offset: Some(sites.ready_offset),
+        cancel_file_offset: None,
+        cancelctx_err_offset: 0,
         g_goid_offset: G_GOID_OFFSET,
         g_tracking_seq_offset: ver.tracking_seq_offset,
         max_parks: 4096,

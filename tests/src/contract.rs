@@ -172,6 +172,20 @@ fn check_contexts(v: &Value) -> Result<()> {
             if chain.is_empty() || !chain.iter().all(Value::is_string) || chain[0] != c["type"] {
                 bail!("chain must start with the context's own type");
             }
+            // Precise mode's cancel probe: all three or none, and only for cancelled contexts.
+            null_or(c, "cancelled_ago_ns", Value::is_u64)?;
+            null_or(c, "cancelled_by_goid", Value::is_u64)?;
+            match c.get("cancelled_at") {
+                Some(Value::Null) => {}
+                Some(f) => check_frame(f)?,
+                None => bail!("no cancelled_at"),
+            }
+            if !c["cancelled_ago_ns"].is_null() && c["cancelled"] != true {
+                bail!("cancelled_ago_ns on a context that is not cancelled");
+            }
+            if c["cancelled_ago_ns"].is_null() != c["cancelled_by_goid"].is_null() {
+                bail!("cancelled_ago_ns and cancelled_by_goid must be both null or both set");
+            }
             Ok(())
         })()
         .with_context(|| format!("context {c}"))?;

@@ -21,12 +21,19 @@ use crate::workspace_root;
 
 const PROBE_MAIN: &str = r#"package main
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+)
 
 func main() {
 	ch := make(chan int)
 	go func() { ch <- 1 }()
 	fmt.Println(<-ch)
+	// Keeps package context's types (cancelCtx) in the binary's DWARF.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	fmt.Println(ctx.Err())
 }
 "#;
 
@@ -174,7 +181,10 @@ fn build_and_read(
     let elf = ElfFile::open(&bin)?;
     let info = BuildInfo::from_elf(&elf)?;
     let layout = layout::from_dwarf(&elf)?;
-    let objects = objlayout::from_dwarf(&elf).context("object offsets (sudog, hchan, types)")?;
+    let mut objects =
+        objlayout::from_dwarf(&elf).context("object offsets (sudog, hchan, types)")?;
+    objects.cancelctx_err =
+        Some(objlayout::cancelctx_err_from_dwarf(&elf).context("context.cancelCtx.err offset")?);
     let wait_reasons = waitreason::from_binary(&elf)
         .context("runtime.waitReasonStrings not found in the probe binary")?;
     let key = layout::table_key(info.version);

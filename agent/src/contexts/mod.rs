@@ -6,8 +6,10 @@
 //! - [`waits`]: the channels of `g.waiting`'s sudogs;
 //! - [`verdict`]: the verdict, a pure function of the two;
 //! - [`memory`]: target reads under a per-snapshot budget;
+//! - [`cancels`]: who cancelled a context, from the cancel probe (precise mode);
 //! - [`text`]: the text format's lines.
 
+pub mod cancels;
 pub mod chain;
 pub mod liveness;
 pub mod memory;
@@ -23,7 +25,7 @@ use gobinary::rtype::TypeReader;
 use serde::Serialize;
 
 use crate::goroutines::RawG;
-use crate::stack::{Symbolizer, Unwound};
+use crate::stack::{SourceFrame, Symbolizer, Unwound};
 use chain::{Decoder, Iface, Link, Own};
 use memory::BudgetedMemory;
 pub use verdict::Verdict;
@@ -53,6 +55,11 @@ pub struct HeldContext {
     pub done_waited: bool,
     /// Types from this context to its root.
     pub chain: Vec<String>,
+    /// How long ago, by which goroutine and where its cancellation happened: precise mode's
+    /// cancel probe saw it (null otherwise, e.g. cancelled before ctxprobe attached).
+    pub cancelled_ago_ns: Option<u64>,
+    pub cancelled_by_goid: Option<u64>,
+    pub cancelled_at: Option<SourceFrame>,
     #[serde(skip)]
     pub facts: ContextFacts,
 }
@@ -66,6 +73,8 @@ pub struct ContextFacts {
     pub unknown: bool,
     pub deadline_unix_ns: Option<i64>,
     pub done_chan: Option<u64>,
+    /// Address of the `cancelCtx` that decides `Err()` (the cancel probe's key).
+    pub cancel_ctx: Option<u64>,
 }
 
 /// A channel the goroutine waits on (`waits_on[]`).
@@ -299,6 +308,11 @@ impl ContextAnalyzer {
         waited: &HashSet<u64>,
     ) -> Option<HeldContext> {
         let links = self.chain(types, value);
+        // Each link's data word: a cancelCtx's address (timerCtx and afterFuncCtx embed theirs
+        // at offset 0), the key of the cancel probe's records.
+        let datas: Vec<u64> = std::iter::once(value.1)
+            .chain(links.iter().filter_map(|l| l.parent.map(|p| p.1)))
+            .collect();
         // A chain must end at a root or at a type with no parent field: a cancelCtx or value
         // context always has a parent. Anything else is a stale or mismatched pair of stack
         // words (a dead slot, an itab next to an unrelated word), not a context.
@@ -316,7 +330,7 @@ impl ContextAnalyzer {
         let mut facts = ContextFacts::default();
         let mut err = None;
         let mut resolved = false;
-        for link in links.iter() {
+        for (link, &data) in links.iter().zip(&datas) {
             match &link.own {
                 Own::Delegate => continue,
                 Own::Root | Own::Detach => facts.never_cancelled = true,
@@ -324,6 +338,7 @@ impl ContextAnalyzer {
                 Own::Cancel { err: e, done, .. } => {
                     err = e.clone();
                     facts.done_chan = *done;
+                    facts.cancel_ctx = Some(data);
                 }
             }
             resolved = true;
@@ -354,6 +369,9 @@ impl ContextAnalyzer {
             deadline,
             done_waited: facts.done_chan.is_some_and(|c| waited.contains(&c)),
             chain: links.iter().map(|l| l.type_name.clone()).collect(),
+            cancelled_ago_ns: None,
+            cancelled_by_goid: None,
+            cancelled_at: None,
             facts,
         })
     }

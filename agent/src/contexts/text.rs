@@ -34,6 +34,9 @@ pub fn lines(d: &ContextDiagnosis, wait_reason: Option<&str>) -> Vec<String> {
                 s.push_str(&format!(" ← {t}"));
             }
             s.push_str(&format!(" in {}", c.frame));
+            if let Some(by) = cancelled_by(c) {
+                s.push_str(&format!(", {by}"));
+            }
             if let Some(b) = &blocked {
                 s.push_str(&format!("; {b}"));
             }
@@ -63,6 +66,26 @@ fn state(c: &HeldContext, now_ns: i64) -> Option<String> {
         (None, Some(e)) => Some(format!("cancelled: {e}")),
         (None, None) => None,
     }
+}
+
+/// `cancelled 4m 12s ago by goroutine 17 at main.handler (main.go:42)` (precise mode).
+fn cancelled_by(c: &HeldContext) -> Option<String> {
+    let ago = c.cancelled_ago_ns?;
+    // Whole seconds, or milliseconds under a second.
+    let ago = if ago >= 1_000_000_000 {
+        Duration::from_secs(ago / 1_000_000_000)
+    } else {
+        Duration::from_millis(ago / 1_000_000)
+    };
+    let mut s = format!("cancelled {} ago", humantime::format_duration(ago));
+    if let Some(goid) = c.cancelled_by_goid {
+        s.push_str(&format!(" by goroutine {goid}"));
+    }
+    if let Some(at) = &c.cancelled_at {
+        let file = at.file.rsplit('/').next().unwrap_or(&at.file);
+        s.push_str(&format!(" at {} ({file}:{})", at.func, at.line));
+    }
+    Some(s)
 }
 
 fn blocked_on(d: &ContextDiagnosis, wait_reason: Option<&str>) -> Option<String> {
@@ -104,6 +127,13 @@ mod tests {
                     "*context.valueCtx".into(),
                     "context.backgroundCtx".into(),
                 ],
+                cancelled_ago_ns: Some(252_300_000_000),
+                cancelled_by_goid: Some(17),
+                cancelled_at: Some(crate::stack::SourceFrame {
+                    func: "main.handler".into(),
+                    file: "/src/app/main.go".into(),
+                    line: 42,
+                }),
                 facts: ContextFacts::default(),
             }],
             waits_on: vec![ChanWait {
@@ -121,7 +151,8 @@ mod tests {
             lines(&d, Some("chan send")),
             vec![
                 "context *context.cancelCtx (cancelled: context canceled) ← *context.valueCtx \
-                 ← context.backgroundCtx in main.worker; blocked on chan send (chan main.result, \
+                 ← context.backgroundCtx in main.worker, cancelled 4m 12s ago by goroutine 17 at \
+                 main.handler (main.go:42); blocked on chan send (chan main.result, \
                  cap 0): ignores cancellation"
                     .to_string()
             ]

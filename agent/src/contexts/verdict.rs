@@ -72,11 +72,15 @@ mod tests {
             deadline: None,
             done_waited: false,
             chain: vec![],
+            cancelled_ago_ns: None,
+            cancelled_by_goid: None,
+            cancelled_at: None,
             facts: ContextFacts {
                 never_cancelled: never,
                 unknown: false,
                 deadline_unix_ns: deadline,
                 done_chan: done,
+                cancel_ctx: None,
             },
         }
     }
