@@ -9,6 +9,7 @@ mod contexts;
 mod denied;
 mod dump_writer;
 mod frame_layout;
+mod freezer;
 mod fxhash;
 mod goroutines;
 mod groups;

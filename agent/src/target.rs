@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
+use crate::freezer::Freezer;
+
 pub struct TargetProcess {
     pub pid: u32,
     /// `/proc/PID/exe`: opens the very file the process runs, even if it was replaced on disk.
@@ -19,6 +21,8 @@ pub struct TargetProcess {
     /// What tells this program image from the next one after an `exec` (same pid, same start
     /// time).
     image: ImageIdentity,
+    /// Where a frozen cgroup shows.
+    freezer: Freezer,
 }
 
 /// The program image a process runs: the executable file (device, inode) and where its initial
@@ -85,6 +89,7 @@ impl TargetProcess {
             start_ticks,
             monotonic_offset_ns,
             image,
+            freezer: Freezer::find(),
         })
     }
 
@@ -107,7 +112,7 @@ impl TargetProcess {
             // The exe link vanishes as the process exits.
             Err(_) => return TargetState::Exited,
         }
-        if is_stopped(&stat) {
+        if is_stopped(&stat) || self.freezer.is_frozen(self.pid) {
             TargetState::Stopped
         } else {
             TargetState::Running

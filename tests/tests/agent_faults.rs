@@ -465,3 +465,132 @@ fn a_target_that_exec_d_before_attach_is_the_new_program() {
         Ok(())
     });
 }
+
+/// A cgroup whose freezer holds the target for a while: created for one test, the target moved
+/// in, and on drop thawed, the target moved back to the root cgroup and the directory removed.
+struct FrozenCgroup {
+    dir: std::path::PathBuf,
+    root: std::path::PathBuf,
+    /// `freezer.state` (v1) or `cgroup.freeze` (v2), and what freezes and thaws it.
+    control: &'static str,
+    frozen: &'static str,
+    thawed: &'static str,
+    pid: u32,
+}
+
+impl FrozenCgroup {
+    /// The v1 freezer controller if this machine mounts it, else the cgroup v2 freezer.
+    fn enter(pid: u32) -> Result<FrozenCgroup> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let mut v1 = None;
+        let mut v2 = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let point = left.split(' ').nth(4).map(std::path::PathBuf::from);
+            let mut r = right.split(' ');
+            let (fstype, opts) = (r.next(), r.nth(1));
+            match (fstype, opts) {
+                (Some("cgroup"), Some(o)) if o.split(',').any(|x| x == "freezer") => {
+                    v1 = v1.or(point)
+                }
+                (Some("cgroup2"), _) => v2 = v2.or(point),
+                _ => {}
+            }
+        }
+        let (root, control, frozen, thawed) = match (v1, v2) {
+            (Some(root), _) => (root, "freezer.state", "FROZEN", "THAWED"),
+            (None, Some(root)) => (root, "cgroup.freeze", "1", "0"),
+            (None, None) => bail!("this machine mounts no cgroup freezer (v1 or v2)"),
+        };
+        let dir = root.join(format!("ctxprobe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cg = FrozenCgroup {
+            dir,
+            root,
+            control,
+            frozen,
+            thawed,
+            pid,
+        };
+        std::fs::write(cg.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", cg.dir.display()))?;
+        Ok(cg)
+    }
+
+    fn set(&self, frozen: bool) -> Result<()> {
+        let value = if frozen { self.frozen } else { self.thawed };
+        std::fs::write(self.dir.join(self.control), value)
+            .with_context(|| format!("writing {value} to {}", self.control))
+    }
+}
+
+impl Drop for FrozenCgroup {
+    fn drop(&mut self) {
+        let _ = self.set(false);
+        let _ = std::fs::write(self.root.join("cgroup.procs"), self.pid.to_string());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A frozen cgroup stops a process without `/proc/PID/stat` saying `T`: still `target_stopped`
+/// and `target_resumed` with the frozen time, and no `blocked` while it is frozen.
+#[test]
+fn a_frozen_cgroup_is_said_to_be_stopped() {
+    one_cell(|tc, mode| {
+        let leaky = Leaky::start(tc, mode, &["-grow-every", "0"])?;
+        let pid = leaky.pid();
+        let cgroup = FrozenCgroup::enter(pid)?;
+        let mut probe = RunningProbe::spawn(&args(
+            pid,
+            &["--threshold", "2s", "--summary-interval", "1s"],
+        ))?;
+        probe.wait_record("attach", Duration::from_secs(20))?;
+        sleep(Duration::from_secs(4));
+        cgroup.set(true)?;
+        let frozen_at = Instant::now();
+        let stopped = probe.wait_record("target_stopped", NOTICE + Duration::from_secs(1));
+        sleep((frozen_at + Duration::from_secs(5)).saturating_duration_since(Instant::now()));
+        cgroup.set(false)?;
+        let thawed_at = Instant::now();
+        let resumed = probe.wait_record("target_resumed", NOTICE + Duration::from_secs(3));
+        sleep(Duration::from_secs(1));
+        probe.process.signal(libc::SIGTERM)?;
+        let out = probe.finish(Duration::from_secs(10))?;
+        drop(cgroup);
+        let stopped = stopped.context("no target_stopped while the cgroup was frozen")?;
+        let resumed = resumed.context("no target_resumed after the cgroup was thawed")?;
+        ensure!(
+            stopped.at.saturating_duration_since(frozen_at) <= NOTICE,
+            "target_stopped {:?} after the freeze",
+            stopped.at.saturating_duration_since(frozen_at)
+        );
+        ensure!(
+            resumed.at.saturating_duration_since(thawed_at) <= NOTICE,
+            "target_resumed {:?} after the thaw",
+            resumed.at.saturating_duration_since(thawed_at)
+        );
+        let stopped_ns = resumed
+            .json
+            .as_ref()
+            .and_then(|v| v["stopped_ns"].as_u64())
+            .map(Duration::from_nanos)
+            .context("target_resumed without stopped_ns")?;
+        ensure!(
+            stopped_ns + STOPPED_SLACK >= Duration::from_secs(5)
+                && stopped_ns <= Duration::from_secs(5) + STOPPED_SLACK,
+            "stopped_ns {stopped_ns:?} for a 5 s freeze"
+        );
+        check_all_records(&out, pid)?;
+        for l in &out.lines {
+            let is_blocked = l.json.as_ref().is_some_and(|v| v["type"] == "blocked");
+            ensure!(
+                !(is_blocked && l.at > stopped.at && l.at < resumed.at),
+                "a blocked record while the target was frozen: {}",
+                l.text
+            );
+        }
+        Ok(())
+    });
+}
