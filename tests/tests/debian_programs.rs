@@ -103,13 +103,38 @@ impl Drop for Server {
 }
 
 fn run(p: &Program) {
+    run_check(p, check_program);
+}
+
+fn run_check(p: &Program, check: fn(&Program) -> Result<()>) {
     let r = preconditions().and_then(|()| {
         let _serial = bpf_serial()?;
-        check_program(p)
+        check(p)
     });
     if let Err(e) = r {
         panic!("[{}] {e:#}", p.name);
     }
+}
+
+/// The program's binary, present (a missing package is a failure, not a skip).
+fn installed(p: &Program) -> Result<&'static Path> {
+    let bin = Path::new(p.bin);
+    ensure!(
+        bin.is_file(),
+        "{} is missing: install Debian's {} package with `sudo scripts/setup.sh --all-go`",
+        p.bin,
+        p.package
+    );
+    Ok(bin)
+}
+
+/// An empty scratch directory for one server of one test.
+fn scratch_dir(p: &Program, test: &str) -> Result<PathBuf> {
+    let dir =
+        std::env::temp_dir().join(format!("ctxprobe-{test}-{}-{}", p.name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// How long ctxprobe streams a loaded server: twice the leak rule's minute window would be
@@ -118,30 +143,12 @@ fn run(p: &Program) {
 const HEALTHY_STREAM: Duration = Duration::from_secs(75);
 
 fn run_healthy(p: &Program) {
-    let r = preconditions().and_then(|()| {
-        let _serial = bpf_serial()?;
-        check_healthy(p)
-    });
-    if let Err(e) = r {
-        panic!("[{}] {e:#}", p.name);
-    }
+    run_check(p, check_healthy);
 }
 
 fn check_healthy(p: &Program) -> Result<()> {
-    let bin = Path::new(p.bin);
-    ensure!(
-        bin.is_file(),
-        "{} is missing: install Debian's {} package with `sudo scripts/setup.sh --all-go`",
-        p.bin,
-        p.package
-    );
-    let dir = std::env::temp_dir().join(format!(
-        "ctxprobe-healthy-{}-{}",
-        p.name,
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bin = installed(p)?;
+    let dir = scratch_dir(p, "healthy")?;
     let server = (p.start)(bin, &dir)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -228,13 +235,7 @@ fn check_healthy(p: &Program) -> Result<()> {
 }
 
 fn check_program(p: &Program) -> Result<()> {
-    let bin = Path::new(p.bin);
-    ensure!(
-        bin.is_file(),
-        "{} is missing: install Debian's {} package with `sudo scripts/setup.sh --all-go`",
-        p.bin,
-        p.package
-    );
+    let bin = installed(p)?;
     let elf = ElfFacts::read(bin)?;
     println!("[{}] {}: {}", p.name, p.bin, elf.describe());
     ensure!(
@@ -249,10 +250,7 @@ fn check_program(p: &Program) -> Result<()> {
         .clone()
         .with_context(|| format!("{}: no Go version in .go.buildinfo", p.bin))?;
 
-    let dir =
-        std::env::temp_dir().join(format!("ctxprobe-debian-{}-{}", p.name, std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = scratch_dir(p, "debian")?;
     let t0 = Instant::now();
     let mut server = (p.start)(bin, &dir)?;
     // Let the server settle into its steady state (and a GC stamp waitsince).
