@@ -93,6 +93,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "matrix: Go {v} {b}: {} ({secs:.0}s)",
             if ok { "pass" } else { "FAIL" }
         );
+        if !ok {
+            // CI keeps only the console: show why the cell failed, not just that it did.
+            print_failure_excerpt(&String::from_utf8_lossy(&text));
+        }
         results.push((v.clone(), b.clone(), ok, secs));
     }
 
@@ -112,6 +116,28 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The failing tests' panics and stdout (libtest's "---- name stdout ----" sections), capped.
+fn print_failure_excerpt(log: &str) {
+    const MAX_LINES: usize = 120;
+    let mut shown = 0;
+    let mut inside = false;
+    for line in log.lines() {
+        if line.starts_with("---- ") {
+            inside = true;
+        } else if line.starts_with("failures:") || line.starts_with("test result:") {
+            inside = false;
+        }
+        if inside || line.contains("FAILED") || line.contains("panicked") {
+            eprintln!("    | {line}");
+            shown += 1;
+            if shown >= MAX_LINES {
+                eprintln!("    | (more in the cell's log)");
+                return;
+            }
+        }
+    }
 }
 
 fn cargo_test(root: &std::path::Path, extra: &[&str]) -> Command {
