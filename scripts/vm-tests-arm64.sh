@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# arm64: the goroutine integration tests (agent_once, agent_stream) run inside Debian's arm64
+# arm64: the goroutine integration tests (agent_once, agent_stream) and the threads tests that
+# need no cgo (agent_threads: the C deadlock, idle runtime threads) run inside Debian's arm64
 # kernel under QEMU (TCG), against an aarch64 ctxprobe and aarch64 test binaries cross-built
 # here with Debian's rustc-web, on fixtures built here with GOARCH=arm64 (the guest is a busybox
 # initramfs with no Go toolchain: the tests run with CTXPROBE_TEST_PREBUILT=1).
 #
 #   sudo scripts/vm-tests-arm64.sh [KERNEL]     KERNEL: a Debian kernel series, default 6.1
 #   CTXPROBE_TEST_GO (default 1.21,1.27), CTXPROBE_TEST_BUILD (default default,stripped) and
-#   VM_TESTS (default "agent_once agent_stream") narrow or widen the run.
+#   VM_TESTS (default: the tests above; NAME or NAME:FILTER,FILTER) narrow or widen the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kernel=${1:-6.1}
@@ -19,7 +20,12 @@ scripts/setup.sh --vm
 export CARGO_TERM_COLOR=never
 export CTXPROBE_TEST_GO=${CTXPROBE_TEST_GO:-1.21,1.27}
 export CTXPROBE_TEST_BUILD=${CTXPROBE_TEST_BUILD:-default,stripped}
-read -r -a tests <<<"${VM_TESTS:-agent_once agent_stream}"
+read -r -a specs <<<"${VM_TESTS:-agent_once agent_stream agent_threads:deadlocked_c_threads,idle_runtime_threads}"
+tests=() filters=()
+for spec in "${specs[@]}"; do
+  tests+=("${spec%%:*}")
+  if [[ $spec == *:* ]]; then filters+=("${spec#*:}"); else filters+=(""); fi
+done
 target=aarch64-unknown-linux-gnu
 # Debian's Rust has the aarch64 standard library; the rustup toolchain does not.
 cross=(env RUSTC=/usr/bin/rustc /usr/bin/cargo)
@@ -35,6 +41,13 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])')
 ((${#bins[@]} == ${#tests[@]})) || { echo "vm-tests-arm64.sh: found test binaries: ${bins[*]}" >&2; exit 1; }
+# Each test's libtest filters, by test binary (cargo lists binaries in its own order).
+bin_filters() {
+  local bin=$1 i
+  for i in "${!tests[@]}"; do
+    if [[ $(basename "$bin") == "${tests[$i]}"-* ]]; then echo "${filters[$i]//,/ }"; return; fi
+  done
+}
 # The fixtures, for arm64, where the tests will look for them.
 CTXPROBE_TEST_GOARCH=arm64 cargo test --release --locked -p ctxprobe-tests --test fixtures -- \
   --ignored --exact prebuild_matrix_fixtures
@@ -44,7 +57,7 @@ env_vars+=" CTXPROBE_TEST_GOARCH=arm64 CTXPROBE_TEST_GO=$CTXPROBE_TEST_GO"
 env_vars+=" CTXPROBE_TEST_BUILD=$CTXPROBE_TEST_BUILD"
 script="set -e; export $env_vars; status=0"
 for b in "${bins[@]}"; do
-  script+="; echo \"== \$(basename $b)\"; $b --test-threads=1 --color never || status=1"
+  script+="; echo \"== \$(basename $b)\"; $b --test-threads=1 --color never $(bin_filters "$b") || status=1"
 done
 script+="; exit \$status"
 start=$(date +%s)

@@ -53,6 +53,8 @@ pub struct Session<'a> {
     /// Streaming: the scan under way, and what the last complete one counted.
     scan: Option<Scan>,
     counts: ScanCounts,
+    /// Scans completed so far.
+    scans_finished: u64,
     /// At the end of the last scan: parks past the threshold, and the verdicts of the
     /// reported ones (counting a million parks at every summary would cost more).
     past_threshold: u64,
@@ -147,6 +149,7 @@ impl<'a> Session<'a> {
             system_by_startpc: HashMap::new(),
             scan: None,
             counts: ScanCounts::default(),
+            scans_finished: 0,
             past_threshold: 0,
             verdicts: BTreeMap::new(),
             last_snapshot_ns: 0,
@@ -536,6 +539,7 @@ impl<'a> Session<'a> {
         self.past_threshold = self.tracker.past_threshold_count();
         self.verdicts = self.tracker.flagged_verdicts();
         if let Some(scan) = self.scan.take() {
+            self.scans_finished += 1;
             self.counts = scan.counts;
             self.last_snapshot_ns = scan.busy_ns;
         }
@@ -559,7 +563,7 @@ impl<'a> Session<'a> {
         let c = &mut scan.counts;
         for (g, system) in gs.iter().zip(system) {
             if g.m != 0 {
-                c.on_threads.push((g.goid, g.m));
+                c.on_threads.push((g.goid, g.addr, g.m));
             }
             if system {
                 c.system += 1;
@@ -902,7 +906,8 @@ struct ScanCounts {
     user: u64,
     system: u64,
     /// Goroutines on an OS thread (running, in a syscall): goid and `g.m`.
-    on_threads: Vec<(u64, u64)>,
+    /// (goid, g, g.m) of goroutines on a thread (running, in a syscall).
+    on_threads: Vec<(u64, u64, u64)>,
 }
 
 /// A streaming scan under way.
@@ -954,15 +959,21 @@ impl Session<'_> {
         }
     }
 
-    /// The goroutine each OS thread is running, from the last snapshot: running and syscall
-    /// goroutines have `g.m`, and `m.procid` is the thread id.
+    /// The goroutine each OS thread is running: running and syscall goroutines of the last
+    /// snapshot have `g.m`, `m.procid` is the thread id, and `m.curg` says whether the
+    /// goroutine is still the one on it.
     pub fn goid_on_thread(&self, tid: u32) -> Option<u64> {
-        self.counts.on_threads.iter().find_map(|&(goid, m)| {
-            let procid = self
-                .mem
-                .read_u64(m.wrapping_add(self.bin.layout.m_procid))
-                .ok()?;
-            (procid == tid as u64).then_some(goid)
+        let layout = &self.bin.layout;
+        self.counts.on_threads.iter().find_map(|&(goid, g, m)| {
+            let procid = self.mem.read_u64(m.wrapping_add(layout.m_procid)).ok()?;
+            let curg = self.mem.read_u64(m.wrapping_add(layout.m_curg)).ok()?;
+            (procid == tid as u64 && curg == g).then_some(goid)
         })
+    }
+
+    /// A scan of the goroutine list has completed: which goroutine each thread runs is known
+    /// (see [`Session::goid_on_thread`]).
+    pub fn has_scanned(&self) -> bool {
+        self.scans_finished > 0
     }
 }

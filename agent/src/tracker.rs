@@ -123,9 +123,18 @@ impl Park {
         } else {
             0
         };
-        // The GC stamp can predate the park by up to a GC cycle; never claim more than the
-        // snapshots allow.
+        // The GC stamp is the start of the first GC cycle that found the goroutine parked
+        // (`markroot` sets `waitsince = work.tstart`), so it can predate the park by up to a
+        // cycle: a goroutine created during a mark phase gets a stamp from before it existed.
+        // One older than a snapshot that did not see the park is certainly such a stamp (the
+        // stop time is added back: the stamp's clock ran on through a stop, `not_before_ns`
+        // was moved past it); a younger one is still never allowed to claim more than that
+        // snapshot allows.
         if let Some(nb) = self.not_before_ns {
+            let nb_target = nb.saturating_add(target_now.saturating_sub(now));
+            if self.waitsince.saturating_add(self.paused_ns) < nb_target {
+                runtime = 0;
+            }
             runtime = runtime.min(now.saturating_sub(nb).max(0) as u64);
         }
         if runtime > observed {
@@ -384,8 +393,15 @@ mod tests {
         assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
         p.waitsince = 40_000;
         assert_eq!(p.blocked(5_000, 50_000), (10_000, SinceSource::Runtime));
+        // A stamp older than a snapshot that did not see the park is a GC cycle's start.
         p.not_before_ns = Some(-2_000);
-        assert_eq!(p.blocked(5_000, 50_000), (7_000, SinceSource::Runtime));
+        assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));
+        // A younger one stands, within what that snapshot allows.
+        p.not_before_ns = Some(-6_000);
+        assert_eq!(p.blocked(5_000, 50_000), (10_000, SinceSource::Runtime));
+        p.waitsince = 38_000;
+        p.not_before_ns = Some(-8_000);
+        assert_eq!(p.blocked(5_000, 50_000), (12_000, SinceSource::Runtime));
         p.not_before_ns = None;
         p.waitsince = 60_000; // from the future: ignored
         assert_eq!(p.blocked(5_000, 50_000), (4_000, SinceSource::Observed));

@@ -272,7 +272,10 @@ impl<'s, 'a> Watch<'s, 'a> {
                         if let Some(end) = self.check_target(target, out)? {
                             return Ok(end);
                         }
-                        if self.stopped_since.is_none() {
+                        // Until a scan has said which goroutine each thread runs, a thread
+                        // holding a goroutine would look like an idle runtime thread.
+                        let threads_known = self.session.as_ref().is_none_or(|s| s.has_scanned());
+                        if self.stopped_since.is_none() && threads_known {
                             self.poll_threads(target, out)?;
                         }
                     }

@@ -3,6 +3,7 @@
 //! against it. The integration tests in `tests/` use it; so can matrix tasks (issue 3), which is
 //! why the toolchain and the build mode are parameters everywhere.
 
+pub mod cbuild;
 pub mod compare;
 pub mod contract;
 pub mod dump;

@@ -167,4 +167,6 @@ fn prebuild_matrix_fixtures() {
         ctxprobe_tests::gobuild::build_fixture("leaky", tc, mode)
             .unwrap_or_else(|e| panic!("leaky for Go {} {}: {e:#}", tc.version, mode.name));
     }
+    // The threads test's C fixture (agent_threads' deadlock test, which VMs run).
+    ctxprobe_tests::cbuild::build_c_fixture("deadlock").unwrap_or_else(|e| panic!("{e:#}"));
 }

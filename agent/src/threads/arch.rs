@@ -9,8 +9,8 @@ pub struct ThreadArch {
     /// `futex` (x86_64 202, arm64 98); `futex_waitv` (449) and `futex_wait` (455) come from the
     /// unified table every architecture shares since 5.16.
     pub sys_futex: i64,
-    /// The CFI unwinder knows this architecture's registers (x86_64 only so far).
-    pub unwinds: bool,
+    /// The target's architecture, for the stack unwinder.
+    pub arch: Arch,
 }
 
 impl ThreadArch {
@@ -18,11 +18,11 @@ impl ThreadArch {
         match arch {
             Arch::Aarch64 => ThreadArch {
                 sys_futex: 98,
-                unwinds: false,
+                arch,
             },
             _ => ThreadArch {
                 sys_futex: 202,
-                unwinds: true,
+                arch,
             },
         }
     }
@@ -39,7 +39,6 @@ mod tests {
     fn futex_numbers_per_architecture() {
         assert_eq!(ThreadArch::of(Arch::X86_64).sys_futex, 202);
         assert_eq!(ThreadArch::of(Arch::Aarch64).sys_futex, 98);
-        assert!(!ThreadArch::of(Arch::Aarch64).unwinds);
         assert_eq!(
             Arch::of_file(std::path::Path::new("/proc/self/exe")),
             Some(Arch::host())

@@ -138,14 +138,7 @@ impl Flags {
 
     fn stack(&mut self, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
         self.space.begin_batch();
-        let unwound = if self.arch.unwinds {
-            unwind::unwind(&mut self.space, &self.mem, st.sp, st.pc)
-        } else {
-            unwind::Unwound {
-                pcs: vec![st.pc],
-                end: unwind::StackEnd::Cut("no unwinder for this architecture yet".into()),
-            }
-        };
+        let unwound = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, st.sp, st.pc);
         (
             symbols::symbolize(&mut self.space, &unwound.pcs),
             unwound.end,

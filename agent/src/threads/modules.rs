@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use gimli::{
-    BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, LittleEndian, RegisterRule,
-    UnwindContext, UnwindSection, X86_64,
+    BaseAddresses, CfaRule, DebugFrame, EhFrame, EhFrameHdr, LittleEndian, Register, RegisterRule,
+    UnwindContext, UnwindSection,
 };
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
@@ -27,6 +27,9 @@ pub enum SavedReg {
     Same,
     /// Undefined: for the return address, the outermost frame.
     Undefined,
+    /// arm64's return address while it is still in the link register x30 (no rule for it in the
+    /// row: a leaf, or code before its prologue saved it).
+    InLinkRegister,
     /// A rule this unwinder does not evaluate (expressions, other registers).
     Unknown,
 }
@@ -34,11 +37,39 @@ pub enum SavedReg {
 /// The part of a CFI row the unwinder needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRule {
-    /// CFA = register (DWARF number: 7 = rsp, 6 = rbp) + offset.
+    /// CFA = register (DWARF number, see [`CfiRegs`]) + offset.
     pub cfa_reg: u16,
     pub cfa_offset: i64,
     pub ra: SavedReg,
-    pub rbp: SavedReg,
+    /// The frame-pointer register (rbp, x29).
+    pub fp: SavedReg,
+}
+
+/// An architecture's DWARF register numbers for the unwinder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CfiRegs {
+    pub sp: u16,
+    pub fp: u16,
+    /// The return address column (x86_64: the pseudo-register 16; arm64: x30).
+    pub ra: u16,
+    /// The return address is in a register until a prologue saves it (arm64), so a row without
+    /// a rule for it means "still in the register", not "undefined".
+    pub link_register: bool,
+}
+
+impl CfiRegs {
+    pub const X86_64: CfiRegs = CfiRegs {
+        sp: 7,
+        fp: 6,
+        ra: 16,
+        link_register: false,
+    };
+    pub const AARCH64: CfiRegs = CfiRegs {
+        sp: 31,
+        fp: 29,
+        ra: 30,
+        link_register: true,
+    };
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +84,8 @@ struct Symbol {
 pub struct SymbolHit<'a> {
     pub name: &'a str,
     pub offset: u64,
+    /// The symbol's size; 0 when the symbol table does not say.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,17 +215,28 @@ impl ElfModule {
         Some(SymbolHit {
             name: &sym.name,
             offset,
+            size: sym.size,
         })
     }
 
     /// The CFI row for `svma`, from .eh_frame (through .eh_frame_hdr's sorted table when present),
     /// else .debug_frame (Go's own functions have only that).
-    pub fn frame_rule(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Option<FrameRule> {
-        self.eh_frame_rule(svma, ctx)
-            .or_else(|| self.debug_frame_rule(svma, ctx))
+    pub fn frame_rule(
+        &self,
+        svma: u64,
+        ctx: &mut UnwindContext<usize>,
+        regs: CfiRegs,
+    ) -> Option<FrameRule> {
+        self.eh_frame_rule(svma, ctx, regs)
+            .or_else(|| self.debug_frame_rule(svma, ctx, regs))
     }
 
-    fn eh_frame_rule(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Option<FrameRule> {
+    fn eh_frame_rule(
+        &self,
+        svma: u64,
+        ctx: &mut UnwindContext<usize>,
+        regs: CfiRegs,
+    ) -> Option<FrameRule> {
         if self.eh_frame.is_empty() {
             return None;
         }
@@ -217,10 +261,15 @@ impl ElfModule {
                 .unwind_info_for_address(&bases, ctx, svma, EhFrame::cie_from_offset)
                 .ok()?,
         };
-        to_rule(row)
+        to_rule(row, regs)
     }
 
-    fn debug_frame_rule(&self, svma: u64, ctx: &mut UnwindContext<usize>) -> Option<FrameRule> {
+    fn debug_frame_rule(
+        &self,
+        svma: u64,
+        ctx: &mut UnwindContext<usize>,
+        regs: CfiRegs,
+    ) -> Option<FrameRule> {
         if self.debug_frame.is_empty() {
             return None;
         }
@@ -234,7 +283,7 @@ impl ElfModule {
                 DebugFrame::cie_from_offset,
             )
             .ok()?;
-        to_rule(row)
+        to_rule(row, regs)
     }
 }
 
@@ -246,7 +295,7 @@ fn go_functions(data: Vec<u8>) -> Option<Pclntab> {
     Pclntab::from_elf(&elf, version).ok()
 }
 
-fn to_rule(row: &gimli::UnwindTableRow<usize>) -> Option<FrameRule> {
+fn to_rule(row: &gimli::UnwindTableRow<usize>, regs: CfiRegs) -> Option<FrameRule> {
     let CfaRule::RegisterAndOffset { register, offset } = row.cfa() else {
         return None;
     };
@@ -256,16 +305,24 @@ fn to_rule(row: &gimli::UnwindTableRow<usize>) -> Option<FrameRule> {
         RegisterRule::Undefined => SavedReg::Undefined,
         _ => SavedReg::Unknown,
     };
-    let rbp = match row.register(X86_64::RBP) {
-        // A callee-saved register without a rule keeps its value (x86_64 psABI).
+    let fp = match row.register(Register(regs.fp)) {
+        // A callee-saved register without a rule keeps its value (x86_64 and AArch64 psABIs).
         RegisterRule::Undefined => SavedReg::Same,
+        other => saved(other),
+    };
+    // gimli cannot tell an explicit DW_CFA_undefined from no rule: on arm64 no rule is far more
+    // common (every leaf), and outermost frames are also known by name.
+    let ra = match row.register(Register(regs.ra)) {
+        RegisterRule::Undefined | RegisterRule::SameValue if regs.link_register => {
+            SavedReg::InLinkRegister
+        }
         other => saved(other),
     };
     Some(FrameRule {
         cfa_reg: register.0,
         cfa_offset: *offset,
-        ra: saved(row.register(X86_64::RA)),
-        rbp,
+        ra,
+        fp,
     })
 }
 
