@@ -3,7 +3,6 @@
 //! Needs root, gcc, and a built ctxprobe.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,7 +16,6 @@ use ctxprobe_tests::process::Process;
 use ctxprobe_tests::scenario::{check_all_records, ensure_success, preconditions};
 use ctxprobe_tests::serial::bpf_serial;
 use ctxprobe_tests::toolchain::{matrix, BuildMode, Toolchain, LATEST_GO};
-use ctxprobe_tests::workspace_root;
 use serde_json::Value;
 
 fn check(f: impl FnOnce() -> Result<()>) {
