@@ -6,12 +6,14 @@ use std::io::{self, Write};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::report::{format_record, Event, Format};
+use crate::report::{DumpFormatter, Event, Format};
 
 /// Events handed to the writer thread at once (one channel operation per batch).
 const BATCH: usize = 256;
 /// Batches in flight at most: bounds memory when the consumer is slower than the dump.
 const BATCHES_IN_FLIGHT: usize = 8;
+/// Bytes of records formatted before they are written out.
+const WRITE_BYTES: usize = 128 * 1024;
 
 pub struct DumpWriter {
     pending: Vec<Event>,
@@ -25,11 +27,18 @@ impl DumpWriter {
         let thread = std::thread::Builder::new()
             .name("dump-writer".into())
             .spawn(move || {
+                let mut formatter = DumpFormatter::new(format, pid);
+                let mut buf = Vec::with_capacity(WRITE_BYTES + 64 * 1024);
                 for batch in rx {
                     for event in &batch {
-                        out.write_all(&format_record(format, pid, event)?)?;
+                        formatter.append(&mut buf, event)?;
+                        if buf.len() >= WRITE_BYTES {
+                            out.write_all(&buf)?;
+                            buf.clear();
+                        }
                     }
                 }
+                out.write_all(&buf)?;
                 out.flush()
             })?;
         Ok(DumpWriter {

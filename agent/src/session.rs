@@ -252,9 +252,17 @@ impl<'a> Session<'a> {
                         monotonic_ns(),
                     );
                 }
-                (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
+                (
+                    stack::symbolize_shared(&self.sym, &unwound.pcs),
+                    None,
+                    contexts,
+                )
             }
-            Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),
+            Err(e) => (
+                Vec::new().into(),
+                Some(e.to_string()),
+                ContextDiagnosis::default(),
+            ),
         };
         let system = self.is_system(g);
         GoroutineReport {
@@ -266,7 +274,7 @@ impl<'a> Session<'a> {
             since_source: blocked.map(|b| b.1).unwrap_or(SinceSource::Unknown),
             stack,
             stack_error,
-            created_by: self.sym.creation_site(g.gopc),
+            created_by: self.sym.shared_creation_site(g.gopc),
             parent_goid: g.parent_goid.filter(|&p| p != 0),
             system,
             contexts,
@@ -429,7 +437,7 @@ impl<'a> Session<'a> {
         }
         match self.reader.reread(g.addr) {
             Some(again) if !again.same_state_as(g) => {
-                report.stack.clear();
+                report.stack = Vec::new().into();
                 report.contexts = ContextDiagnosis::default();
                 report.stack_error =
                     Some("the goroutine kept running while its stack was read".into());

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use gobinary::pclntab::{Frame, Pclntab};
 use serde::Serialize;
@@ -41,11 +42,12 @@ pub struct Symbolizer<'a> {
     /// share their stack with thousands of others.
     stacks: RefCell<StackNames>,
     /// Creation sites by `gopc`.
-    sites: RefCell<HashMap<u64, Option<SourceFrame>>>,
+    sites: RefCell<HashMap<u64, Option<Arc<SourceFrame>>>>,
 }
 
-/// Symbolized stacks by their return addresses.
-type StackNames = FxHashMap<Box<[u64]>, Rc<[SourceFrame]>>;
+/// Symbolized stacks by their return addresses. Shared (`Arc`): a dump hands the same stack
+/// to a million records, and its writer thread renders each distinct one once.
+type StackNames = FxHashMap<Box<[u64]>, Arc<[SourceFrame]>>;
 
 /// Most whole stacks or creation sites cached (about 2 KiB each); the cache starts over when
 /// full, so a process with millions of distinct stacks costs time, not memory.
@@ -93,10 +95,15 @@ impl<'a> Symbolizer<'a> {
     /// The `go` statement at `gopc`, as the runtime's "created by" line shows it: the physical
     /// function's name and the source position of the call.
     pub fn creation_site(&self, gopc: u64) -> Option<SourceFrame> {
+        self.shared_creation_site(gopc).map(|s| (*s).clone())
+    }
+
+    /// [`Self::creation_site`], shared with every goroutine started there.
+    pub fn shared_creation_site(&self, gopc: u64) -> Option<Arc<SourceFrame>> {
         if let Some(site) = self.sites.borrow().get(&gopc) {
             return site.clone();
         }
-        let site = self.find_creation_site(gopc);
+        let site = self.find_creation_site(gopc).map(Arc::new);
         let mut sites = self.sites.borrow_mut();
         if sites.len() >= MAX_CACHED {
             sites.clear();
@@ -402,8 +409,13 @@ fn walk_sp_deltas(
 /// The stack as the runtime's traceback prints it: inlined calls expanded, wrappers and the
 /// runtime's own unexported frames hidden. Addresses that do not symbolize are dropped.
 pub fn symbolize(sym: &Symbolizer<'_>, pcs: &[u64]) -> Vec<SourceFrame> {
+    symbolize_shared(sym, pcs).to_vec()
+}
+
+/// [`symbolize`], shared with every goroutine whose stack has the same return addresses.
+pub fn symbolize_shared(sym: &Symbolizer<'_>, pcs: &[u64]) -> Arc<[SourceFrame]> {
     if let Some(frames) = sym.stacks.borrow().get(pcs) {
-        return frames.to_vec();
+        return frames.clone();
     }
     let mut out = Vec::new();
     for &pc in pcs {
@@ -418,11 +430,12 @@ pub fn symbolize(sym: &Symbolizer<'_>, pcs: &[u64]) -> Vec<SourceFrame> {
             });
         }
     }
+    let out: Arc<[SourceFrame]> = out.into();
     let mut stacks = sym.stacks.borrow_mut();
     if stacks.len() >= MAX_CACHED {
         stacks.clear();
     }
-    stacks.insert(pcs.into(), out.as_slice().into());
+    stacks.insert(pcs.into(), out.clone());
     out
 }
 
