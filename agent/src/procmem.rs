@@ -137,18 +137,26 @@ impl ProcessMemory {
         let mut order: Vec<usize> = (0..addrs.len()).collect();
         order.sort_unstable_by_key(|&i| addrs[i]);
         let spans = merge_ranges(addrs, &order, len);
-        let mut bufs: Vec<Vec<u8>> = spans
-            .iter()
-            .map(|s| vec![0u8; (s.end - s.start) as usize])
-            .collect();
-        let mut reqs: Vec<(u64, &mut [u8])> = spans
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(|(s, b)| (s.start, b.as_mut_slice()))
-            .collect();
+        // All spans in one buffer: one allocation, however scattered the addresses.
+        let span_len = |s: &Span| (s.end - s.start) as usize;
+        let mut flat = vec![0u8; spans.iter().map(span_len).sum()];
+        let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(spans.len());
+        let mut rest = flat.as_mut_slice();
+        for s in &spans {
+            let (buf, after) = std::mem::take(&mut rest).split_at_mut(span_len(s));
+            reqs.push((s.start, buf));
+            rest = after;
+        }
         let span_ok = self.read_scattered(&mut reqs)?;
         drop(reqs);
-        for ((span, buf), span_ok) in spans.iter().zip(&bufs).zip(span_ok) {
+        let mut bufs = Vec::with_capacity(spans.len());
+        let mut rest = flat.as_slice();
+        for s in &spans {
+            let (buf, after) = rest.split_at(span_len(s));
+            bufs.push(buf);
+            rest = after;
+        }
+        for ((span, buf), span_ok) in spans.iter().zip(bufs).zip(span_ok) {
             let members = &order[span.members.clone()];
             for &i in members {
                 let slot = &mut out[i * len..(i + 1) * len];

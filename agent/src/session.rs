@@ -68,6 +68,20 @@ pub struct Session<'a> {
     groups: StreamGroups,
 }
 
+/// The name of a wait reason, from the binary's table (`wait_reasons`); None for none.
+fn reason_name(wait_reasons: &[String], wait_reason: u8) -> Option<String> {
+    if wait_reason == 0 {
+        return None;
+    }
+    Some(
+        wait_reasons
+            .get(wait_reason as usize)
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("waitreason({wait_reason})")),
+    )
+}
+
 /// The runtime's own record of how long `g` has been blocked (its GC stamp), as of `target_now`.
 fn runtime_blocked(g: &RawG, target_now: i64) -> Option<(u64, SinceSource)> {
     (g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now)
@@ -152,14 +166,34 @@ impl<'a> Session<'a> {
             Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
             Err(e) => return Err(mem_error(e)),
         };
+        // Half the list on another thread: the reads are most of the work, and a million
+        // goroutines take a while.
+        let (first, second) = addrs.split_at(addrs.len() / 2);
+        let (reader, pclntab, bias) = (&self.reader, &self.bin.pclntab, self.bias);
+        let (mine, other) = std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("count".into())
+                .spawn_scoped(scope, || count_user(reader, second, pclntab, bias));
+            let mine = count_user(reader, first, pclntab, bias);
+            let other = match other {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(ReadError::Corrupt("the counting thread panicked".into()))
+                }),
+                // No thread to spare: this one does it all.
+                Err(_) => count_user(reader, second, pclntab, bias),
+            };
+            (mine, other)
+        });
         let mut n = 0;
-        for chunk in addrs.chunks(SCAN_CHUNK) {
-            let gs = match self.reader.read_gs(chunk) {
-                Ok(gs) => gs,
+        for counted in [mine, other] {
+            match counted {
+                Ok((count, system)) => {
+                    n += count;
+                    self.system_by_startpc.extend(system);
+                }
                 Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
                 Err(e) => return Err(mem_error(e)),
-            };
-            n += gs.iter().filter(|g| !self.is_system(g)).count() as u64;
+            }
         }
         Ok(Some(n))
     }
@@ -186,17 +220,7 @@ impl<'a> Session<'a> {
     }
 
     fn reason_name(&self, wait_reason: u8) -> Option<String> {
-        if wait_reason == 0 {
-            return None;
-        }
-        Some(
-            self.bin
-                .wait_reasons
-                .get(wait_reason as usize)
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .unwrap_or_else(|| format!("waitreason({wait_reason})")),
-        )
+        reason_name(&self.bin.wait_reasons, wait_reason)
     }
 
     /// A full report of one goroutine: stack read now, symbolized.
@@ -700,6 +724,30 @@ impl<'a> Session<'a> {
             snapshot_ms: self.last_snapshot_ns as f64 / 1e6,
         }
     }
+}
+
+/// The goroutines at `addrs` that are alive and not the runtime's own, read a chunk at a time,
+/// with what was learnt of start functions (system or not, as [`Session::is_system`] says).
+fn count_user(
+    reader: &GoroutineReader<'_>,
+    addrs: &[u64],
+    pclntab: &gobinary::pclntab::Pclntab,
+    bias: u64,
+) -> Result<(u64, HashMap<u64, bool>), ReadError> {
+    let mut system: HashMap<u64, bool> = HashMap::new();
+    let mut n = 0;
+    for chunk in addrs.chunks(SCAN_CHUNK) {
+        for g in reader.read_gs(chunk)? {
+            let is_system = *system.entry(g.startpc).or_insert_with(|| {
+                let name = pclntab
+                    .func_at(g.startpc.wrapping_sub(bias))
+                    .map(|f| f.name);
+                stack::is_system_goroutine(name.as_deref())
+            });
+            n += u64::from(!is_system);
+        }
+    }
+    Ok((n, system))
 }
 
 /// Goroutines read per step of a streaming scan: a step takes a few milliseconds, so the

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use gobinary::pclntab::{Frame, Pclntab};
 use serde::Serialize;
 
@@ -178,8 +179,8 @@ impl std::fmt::Display for StackError {
 pub struct Unwound {
     /// Return addresses, innermost first (the first is the saved pc).
     pub pcs: Vec<u64>,
-    /// The stack copy, from `sp` up.
-    pub stack: Vec<u8>,
+    /// The stack copy, from `sp` up (a slice of its batch's buffer, see [`unwind_many`]).
+    pub stack: Bytes,
     pub sp: u64,
 }
 
@@ -267,7 +268,7 @@ pub fn unwind_with_stack(
     let stack = mem
         .read_vec(plan.base, plan.len)
         .map_err(|e| StackError::Unreadable(e.to_string()))?;
-    Ok(unwind_copy(pclntab, bias, &plan, stack))
+    Ok(unwind_copy(pclntab, bias, &plan, stack.into()))
 }
 
 /// [`unwind_with_stack`] for many goroutines, their stacks read in a few syscalls (many ranges
@@ -281,16 +282,19 @@ pub fn unwind_many(
 ) -> Result<Vec<Result<Unwound, StackError>>, MemError> {
     let layout = FrameLayout::of(pclntab.arch());
     let plans: Vec<Result<StackPlan, StackError>> = gs.iter().map(|g| plan(g, layout)).collect();
-    let mut stacks: Vec<Vec<u8>> = plans
-        .iter()
-        .map(|p| p.as_ref().map_or_else(|_| Vec::new(), |p| vec![0; p.len]))
-        .collect();
+    // One buffer for the whole batch, each stack a slice of it: one allocation, not one per
+    // goroutine (a dump reads a million stacks).
+    let total = plans.iter().flatten().map(|p| p.len).sum();
+    let mut buf = vec![0u8; total];
     let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(gs.len());
     let mut which = Vec::with_capacity(gs.len());
-    for (i, (p, stack)) in plans.iter().zip(stacks.iter_mut()).enumerate() {
+    let mut rest = buf.as_mut_slice();
+    for (i, p) in plans.iter().enumerate() {
         if let Ok(p) = p {
-            reqs.push((p.base, stack.as_mut_slice()));
+            let (stack, after) = std::mem::take(&mut rest).split_at_mut(p.len);
+            reqs.push((p.base, stack));
             which.push(i);
+            rest = after;
         }
     }
     let ok = mem.read_scattered(&mut reqs)?;
@@ -299,12 +303,15 @@ pub fn unwind_many(
     for (&i, ok) in which.iter().zip(ok) {
         read[i] = ok;
     }
+    let buf = Bytes::from(buf);
+    let mut at = 0;
     Ok(plans
         .into_iter()
-        .zip(stacks)
         .zip(read)
-        .map(|((p, stack), read)| {
+        .map(|(p, read)| {
             let p = p?;
+            let stack = buf.slice(at..at + p.len);
+            at += p.len;
             if !read {
                 return Err(StackError::Unreadable(format!(
                     "cannot read target memory at {:#x} ({} bytes)",
@@ -316,7 +323,7 @@ pub fn unwind_many(
         .collect())
 }
 
-fn unwind_copy(pclntab: &Pclntab, bias: u64, plan: &StackPlan, stack: Vec<u8>) -> Unwound {
+fn unwind_copy(pclntab: &Pclntab, bias: u64, plan: &StackPlan, stack: Bytes) -> Unwound {
     let (pc, sp, base) = (plan.pc, plan.sp, plan.base);
     let pcs = if plan.use_fp {
         walk_frame_pointers(&stack, base, pc, plan.bp)

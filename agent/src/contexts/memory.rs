@@ -16,9 +16,12 @@ pub const GOROUTINE_READ_BUDGET: u64 = 256 * 1024;
 pub struct BudgetedMemory<'a> {
     mem: &'a ProcessMemory,
     left: Cell<u64>,
-    /// Reads done ahead for a batch of goroutines, by (address, length).
-    prefetched: RefCell<FxHashMap<(u64, usize), Vec<u8>>>,
+    /// Reads done ahead for a batch of goroutines.
+    prefetched: RefCell<Prefetched>,
 }
+
+/// Reads done ahead, by (address, length).
+pub type Prefetched = FxHashMap<(u64, usize), Vec<u8>>;
 
 impl<'a> BudgetedMemory<'a> {
     pub fn new(mem: &'a ProcessMemory, budget: u64) -> Self {
@@ -59,6 +62,17 @@ impl<'a> BudgetedMemory<'a> {
         self.prefetched
             .borrow_mut()
             .insert((addr, bytes.len()), bytes);
+    }
+
+    /// What was prefetched, handed over (to the [`BudgetedMemory`] of another thread).
+    pub fn take_prefetched(&self) -> Prefetched {
+        std::mem::take(&mut *self.prefetched.borrow_mut())
+    }
+
+    /// Serves later reads from `prefetched` (taken from another [`BudgetedMemory`]) instead
+    /// of what was prefetched here.
+    pub fn set_prefetched(&self, prefetched: Prefetched) {
+        *self.prefetched.borrow_mut() = prefetched;
     }
 
     /// Forgets what was prefetched: the next reads go to the target again.

@@ -3,17 +3,19 @@
 //! once.
 //!
 //! The dump is a pipeline over the machine's cores: a reader thread reads the goroutine list a
-//! chunk at a time and the stacks of each batch (most of the dump's system time), while this
-//! thread describes the batch before (symbols, contexts, the re-read that checks each stack)
-//! and the writer thread ([`crate::dump_writer`]) formats the records before that.
+//! chunk at a time, the stacks of each batch and what their context diagnosis will read of
+//! their waits (most of the dump's system time), while this thread describes the batch before
+//! (symbols, contexts, the re-read that checks each stack) and the writer thread
+//! ([`crate::dump_writer`]) formats the records before that.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use anyhow::{bail, Result};
 
-use super::{runtime_blocked, Session};
-use crate::contexts::ContextDiagnosis;
+use super::{reason_name, runtime_blocked, Session};
+use crate::contexts::memory::{BudgetedMemory, Prefetched, GOROUTINE_READ_BUDGET};
+use crate::contexts::{ContextDiagnosis, WaitPrefetcher};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::groups::Grouper;
 use crate::procmem::{MemError, ProcessMemory};
@@ -46,9 +48,9 @@ fn stack_batch_end(gs: &[RawG], from: usize, pclntab: &gobinary::pclntab::Pclnta
 /// Goroutines whose stacks the reader thread has read and unwound.
 struct ReadBatch {
     gs: Vec<RawG>,
-    /// `g.waiting` of each, read with it (see [`crate::contexts::ContextAnalyzer`]).
-    waiting: Vec<Option<u64>>,
     stacks: Vec<Result<Unwound, StackError>>,
+    /// What the context diagnosis will read of their waits, read ahead.
+    waits: Prefetched,
 }
 
 /// What the reader thread hands over: a batch, or why it stopped.
@@ -68,6 +70,9 @@ struct StackReader<'a> {
     include_system: bool,
     /// System goroutines by start function, as [`Session::is_system`] decides.
     system_by_startpc: HashMap<u64, bool>,
+    /// With context diagnosis: its wait reads ahead, and the names of wait reasons.
+    waits: Option<WaitPrefetcher>,
+    wait_reasons: &'a [String],
 }
 
 impl StackReader<'_> {
@@ -79,6 +84,21 @@ impl StackReader<'_> {
                 .map(|f| f.name);
             stack::is_system_goroutine(name.as_deref())
         })
+    }
+
+    /// Reads ahead what diagnosing the contexts of `gs` will read of their waits.
+    fn prefetch_waits(&self, gs: &[RawG], waiting: &[Option<u64>]) -> Prefetched {
+        let Some(waits) = &self.waits else {
+            return Prefetched::default();
+        };
+        let mem = BudgetedMemory::new(self.mem, GOROUTINE_READ_BUDGET);
+        let reason = |g: &RawG| {
+            g.is_waiting()
+                .then(|| reason_name(self.wait_reasons, g.wait_reason))
+                .flatten()
+        };
+        waits.prefetch_waits(&mem, gs, waiting, &reason);
+        mem.take_prefetched()
     }
 
     /// Reads every chunk of `chunks` and the stacks of its goroutines, batch by batch, into
@@ -102,8 +122,8 @@ impl StackReader<'_> {
                 let rest_waiting = waiting.split_off(end);
                 let read = match stack::unwind_many(self.mem, self.pclntab, self.bias, &gs) {
                     Ok(stacks) => Read::Batch(ReadBatch {
+                        waits: self.prefetch_waits(&gs, &waiting),
                         gs,
-                        waiting,
                         stacks,
                     }),
                     Err(e) => Read::StacksFailed(e),
@@ -177,6 +197,8 @@ impl<'a> Session<'a> {
             bias: self.bias,
             include_system: self.settings.include_system,
             system_by_startpc: self.system_by_startpc.clone(),
+            waits: self.contexts.as_ref().map(|a| a.wait_prefetcher()),
+            wait_reasons: &bin.wait_reasons,
         };
         let described = std::thread::scope(|scope| {
             let (tx, rx) = sync_channel(BATCHES_AHEAD);
@@ -213,12 +235,9 @@ impl<'a> Session<'a> {
                     });
                 }
             };
-            let ReadBatch {
-                gs,
-                waiting,
-                stacks,
-            } = batch;
-            let reports = self.describe_batch(&gs, &waiting, stacks, target_now);
+            let ReadBatch { gs, stacks, waits } = batch;
+            self.context_mem.set_prefetched(waits);
+            let reports = self.describe_batch(&gs, stacks, target_now);
             // A target that dies or execs mid-dump makes every later read fail (or read
             // another program): stop at the first sign rather than print empty stacks. The
             // batch's stacks were read before this check, the rest of it just now.
@@ -256,20 +275,15 @@ impl<'a> Session<'a> {
         anyhow::Error::new(e).context("cannot read the goroutine list")
     }
 
-    /// Reports for a batch of goroutines whose stacks were read: their waits are read in a
-    /// few syscalls, then each is described. The target keeps running while we read, so each
-    /// `g` is re-read after its stack and described again (once) if it moved.
+    /// Reports for a batch of goroutines whose stacks (and waits, in `self.context_mem`) were
+    /// read. The target keeps running while we read, so each `g` is re-read after its stack
+    /// and described again (once) if it moved.
     fn describe_batch(
         &mut self,
         gs: &[RawG],
-        waiting: &[Option<u64>],
         stacks: Vec<Result<Unwound, StackError>>,
         target_now: i64,
     ) -> Vec<GoroutineReport> {
-        if let Some(a) = &self.contexts {
-            let reason = |g: &RawG| self.wait_reason_name(g);
-            a.prefetch_waits(&self.context_mem, gs, waiting, &reason);
-        }
         let mut reports = Vec::with_capacity(gs.len());
         for (g, unwound) in gs.iter().zip(stacks) {
             let blocked = runtime_blocked(g, target_now);
