@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 
+use bytes::Bytes;
 use gobinary::rtype::Memory;
 
 use crate::fxhash::FxHashMap;
@@ -21,7 +22,7 @@ pub struct BudgetedMemory<'a> {
 }
 
 /// Reads done ahead, by (address, length).
-pub type Prefetched = FxHashMap<(u64, usize), Vec<u8>>;
+pub type Prefetched = FxHashMap<(u64, usize), Bytes>;
 
 impl<'a> BudgetedMemory<'a> {
     pub fn new(mem: &'a ProcessMemory, budget: u64) -> Self {
@@ -40,15 +41,17 @@ impl<'a> BudgetedMemory<'a> {
     /// Reads `len` bytes at each address in a few syscalls and serves later reads of exactly
     /// those ranges from the copy; returns what was read. Unreadable ranges are left to the
     /// later read (which fails as it would have).
-    pub fn prefetch(&self, addrs: &[u64], len: usize) -> Vec<(u64, Vec<u8>)> {
+    pub fn prefetch(&self, addrs: &[u64], len: usize) -> Vec<(u64, Bytes)> {
         let Ok((buf, ok)) = self.mem.read_many(addrs, len) else {
             return Vec::new();
         };
+        // Each range a slice of the one buffer read: no allocation per range.
+        let buf = Bytes::from(buf);
         let mut out = Vec::with_capacity(addrs.len());
         let mut map = self.prefetched.borrow_mut();
         for (i, &addr) in addrs.iter().enumerate() {
             if ok[i] {
-                let bytes = buf[i * len..(i + 1) * len].to_vec();
+                let bytes = buf.slice(i * len..(i + 1) * len);
                 map.insert((addr, len), bytes.clone());
                 out.push((addr, bytes));
             }
@@ -61,7 +64,7 @@ impl<'a> BudgetedMemory<'a> {
     pub fn insert_prefetched(&self, addr: u64, bytes: Vec<u8>) {
         self.prefetched
             .borrow_mut()
-            .insert((addr, bytes.len()), bytes);
+            .insert((addr, bytes.len()), bytes.into());
     }
 
     /// What was prefetched, handed over (to the [`BudgetedMemory`] of another thread).
@@ -91,7 +94,7 @@ impl Memory for BudgetedMemory<'_> {
         }
         self.left.set(left - want);
         if let Some(bytes) = self.prefetched.borrow().get(&(addr, len)) {
-            return Some(bytes.clone());
+            return Some(bytes.to_vec());
         }
         self.mem.read_vec(addr, len).ok()
     }
