@@ -24,6 +24,8 @@ use crate::procmem::{MemError, ProcessMemory};
 
 /// The runtime prints at most 100 frames of a goroutine; so do we.
 const MAX_FRAMES: usize = 100;
+/// Return addresses a walk makes room for up front (it grows past them as needed).
+const TYPICAL_FRAMES: usize = 16;
 /// Stack bytes read per goroutine at most; deeper frames are reported as elided.
 const MAX_STACK_READ: u64 = 512 * 1024;
 
@@ -357,7 +359,9 @@ fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
 /// the target's stack from `sp` up.
 fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
     let hi = sp.saturating_add(stack.len() as u64);
-    let mut pcs = vec![pc];
+    // Room for a typical stack at once: a dump unwinds a million of them.
+    let mut pcs = Vec::with_capacity(TYPICAL_FRAMES);
+    pcs.push(pc);
     let mut fp = bp;
     while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp.is_multiple_of(8) {
         let (Some(next), Some(ret)) = (
@@ -389,7 +393,9 @@ fn walk_sp_deltas(
     pc: u64,
     frame_size: impl Fn(u64) -> Option<u64>,
 ) -> Vec<u64> {
-    let mut pcs = vec![pc];
+    // Room for a typical stack at once: a dump unwinds a million of them.
+    let mut pcs = Vec::with_capacity(TYPICAL_FRAMES);
+    pcs.push(pc);
     let mut cur_pc = pc;
     let mut cur_sp = sp;
     while pcs.len() < MAX_FRAMES {

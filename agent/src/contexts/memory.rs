@@ -67,6 +67,11 @@ impl<'a> BudgetedMemory<'a> {
             .insert((addr, bytes.len()), bytes.into());
     }
 
+    /// Makes room for `n` more prefetched ranges.
+    pub fn reserve_prefetched(&self, n: usize) {
+        self.prefetched.borrow_mut().reserve(n);
+    }
+
     /// What was prefetched, handed over (to the [`BudgetedMemory`] of another thread).
     pub fn take_prefetched(&self) -> Prefetched {
         std::mem::take(&mut *self.prefetched.borrow_mut())

@@ -92,6 +92,8 @@ impl StackReader<'_> {
             return Prefetched::default();
         };
         let mem = BudgetedMemory::new(self.mem, GOROUTINE_READ_BUDGET);
+        // Most goroutines of a big dump wait on a channel or two: g.waiting, sudogs, channels.
+        mem.reserve_prefetched(gs.len() * 4);
         let reason = |g: &RawG| {
             g.is_waiting()
                 .then(|| reason_name(self.wait_reasons, g.wait_reason))
