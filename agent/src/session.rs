@@ -206,8 +206,7 @@ impl<'a> Session<'a> {
         if let Some(&s) = self.system_by_startpc.get(&startpc) {
             return s;
         }
-        let name = self.sym.func_name(startpc);
-        let s = stack::is_system_goroutine(name.as_deref());
+        let s = stack::is_system_start(&self.bin.pclntab, self.bias, startpc);
         self.system_by_startpc.insert(startpc, s);
         s
     }
@@ -738,12 +737,9 @@ fn count_user(
     let mut n = 0;
     for chunk in addrs.chunks(SCAN_CHUNK) {
         for g in reader.read_gs(chunk)? {
-            let is_system = *system.entry(g.startpc).or_insert_with(|| {
-                let name = pclntab
-                    .func_at(g.startpc.wrapping_sub(bias))
-                    .map(|f| f.name);
-                stack::is_system_goroutine(name.as_deref())
-            });
+            let is_system = *system
+                .entry(g.startpc)
+                .or_insert_with(|| stack::is_system_start(pclntab, bias, g.startpc));
             n += u64::from(!is_system);
         }
     }

@@ -146,6 +146,12 @@ pub fn shown_by_runtime(func: &str) -> bool {
     }
 }
 
+/// [`is_system_goroutine`] for the goroutine started at `startpc` (a runtime address).
+pub fn is_system_start(pclntab: &Pclntab, bias: u64, startpc: u64) -> bool {
+    let name = pclntab.func_at(startpc.wrapping_sub(bias)).map(|f| f.name);
+    is_system_goroutine(name.as_deref())
+}
+
 /// System goroutines (GC workers, the finalizer, the scavenger...) are started by runtime
 /// functions; the runtime leaves them out of its dumps, except the main goroutine.
 pub fn is_system_goroutine(start_func: Option<&str>) -> bool {

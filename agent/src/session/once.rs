@@ -78,12 +78,10 @@ struct StackReader<'a> {
 impl StackReader<'_> {
     fn is_system(&mut self, g: &RawG) -> bool {
         let (pclntab, bias) = (self.pclntab, self.bias);
-        *self.system_by_startpc.entry(g.startpc).or_insert_with(|| {
-            let name = pclntab
-                .func_at(g.startpc.wrapping_sub(bias))
-                .map(|f| f.name);
-            stack::is_system_goroutine(name.as_deref())
-        })
+        *self
+            .system_by_startpc
+            .entry(g.startpc)
+            .or_insert_with(|| stack::is_system_start(pclntab, bias, g.startpc))
     }
 
     /// Reads ahead what diagnosing the contexts of `gs` will read of their waits.
