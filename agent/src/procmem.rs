@@ -14,6 +14,37 @@ const MERGE_GAP: u64 = 512;
 /// ...and the merged range stays this short.
 const MAX_MERGED: u64 = 64 * 1024;
 
+thread_local! {
+    /// [`ProcessMemory::read_many`]'s span buffer, kept between calls.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer kept between calls.
+const MAX_SCRATCH: usize = 4 << 20;
+
+/// This thread's scratch buffer while in use, given back when dropped.
+struct Scratch(Vec<u8>);
+
+impl Scratch {
+    /// The buffer, at least `len` bytes long (not zeroed: whatever the last call left).
+    fn take(len: usize) -> Scratch {
+        let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        Scratch(buf)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.len() <= MAX_SCRATCH {
+            let buf = std::mem::take(&mut self.0);
+            SCRATCH.with(|s| *s.borrow_mut() = buf);
+        }
+    }
+}
+
 /// Ranges of [`ProcessMemory::read_many`] read as one: `members` indexes its address order.
 struct Span {
     start: u64,
@@ -137,18 +168,28 @@ impl ProcessMemory {
         let mut order: Vec<usize> = (0..addrs.len()).collect();
         order.sort_unstable_by_key(|&i| addrs[i]);
         let spans = merge_ranges(addrs, &order, len);
-        let mut bufs: Vec<Vec<u8>> = spans
-            .iter()
-            .map(|s| vec![0u8; (s.end - s.start) as usize])
-            .collect();
-        let mut reqs: Vec<(u64, &mut [u8])> = spans
-            .iter()
-            .zip(bufs.iter_mut())
-            .map(|(s, b)| (s.start, b.as_mut_slice()))
-            .collect();
+        // All spans in one buffer, this thread's scratch buffer: no allocation and no zeroing
+        // per call (read_scattered zeroes what it cannot read).
+        let span_len = |s: &Span| (s.end - s.start) as usize;
+        let total_spans: usize = spans.iter().map(span_len).sum();
+        let mut flat = Scratch::take(total_spans);
+        let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(spans.len());
+        let mut rest = &mut flat.0[..total_spans];
+        for s in &spans {
+            let (buf, after) = std::mem::take(&mut rest).split_at_mut(span_len(s));
+            reqs.push((s.start, buf));
+            rest = after;
+        }
         let span_ok = self.read_scattered(&mut reqs)?;
         drop(reqs);
-        for ((span, buf), span_ok) in spans.iter().zip(&bufs).zip(span_ok) {
+        let mut bufs = Vec::with_capacity(spans.len());
+        let mut rest = &flat.0[..total_spans];
+        for s in &spans {
+            let (buf, after) = rest.split_at(span_len(s));
+            bufs.push(buf);
+            rest = after;
+        }
+        for ((span, buf), span_ok) in spans.iter().zip(bufs).zip(span_ok) {
             let members = &order[span.members.clone()];
             for &i in members {
                 let slot = &mut out[i * len..(i + 1) * len];

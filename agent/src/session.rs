@@ -1,9 +1,12 @@
-//! One inspection of one process: attach, snapshot, report, detach.
+//! One inspection of one process: attach, snapshot, report, detach. The `--once` dump is in
+//! [`once`].
+
+mod once;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use gobinary::waitreason::status_name;
 use gobinary::GoBinary;
 
@@ -11,13 +14,11 @@ use crate::contexts::memory::{BudgetedMemory, GOROUTINE_READ_BUDGET};
 use crate::contexts::{ContextAnalyzer, ContextDiagnosis};
 use crate::goroutines::{GoroutineReader, RawG, ReadError};
 use crate::groups::stream::{GroupLabel, Member, StreamGroups, StreamKey, StreamSettings};
-use crate::groups::Grouper;
 use crate::probes::ProbeController;
 use crate::procmem::{MemError, ProcessMemory};
 use crate::report::{
     CreationSiteCount, Event, GoroutineReport, GoroutineSummary, Reporter, SinceSource,
 };
-use crate::snapshot_chunks::ChunkedSnapshot;
 use crate::stack::{self, Symbolizer};
 use crate::target::{monotonic_ns, TargetProcess, TargetState};
 use crate::threads::StackFrame;
@@ -69,28 +70,24 @@ pub struct Session<'a> {
     groups: StreamGroups,
 }
 
+/// The name of a wait reason, from the binary's table (`wait_reasons`); None for none.
+fn reason_name(wait_reasons: &[String], wait_reason: u8) -> Option<String> {
+    if wait_reason == 0 {
+        return None;
+    }
+    Some(
+        wait_reasons
+            .get(wait_reason as usize)
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_else(|| format!("waitreason({wait_reason})")),
+    )
+}
+
 /// The runtime's own record of how long `g` has been blocked (its GC stamp), as of `target_now`.
 fn runtime_blocked(g: &RawG, target_now: i64) -> Option<(u64, SinceSource)> {
     (g.is_waiting() && g.waitsince > 0 && g.waitsince <= target_now)
         .then(|| ((target_now - g.waitsince) as u64, SinceSource::Runtime))
-}
-
-/// Bytes of stack one batch of a dump reads at most (besides its first goroutine).
-const BATCH_STACK_BYTES: usize = 8 << 20;
-
-/// Where the batch of goroutines starting at `from` ends: at most one chunk, and at most
-/// [`BATCH_STACK_BYTES`] of stacks unless one goroutine alone has more.
-fn stack_batch_end(gs: &[RawG], from: usize, pclntab: &gobinary::pclntab::Pclntab) -> usize {
-    let mut bytes = 0;
-    let mut end = from;
-    while end < gs.len() {
-        bytes += stack::read_len(&gs[end], pclntab);
-        if bytes > BATCH_STACK_BYTES && end > from {
-            break;
-        }
-        end += 1;
-    }
-    end
 }
 
 /// Why the loop ended.
@@ -172,14 +169,34 @@ impl<'a> Session<'a> {
             Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
             Err(e) => return Err(mem_error(e)),
         };
+        // Half the list on another thread: the reads are most of the work, and a million
+        // goroutines take a while.
+        let (first, second) = addrs.split_at(addrs.len() / 2);
+        let (reader, pclntab, bias) = (&self.reader, &self.bin.pclntab, self.bias);
+        let (mine, other) = std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("count".into())
+                .spawn_scoped(scope, || count_user(reader, second, pclntab, bias));
+            let mine = count_user(reader, first, pclntab, bias);
+            let other = match other {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(ReadError::Corrupt("the counting thread panicked".into()))
+                }),
+                // No thread to spare: this one does it all.
+                Err(_) => count_user(reader, second, pclntab, bias),
+            };
+            (mine, other)
+        });
         let mut n = 0;
-        for chunk in addrs.chunks(SCAN_CHUNK) {
-            let gs = match self.reader.read_gs(chunk) {
-                Ok(gs) => gs,
+        for counted in [mine, other] {
+            match counted {
+                Ok((count, system)) => {
+                    n += count;
+                    self.system_by_startpc.extend(system);
+                }
                 Err(ReadError::Mem(MemError::Gone)) => return Ok(None),
                 Err(e) => return Err(mem_error(e)),
-            };
-            n += gs.iter().filter(|g| !self.is_system(g)).count() as u64;
+            }
         }
         Ok(Some(n))
     }
@@ -192,8 +209,7 @@ impl<'a> Session<'a> {
         if let Some(&s) = self.system_by_startpc.get(&startpc) {
             return s;
         }
-        let name = self.sym.func_name(startpc);
-        let s = stack::is_system_goroutine(name.as_deref());
+        let s = stack::is_system_start(&self.bin.pclntab, self.bias, startpc);
         self.system_by_startpc.insert(startpc, s);
         s
     }
@@ -206,17 +222,7 @@ impl<'a> Session<'a> {
     }
 
     fn reason_name(&self, wait_reason: u8) -> Option<String> {
-        if wait_reason == 0 {
-            return None;
-        }
-        Some(
-            self.bin
-                .wait_reasons
-                .get(wait_reason as usize)
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .unwrap_or_else(|| format!("waitreason({wait_reason})")),
-        )
+        reason_name(&self.bin.wait_reasons, wait_reason)
     }
 
     /// A full report of one goroutine: stack read now, symbolized.
@@ -255,9 +261,17 @@ impl<'a> Session<'a> {
                         monotonic_ns(),
                     );
                 }
-                (stack::symbolize(&self.sym, &unwound.pcs), None, contexts)
+                (
+                    stack::symbolize_shared(&self.sym, &unwound.pcs),
+                    None,
+                    contexts,
+                )
             }
-            Err(e) => (Vec::new(), Some(e.to_string()), ContextDiagnosis::default()),
+            Err(e) => (
+                Vec::new().into(),
+                Some(e.to_string()),
+                ContextDiagnosis::default(),
+            ),
         };
         let system = self.is_system(g);
         GoroutineReport {
@@ -269,188 +283,11 @@ impl<'a> Session<'a> {
             since_source: blocked.map(|b| b.1).unwrap_or(SinceSource::Unknown),
             stack,
             stack_error,
-            created_by: self.sym.creation_site(g.gopc),
+            created_by: self.sym.shared_creation_site(g.gopc),
             parent_goid: g.parent_goid.filter(|&p| p != 0),
             system,
             contexts,
         }
-    }
-
-    /// `--once`: every goroutine, one record each.
-    pub fn dump_all(&mut self, out: &mut Reporter) -> Result<u64> {
-        self.for_each_described(|report, _| out.emit_owned(Event::Goroutine(report)))
-    }
-
-    /// `--once --grouped`: every goroutine, one record per group, largest first.
-    pub fn dump_grouped(&mut self, out: &mut Reporter) -> Result<u64> {
-        let mut grouper = Grouper::default();
-        self.for_each_described(|report, g| {
-            grouper.add(report, g.stack_hi.saturating_sub(g.stack_lo));
-            Ok(())
-        })?;
-        let records = grouper.into_records();
-        let n = records.len() as u64;
-        for r in records {
-            out.emit_owned(Event::Group(r))?;
-        }
-        Ok(n)
-    }
-
-    /// One snapshot, each goroutine described (stack read and checked against its state) and
-    /// handed to `each` in `allgs` order; returns how many. The list is read a chunk at a time
-    /// and each chunk is handed on before the next is read, so memory stays bounded however
-    /// many goroutines there are.
-    fn for_each_described(
-        &mut self,
-        each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
-    ) -> Result<u64> {
-        if let Some(a) = self.contexts.as_mut() {
-            a.set_dump_cache(true);
-        }
-        let described = self.describe_chunks(each);
-        if let Some(a) = self.contexts.as_mut() {
-            a.set_dump_cache(false);
-        }
-        self.context_mem.clear_prefetched();
-        described
-    }
-
-    fn describe_chunks(
-        &mut self,
-        mut each: impl FnMut(GoroutineReport, &RawG) -> std::io::Result<()>,
-    ) -> Result<u64> {
-        let start = monotonic_ns();
-        let reader = self.own_reader();
-        // g.waiting comes with each g: the wait diagnosis then needs no read of the g again.
-        let waiting_offset = self.contexts.as_ref().map(|a| a.g_waiting_offset());
-        let mut chunks =
-            ChunkedSnapshot::start(&reader, waiting_offset).map_err(|e| self.read_failure(e, 0))?;
-        let target_now = self.target.monotonic_now_ns();
-        let mut n = 0;
-        while let Some(chunk) = chunks.next_chunk() {
-            let mut chunk = chunk.map_err(|e| self.read_failure(e, n))?;
-            if !self.settings.include_system {
-                chunk.retain(|(g, _)| !self.is_system(g));
-            }
-            let (gs, waiting): (Vec<RawG>, Vec<Option<u64>>) = chunk.into_iter().unzip();
-            let mut from = 0;
-            while from < gs.len() {
-                let to = stack_batch_end(&gs, from, &self.bin.pclntab);
-                let batch = &gs[from..to];
-                let reports = self.describe_batch(batch, &waiting[from..to], target_now)?;
-                // A target that dies or execs mid-dump makes every later read fail (or read
-                // another program): stop at the first sign rather than print empty stacks.
-                // A batch is at most CHUNK goroutines, so this also checks every CHUNK.
-                self.check_target(n)?;
-                for (report, g) in reports.into_iter().zip(batch) {
-                    each(report, g)?;
-                    n += 1;
-                }
-                from = to;
-            }
-        }
-        self.last_snapshot_ns = monotonic_ns() - start;
-        Ok(n)
-    }
-
-    /// Fails if the target exited or replaced its program; `n` goroutines were read so far.
-    fn check_target(&self, n: u64) -> Result<()> {
-        match self.target.state() {
-            TargetState::Exited => {
-                bail!("the target process exited during the dump ({n} goroutines read)")
-            }
-            TargetState::Execed => bail!(
-                "the target process replaced its program (exec) during the dump \
-                 ({n} goroutines read)"
-            ),
-            TargetState::Running | TargetState::Stopped => Ok(()),
-        }
-    }
-
-    /// The error for a failed read of the goroutine list, `n` goroutines into a dump.
-    fn read_failure(&self, e: ReadError, n: u64) -> anyhow::Error {
-        if matches!(e, ReadError::Mem(MemError::Gone)) || !self.target.is_alive() {
-            return match self.check_target(n) {
-                Err(gone) => gone,
-                Ok(()) => anyhow::anyhow!("the target process exited"),
-            };
-        }
-        anyhow::Error::new(e).context("cannot read the goroutine list")
-    }
-
-    /// Reports for a batch of goroutines whose stacks belong to the states reported: their
-    /// stacks, waits and `g`s are each read in a few syscalls. The target keeps running while
-    /// we read, so each `g` is re-read after its stack and described again (once) if it moved.
-    fn describe_batch(
-        &mut self,
-        gs: &[RawG],
-        waiting: &[Option<u64>],
-        target_now: i64,
-    ) -> Result<Vec<GoroutineReport>> {
-        let gone = |e: MemError| match e {
-            MemError::Gone => anyhow::anyhow!("the target process exited during the dump"),
-            e => anyhow::Error::new(e).context("cannot read goroutine stacks"),
-        };
-        let stacks = stack::unwind_many(self.mem, &self.bin.pclntab, self.bias, gs).map_err(
-            |e| match self.check_target(0) {
-                Err(dead) => dead,
-                Ok(()) => gone(e),
-            },
-        )?;
-        if let Some(a) = &self.contexts {
-            let reason = |g: &RawG| self.wait_reason_name(g);
-            a.prefetch_waits(&self.context_mem, gs, waiting, &reason);
-        }
-        let mut reports = Vec::with_capacity(gs.len());
-        for (g, unwound) in gs.iter().zip(stacks) {
-            let blocked = runtime_blocked(g, target_now);
-            reports.push(self.describe_unwound(g, blocked, unwound));
-        }
-        self.context_mem.clear_prefetched();
-        let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
-        let again = match self.reader.reread_many(&addrs) {
-            Ok(again) => again,
-            // Checked by the caller: the reports say what could be read.
-            Err(_) => return Ok(reports),
-        };
-        for ((g, again), report) in gs.iter().zip(again).zip(reports.iter_mut()) {
-            if g.is_running() {
-                continue; // no stack was read
-            }
-            if let Some(again) = again.filter(|a| !a.same_state_as(g)) {
-                *report = self.describe_again(&again, target_now);
-            }
-        }
-        Ok(reports)
-    }
-
-    /// The second and last look at a goroutine that moved while its stack was read.
-    fn describe_again(&mut self, g: &RawG, target_now: i64) -> GoroutineReport {
-        let mut report = self.describe(g, runtime_blocked(g, target_now));
-        if g.is_running() {
-            return report;
-        }
-        match self.reader.reread(g.addr) {
-            Some(again) if !again.same_state_as(g) => {
-                report.stack.clear();
-                report.contexts = ContextDiagnosis::default();
-                report.stack_error =
-                    Some("the goroutine kept running while its stack was read".into());
-                report
-            }
-            _ => report,
-        }
-    }
-
-    /// A goroutine reader of its own, for chunks read while `self` is borrowed mutably.
-    fn own_reader(&self) -> GoroutineReader<'a> {
-        let bin = self.bin;
-        GoroutineReader::new(
-            self.mem,
-            &bin.layout,
-            bin.vars.allgs.wrapping_add(self.bias),
-            bin.vars.allglen.wrapping_add(self.bias),
-        )
     }
 
     /// The target was stopped for `ns` and runs again (see [`ParkTracker::exclude_pause`]).
@@ -890,6 +727,27 @@ impl<'a> Session<'a> {
             snapshot_ms: self.last_snapshot_ns as f64 / 1e6,
         }
     }
+}
+
+/// The goroutines at `addrs` that are alive and not the runtime's own, read a chunk at a time,
+/// with what was learnt of start functions (system or not, as [`Session::is_system`] says).
+fn count_user(
+    reader: &GoroutineReader<'_>,
+    addrs: &[u64],
+    pclntab: &gobinary::pclntab::Pclntab,
+    bias: u64,
+) -> Result<(u64, HashMap<u64, bool>), ReadError> {
+    let mut system: HashMap<u64, bool> = HashMap::new();
+    let mut n = 0;
+    for chunk in addrs.chunks(SCAN_CHUNK) {
+        for g in reader.read_gs(chunk)? {
+            let is_system = *system
+                .entry(g.startpc)
+                .or_insert_with(|| stack::is_system_start(pclntab, bias, g.startpc));
+            n += u64::from(!is_system);
+        }
+    }
+    Ok((n, system))
 }
 
 /// Goroutines read per step of a streaming scan: a step takes a few milliseconds, so the

@@ -11,7 +11,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use gobinary::pclntab::{Frame, Pclntab};
 use serde::Serialize;
 
@@ -22,6 +24,8 @@ use crate::procmem::{MemError, ProcessMemory};
 
 /// The runtime prints at most 100 frames of a goroutine; so do we.
 const MAX_FRAMES: usize = 100;
+/// Return addresses a walk makes room for up front (it grows past them as needed).
+const TYPICAL_FRAMES: usize = 16;
 /// Stack bytes read per goroutine at most; deeper frames are reported as elided.
 const MAX_STACK_READ: u64 = 512 * 1024;
 
@@ -41,11 +45,12 @@ pub struct Symbolizer<'a> {
     /// share their stack with thousands of others.
     stacks: RefCell<StackNames>,
     /// Creation sites by `gopc`.
-    sites: RefCell<HashMap<u64, Option<SourceFrame>>>,
+    sites: RefCell<HashMap<u64, Option<Arc<SourceFrame>>>>,
 }
 
-/// Symbolized stacks by their return addresses.
-type StackNames = FxHashMap<Box<[u64]>, Rc<[SourceFrame]>>;
+/// Symbolized stacks by their return addresses. Shared (`Arc`): a dump hands the same stack
+/// to a million records, and its writer thread renders each distinct one once.
+type StackNames = FxHashMap<Box<[u64]>, Arc<[SourceFrame]>>;
 
 /// Most whole stacks or creation sites cached (about 2 KiB each); the cache starts over when
 /// full, so a process with millions of distinct stacks costs time, not memory.
@@ -93,10 +98,15 @@ impl<'a> Symbolizer<'a> {
     /// The `go` statement at `gopc`, as the runtime's "created by" line shows it: the physical
     /// function's name and the source position of the call.
     pub fn creation_site(&self, gopc: u64) -> Option<SourceFrame> {
+        self.shared_creation_site(gopc).map(|s| (*s).clone())
+    }
+
+    /// [`Self::creation_site`], shared with every goroutine started there.
+    pub fn shared_creation_site(&self, gopc: u64) -> Option<Arc<SourceFrame>> {
         if let Some(site) = self.sites.borrow().get(&gopc) {
             return site.clone();
         }
-        let site = self.find_creation_site(gopc);
+        let site = self.find_creation_site(gopc).map(Arc::new);
         let mut sites = self.sites.borrow_mut();
         if sites.len() >= MAX_CACHED {
             sites.clear();
@@ -136,6 +146,12 @@ pub fn shown_by_runtime(func: &str) -> bool {
     }
 }
 
+/// [`is_system_goroutine`] for the goroutine started at `startpc` (a runtime address).
+pub fn is_system_start(pclntab: &Pclntab, bias: u64, startpc: u64) -> bool {
+    let name = pclntab.func_at(startpc.wrapping_sub(bias)).map(|f| f.name);
+    is_system_goroutine(name.as_deref())
+}
+
 /// System goroutines (GC workers, the finalizer, the scavenger...) are started by runtime
 /// functions; the runtime leaves them out of its dumps, except the main goroutine.
 pub fn is_system_goroutine(start_func: Option<&str>) -> bool {
@@ -171,8 +187,8 @@ impl std::fmt::Display for StackError {
 pub struct Unwound {
     /// Return addresses, innermost first (the first is the saved pc).
     pub pcs: Vec<u64>,
-    /// The stack copy, from `sp` up.
-    pub stack: Vec<u8>,
+    /// The stack copy, from `sp` up (a slice of its batch's buffer, see [`unwind_many`]).
+    pub stack: Bytes,
     pub sp: u64,
 }
 
@@ -260,7 +276,7 @@ pub fn unwind_with_stack(
     let stack = mem
         .read_vec(plan.base, plan.len)
         .map_err(|e| StackError::Unreadable(e.to_string()))?;
-    Ok(unwind_copy(pclntab, bias, &plan, stack))
+    Ok(unwind_copy(pclntab, bias, &plan, stack.into()))
 }
 
 /// [`unwind_with_stack`] for many goroutines, their stacks read in a few syscalls (many ranges
@@ -274,16 +290,19 @@ pub fn unwind_many(
 ) -> Result<Vec<Result<Unwound, StackError>>, MemError> {
     let layout = FrameLayout::of(pclntab.arch());
     let plans: Vec<Result<StackPlan, StackError>> = gs.iter().map(|g| plan(g, layout)).collect();
-    let mut stacks: Vec<Vec<u8>> = plans
-        .iter()
-        .map(|p| p.as_ref().map_or_else(|_| Vec::new(), |p| vec![0; p.len]))
-        .collect();
+    // One buffer for the whole batch, each stack a slice of it: one allocation, not one per
+    // goroutine (a dump reads a million stacks).
+    let total = plans.iter().flatten().map(|p| p.len).sum();
+    let mut buf = vec![0u8; total];
     let mut reqs: Vec<(u64, &mut [u8])> = Vec::with_capacity(gs.len());
     let mut which = Vec::with_capacity(gs.len());
-    for (i, (p, stack)) in plans.iter().zip(stacks.iter_mut()).enumerate() {
+    let mut rest = buf.as_mut_slice();
+    for (i, p) in plans.iter().enumerate() {
         if let Ok(p) = p {
-            reqs.push((p.base, stack.as_mut_slice()));
+            let (stack, after) = std::mem::take(&mut rest).split_at_mut(p.len);
+            reqs.push((p.base, stack));
             which.push(i);
+            rest = after;
         }
     }
     let ok = mem.read_scattered(&mut reqs)?;
@@ -292,12 +311,15 @@ pub fn unwind_many(
     for (&i, ok) in which.iter().zip(ok) {
         read[i] = ok;
     }
+    let buf = Bytes::from(buf);
+    let mut at = 0;
     Ok(plans
         .into_iter()
-        .zip(stacks)
         .zip(read)
-        .map(|((p, stack), read)| {
+        .map(|(p, read)| {
             let p = p?;
+            let stack = buf.slice(at..at + p.len);
+            at += p.len;
             if !read {
                 return Err(StackError::Unreadable(format!(
                     "cannot read target memory at {:#x} ({} bytes)",
@@ -309,7 +331,7 @@ pub fn unwind_many(
         .collect())
 }
 
-fn unwind_copy(pclntab: &Pclntab, bias: u64, plan: &StackPlan, stack: Vec<u8>) -> Unwound {
+fn unwind_copy(pclntab: &Pclntab, bias: u64, plan: &StackPlan, stack: Bytes) -> Unwound {
     let (pc, sp, base) = (plan.pc, plan.sp, plan.base);
     let pcs = if plan.use_fp {
         walk_frame_pointers(&stack, base, pc, plan.bp)
@@ -343,7 +365,9 @@ fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
 /// the target's stack from `sp` up.
 fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
     let hi = sp.saturating_add(stack.len() as u64);
-    let mut pcs = vec![pc];
+    // Room for a typical stack at once: a dump unwinds a million of them.
+    let mut pcs = Vec::with_capacity(TYPICAL_FRAMES);
+    pcs.push(pc);
     let mut fp = bp;
     while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp.is_multiple_of(8) {
         let (Some(next), Some(ret)) = (
@@ -375,7 +399,9 @@ fn walk_sp_deltas(
     pc: u64,
     frame_size: impl Fn(u64) -> Option<u64>,
 ) -> Vec<u64> {
-    let mut pcs = vec![pc];
+    // Room for a typical stack at once: a dump unwinds a million of them.
+    let mut pcs = Vec::with_capacity(TYPICAL_FRAMES);
+    pcs.push(pc);
     let mut cur_pc = pc;
     let mut cur_sp = sp;
     while pcs.len() < MAX_FRAMES {
@@ -402,8 +428,13 @@ fn walk_sp_deltas(
 /// The stack as the runtime's traceback prints it: inlined calls expanded, wrappers and the
 /// runtime's own unexported frames hidden. Addresses that do not symbolize are dropped.
 pub fn symbolize(sym: &Symbolizer<'_>, pcs: &[u64]) -> Vec<SourceFrame> {
+    symbolize_shared(sym, pcs).to_vec()
+}
+
+/// [`symbolize`], shared with every goroutine whose stack has the same return addresses.
+pub fn symbolize_shared(sym: &Symbolizer<'_>, pcs: &[u64]) -> Arc<[SourceFrame]> {
     if let Some(frames) = sym.stacks.borrow().get(pcs) {
-        return frames.to_vec();
+        return frames.clone();
     }
     let mut out = Vec::new();
     for &pc in pcs {
@@ -418,11 +449,12 @@ pub fn symbolize(sym: &Symbolizer<'_>, pcs: &[u64]) -> Vec<SourceFrame> {
             });
         }
     }
+    let out: Arc<[SourceFrame]> = out.into();
     let mut stacks = sym.stacks.borrow_mut();
     if stacks.len() >= MAX_CACHED {
         stacks.clear();
     }
-    stacks.insert(pcs.into(), out.as_slice().into());
+    stacks.insert(pcs.into(), out.clone());
     out
 }
 

@@ -96,52 +96,17 @@ pub struct ContextDiagnosis {
     pub context_verdict: Option<Verdict>,
 }
 
-/// Diagnoses goroutines of one target; keeps per-type caches across snapshots.
-pub struct ContextAnalyzer {
+/// Reads what the diagnosis of a batch of goroutines will need of their waits, ahead of it.
+pub struct WaitPrefetcher {
     layout: ObjectLayout,
-    /// Runtime address of `runtime.firstmoduledata`.
-    moduledata: u64,
-    /// `[types, etypes)`, read from the module data once.
-    types_range: Option<(u64, u64)>,
-    decoder: Decoder,
-    stack_maps: liveness::StackMapCache,
-    /// During a one-off dump only: context chains decoded, by the context value. Goroutines
-    /// of one request or one leak share their contexts, and a dump is a racy snapshot anyway
-    /// (a context cancelled while the dump runs may show either way), so each chain is read
-    /// once per dump. Streaming never caches: a cancellation must show at the next look.
-    dump_chains: Option<HashMap<Iface, Rc<[Link]>>>,
 }
 
-impl ContextAnalyzer {
-    /// None when the binary's object offsets or module data are unknown.
-    pub fn new(bin: &gobinary::GoBinary, bias: u64) -> Option<Self> {
-        let layout = bin.objects.clone()?;
-        let moduledata = bin.pclntab.moduledata_addr()?.checked_add(bias)?;
-        Some(ContextAnalyzer {
-            layout,
-            moduledata,
-            types_range: None,
-            decoder: Decoder::new(),
-            stack_maps: liveness::StackMapCache::default(),
-            dump_chains: None,
-        })
-    }
-
-    /// Starts (`true`) or ends a one-off dump: context chains are cached while it lasts.
-    pub fn set_dump_cache(&mut self, on: bool) {
-        self.dump_chains = on.then(HashMap::new);
-    }
-
-    /// Offset of `g.waiting`, for [`Self::prefetch_waits`]'s caller to read with each `g`.
-    pub fn g_waiting_offset(&self) -> u64 {
-        self.layout.g_waiting
-    }
-
+impl WaitPrefetcher {
     /// Reads in a few syscalls what diagnosing these goroutines will read of their waits (the
-    /// sudogs of a select's list, their channels' heads); [`Self::diagnose`] then finds them
-    /// in `mem` until [`BudgetedMemory::clear_prefetched`]. `waiting[i]` is `gs[i]`'s
-    /// `g.waiting`, read with the `g` (a `g` whose state then stayed the same has it still).
-    /// `reason` names a goroutine's wait reason.
+    /// sudogs of a select's list, their channels' heads); [`ContextAnalyzer::diagnose`] then
+    /// finds them in `mem` until [`BudgetedMemory::clear_prefetched`]. `waiting[i]` is
+    /// `gs[i]`'s `g.waiting`, read with the `g` (a `g` whose state then stayed the same has it
+    /// still). `reason` names a goroutine's wait reason.
     pub fn prefetch_waits(
         &self,
         mem: &BudgetedMemory<'_>,
@@ -185,6 +150,56 @@ impl ContextAnalyzer {
         chans.sort_unstable();
         chans.dedup();
         mem.prefetch(&chans, head_len);
+    }
+}
+
+/// Diagnoses goroutines of one target; keeps per-type caches across snapshots.
+pub struct ContextAnalyzer {
+    layout: ObjectLayout,
+    /// Runtime address of `runtime.firstmoduledata`.
+    moduledata: u64,
+    /// `[types, etypes)`, read from the module data once.
+    types_range: Option<(u64, u64)>,
+    decoder: Decoder,
+    stack_maps: liveness::StackMapCache,
+    /// During a one-off dump only: context chains decoded, by the context value. Goroutines
+    /// of one request or one leak share their contexts, and a dump is a racy snapshot anyway
+    /// (a context cancelled while the dump runs may show either way), so each chain is read
+    /// once per dump. Streaming never caches: a cancellation must show at the next look.
+    dump_chains: Option<HashMap<Iface, Rc<[Link]>>>,
+}
+
+impl ContextAnalyzer {
+    /// None when the binary's object offsets or module data are unknown.
+    pub fn new(bin: &gobinary::GoBinary, bias: u64) -> Option<Self> {
+        let layout = bin.objects.clone()?;
+        let moduledata = bin.pclntab.moduledata_addr()?.checked_add(bias)?;
+        Some(ContextAnalyzer {
+            layout,
+            moduledata,
+            types_range: None,
+            decoder: Decoder::new(),
+            stack_maps: liveness::StackMapCache::default(),
+            dump_chains: None,
+        })
+    }
+
+    /// Starts (`true`) or ends a one-off dump: context chains are cached while it lasts.
+    pub fn set_dump_cache(&mut self, on: bool) {
+        self.dump_chains = on.then(HashMap::new);
+    }
+
+    /// Offset of `g.waiting`, for [`Self::prefetch_waits`]'s caller to read with each `g`.
+    pub fn g_waiting_offset(&self) -> u64 {
+        self.layout.g_waiting
+    }
+
+    /// What reads ahead of [`Self::diagnose`] for a batch of goroutines (see
+    /// [`WaitPrefetcher::prefetch_waits`]); it can work on another thread.
+    pub fn wait_prefetcher(&self) -> WaitPrefetcher {
+        WaitPrefetcher {
+            layout: self.layout.clone(),
+        }
     }
 
     /// Contexts on `g`'s stack, what it waits on, and the verdict.
@@ -259,17 +274,21 @@ impl ContextAnalyzer {
         sym: &Symbolizer<'_>,
         u: &Unwound,
     ) -> Vec<(Iface, String)> {
-        let words: Vec<u64> = u
-            .stack
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
+        // The stack's words, read in place (a dump scans a million stacks).
+        let stack: &[u8] = &u.stack;
+        let word = |i: usize| {
+            stack
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let nwords = stack.len() / 8;
         // Candidate (itab, data) pairs first: most stacks hold none, and then their frames
         // and stack maps need not be looked at.
         let mut seen = HashSet::new();
         let mut candidates = Vec::new();
-        for i in 0..words.len().saturating_sub(1) {
-            let (itab, data) = (words[i], words[i + 1]);
+        for i in 0..nwords.saturating_sub(1) {
+            let (itab, data) = (word(i), word(i + 1));
             // A context never has a nil data word (even Background points at zerobase).
             if data == 0
                 || self.decoder.context_type(types, itab).is_none()

@@ -8,6 +8,7 @@ pub mod stream;
 pub mod verdicts;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -63,8 +64,8 @@ impl GroupRecord {
 struct GroupKey {
     state: String,
     wait_reason: Option<String>,
-    stack: Vec<SourceFrame>,
-    created_by: Option<SourceFrame>,
+    stack: Arc<[SourceFrame]>,
+    created_by: Option<Arc<SourceFrame>>,
 }
 
 /// Collects goroutine reports into groups; holds one record per group, not per goroutine.
@@ -91,8 +92,8 @@ impl Grouper {
                     goroutines: 0,
                     state: k.state.clone(),
                     wait_reason: k.wait_reason.clone(),
-                    stack: k.stack.clone(),
-                    created_by: k.created_by.clone(),
+                    stack: k.stack.to_vec(),
+                    created_by: k.created_by.as_deref().cloned(),
                     blocked_min_ns: None,
                     blocked_max_ns: None,
                     new: 0,
@@ -158,7 +159,8 @@ mod tests {
                 func: "main.f".into(),
                 file: "/m.go".into(),
                 line,
-            }],
+            }]
+            .into(),
             stack_error: None,
             created_by: None,
             parent_goid: None,

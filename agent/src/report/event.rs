@@ -2,6 +2,7 @@
 //! contract (version 1, see README) is these types serialized; fields are only ever added.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -33,10 +34,11 @@ pub struct GoroutineReport {
     pub blocked_ns: Option<u64>,
     pub since_exact: bool,
     pub since_source: SinceSource,
-    pub stack: Vec<SourceFrame>,
+    /// Shared with the goroutines of the same stack (see [`crate::stack::symbolize_shared`]).
+    pub stack: Arc<[SourceFrame]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack_error: Option<String>,
-    pub created_by: Option<SourceFrame>,
+    pub created_by: Option<Arc<SourceFrame>>,
     pub parent_goid: Option<u64>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub system: bool,

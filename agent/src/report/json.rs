@@ -68,7 +68,8 @@ mod tests {
                 func: "main.f".into(),
                 file: "/m.go".into(),
                 line: 3,
-            }],
+            }]
+            .into(),
             stack_error: None,
             created_by: None,
             parent_goid: Some(1),

@@ -3,6 +3,7 @@
 //! format is a module here and a [`Format`] variant.
 
 mod event;
+mod goroutine_json;
 mod json;
 mod text;
 
@@ -104,6 +105,44 @@ pub fn format_record(format: Format, pid: u32, event: &Event) -> std::io::Result
     match format {
         Format::Json => json::render(event, &time, pid),
         Format::Text => Ok(text::render(event, pid).into_bytes()),
+    }
+}
+
+/// Formats the records of a dump one after another, as [`format_record`] does; JSON
+/// `goroutine` records (a million in a big dump) by a path that renders each distinct stack
+/// once.
+pub struct DumpFormatter {
+    format: Format,
+    pid: u32,
+    goroutines: goroutine_json::GoroutineJson,
+    time: String,
+}
+
+impl DumpFormatter {
+    pub fn new(format: Format, pid: u32) -> Self {
+        DumpFormatter {
+            format,
+            pid,
+            goroutines: Default::default(),
+            time: String::with_capacity(40),
+        }
+    }
+
+    /// Appends `event`'s record, with its line end, to `out`.
+    pub fn append(&mut self, out: &mut Vec<u8>, event: &Event) -> std::io::Result<()> {
+        match (self.format, event) {
+            (Format::Json, Event::Goroutine(g)) => {
+                use std::fmt::Write as _;
+                self.time.clear();
+                let now = humantime::format_rfc3339_nanos(std::time::SystemTime::now());
+                let _ = write!(self.time, "{now}");
+                self.goroutines.render(out, g, &self.time, self.pid)
+            }
+            _ => {
+                out.extend_from_slice(&format_record(self.format, self.pid, event)?);
+                Ok(())
+            }
+        }
     }
 }
 

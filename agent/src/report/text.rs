@@ -45,7 +45,7 @@ fn render_goroutine(out: &mut String, g: &GoroutineReport) {
         );
     }
     out.push('\n');
-    for f in &g.stack {
+    for f in g.stack.iter() {
         let _ = writeln!(out, "    {}\n        {}:{}", f.func, f.file, f.line);
     }
     if let Some(e) = &g.stack_error {
