@@ -324,8 +324,15 @@ impl<'s, 'a> Watch<'s, 'a> {
                     _ = control.tick() => {
                         if let Some(session) = &mut self.session {
                             if let Some(p) = &mut session.probes {
-                                if let Err(e) = p.tick(monotonic_ns()) {
-                                    out.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+                                match p.tick(monotonic_ns()) {
+                                    Ok(notes) => {
+                                        for message in notes {
+                                            out.emit(&Event::Error { message })?;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        out.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+                                    }
                                 }
                             }
                             session.drain_wake_events(out)?;
