@@ -69,7 +69,10 @@ fn park_probe_cost_go127() {
     }
 }
 
-/// Sustained load: the park probe counts every park, round after round, for millions of hits.
+/// Sustained load: the park probe counts every park, round after round, for millions of hits
+/// (3 million by default, past the ~2.4 million after which a session saw a probe stop firing;
+/// `CTXPROBE_SUSTAINED_ROUNDS` of 200,000 parks each, `CTXPROBE_SUSTAINED_WAKE=1` adds the
+/// wake probe as precise mode does).
 #[test]
 fn park_probe_keeps_counting_go127() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,7 +86,7 @@ fn sustained_scenario(ver: &GoVersion, exe: &Path) {
     let rounds: usize = std::env::var("CTXPROBE_SUSTAINED_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(15);
     let sites = find_sites(exe);
     let mut target = Target::spawn(exe, "bench");
     let mut probes = Probes::load(&config(ver, target.pid(), &sites)).expect("load probes");

@@ -143,7 +143,12 @@ fn check_probe_status(p: &Value) -> Result<()> {
     if mode != "precise" && !p["cancel_probe_attached"].is_null() {
         bail!("a cancel probe outside precise mode");
     }
-    for key in ["probes_restored", "map_update_errors", "probe_read_errors"] {
+    for key in [
+        "probes_restored",
+        "map_update_errors",
+        "probe_read_errors",
+        "unwatched_wakeups",
+    ] {
         u64_field(p, key)?;
     }
     Ok(())

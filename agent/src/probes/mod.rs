@@ -131,6 +131,8 @@ pub struct ProbeController {
     /// parks the snapshots saw begin after that.
     park_hits_moved_ns: i64,
     parks_seen_since_hits_moved: u32,
+    /// Goroutines whose wake-up could not be watched (the watch map was full), cumulative.
+    watch_failures: u64,
     interval_start_ns: i64,
 }
 
@@ -171,6 +173,7 @@ impl ProbeController {
             probes_restored: 0,
             park_hits_moved_ns: now,
             parks_seen_since_hits_moved: 0,
+            watch_failures: 0,
             interval_start_ns: now,
         })
     }
@@ -417,9 +420,9 @@ impl ProbeController {
     }
 
     pub fn watch(&mut self, g_addr: u64) {
-        if self.mode == Mode::Precise {
-            // A full watch map only costs exactness of that one wake-up.
-            let _ = self.probes.watch(g_addr);
+        // A full watch map only costs exactness of that one wake-up; counted, not hidden.
+        if self.mode == Mode::Precise && self.probes.watch(g_addr).is_err() {
+            self.watch_failures += 1;
         }
     }
 
@@ -460,6 +463,7 @@ impl ProbeController {
             probes_restored: self.probes_restored,
             map_update_errors: counters.update_errors,
             probe_read_errors: counters.read_errors,
+            unwatched_wakeups: self.watch_failures,
         };
         self.interval_start_ns = now;
         for t in [&mut self.park, &mut self.cancel] {

@@ -77,6 +77,10 @@ pub struct ProbeStatus {
     /// Reads of the target's memory the kernel side failed (those hits recorded nothing);
     /// cumulative.
     pub probe_read_errors: u64,
+    /// Precise mode: reported goroutines whose wake-up could not be watched (the kernel's
+    /// watch map of 1,024 was full), so their `unblocked` time comes from snapshots;
+    /// cumulative.
+    pub unwatched_wakeups: u64,
 }
 
 /// The goroutine half of a `summary`.
