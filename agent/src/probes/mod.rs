@@ -14,12 +14,14 @@
 
 mod breakpoint;
 mod budget;
+mod stall;
 
 use anyhow::{Context, Result};
 use probe_ebpf::{CancelRecord, Counters, ParkRecord, ProbeConfig, Probes, WakeEvent};
 
 pub use breakpoint::ProbedInsn;
 use budget::{Budget, Decision};
+use stall::StallWatch;
 
 use crate::procmem::ProcessMemory;
 use crate::report::ProbeStatus;
@@ -127,10 +129,7 @@ pub struct ProbeController {
     last_cancel_recorded: u64,
     /// Probes found not firing while attached (and re-attached), cumulative.
     probes_restored: u64,
-    /// Stall watch: when the park hit counter last moved (or the probe attached), and how many
-    /// parks the snapshots saw begin after that.
-    park_hits_moved_ns: i64,
-    parks_seen_since_hits_moved: u32,
+    park_stall: StallWatch,
     /// Goroutines whose wake-up could not be watched (the watch map was full), cumulative.
     watch_failures: u64,
     interval_start_ns: i64,
@@ -171,8 +170,7 @@ impl ProbeController {
             cancel: Track::default(),
             last_cancel_recorded: 0,
             probes_restored: 0,
-            park_hits_moved_ns: now,
-            parks_seen_since_hits_moved: 0,
+            park_stall: StallWatch::new(now),
             watch_failures: 0,
             interval_start_ns: now,
         })
@@ -296,35 +294,18 @@ impl ProbeController {
         }
     }
 
-    /// The park probe's counter stood still while the snapshots saw goroutines park after it
-    /// last moved: every park goes through gopark, so the probe is not firing (whatever the
-    /// kernel's reason). A few such parks are required: a goroutine the runtime suspends for
-    /// a GC stack scan also shows as waiting, without gopark.
+    /// The park probe's counter stood still while the snapshots saw goroutines park.
     fn watch_park_hits(&mut self, park_hits: u64, now: i64, notes: &mut Vec<String>) {
-        const MIN_PARKS: u32 = 8;
-        const MIN_STILL_NS: i64 = 1_000_000_000;
-        if park_hits > 0 || !self.probes.park_attached() {
-            self.park_hits_moved_ns = now;
-            self.parks_seen_since_hits_moved = 0;
-            return;
-        }
-        if self.parks_seen_since_hits_moved >= MIN_PARKS
-            && now - self.park_hits_moved_ns >= MIN_STILL_NS
-        {
-            let why = format!(
-                "it counted no hit for {:.1}s while the snapshots saw {} parks begin",
-                (now - self.park_hits_moved_ns) as f64 / 1e9,
-                self.parks_seen_since_hits_moved
-            );
+        let attached = self.probes.park_attached();
+        if let Some(why) = self.park_stall.tick(park_hits, attached, now) {
             self.restore(Which::Park, &why, now, notes);
         }
     }
 
     /// A snapshot saw a park that began after `not_before_ns` (the stall watch's evidence).
     pub fn saw_new_park(&mut self, not_before_ns: i64) {
-        if not_before_ns > self.park_hits_moved_ns && not_before_ns > self.park.last_detach_ns {
-            self.parks_seen_since_hits_moved = self.parks_seen_since_hits_moved.saturating_add(1);
-        }
+        self.park_stall
+            .saw_park(not_before_ns, self.park.last_detach_ns);
     }
 
     /// Re-attaches a probe found not firing while attached, counts it and says so.
@@ -334,8 +315,7 @@ impl ProbeController {
             self.track(which).last_detach_ns = now;
         }
         if which == Which::Park {
-            self.park_hits_moved_ns = now;
-            self.parks_seen_since_hits_moved = 0;
+            self.park_stall.reset(now);
         }
         // The link is stale: drop it, then attach anew (a new registration puts the breakpoint
         // back into the target).
