@@ -434,7 +434,14 @@ impl ProbeController {
         let counters = self.probes.counters().unwrap_or_default();
         let status = ProbeStatus {
             mode: self.mode.name(),
-            park_probe_attached: self.probes.park_attached(),
+            // Checked again here: a probe whose breakpoint went since the last tick is not
+            // attached in any sense that matters.
+            park_probe_attached: self.probes.park_attached()
+                && self
+                    .sites
+                    .park
+                    .and_then(|site| site.breakpoint_present(&self.mem))
+                    != Some(false),
             parks_per_sec: rate(&self.park),
             attached_fraction: fraction(&self.park),
             cancel_probe_attached: self.cancel_wanted.then(|| self.probes.cancel_attached()),
