@@ -183,8 +183,10 @@ impl ProbeController {
         if self.cancel_wanted {
             // Optional: without it the cancelled_* fields of contexts stay null.
             if let Err(e) = self.probes.attach_cancel() {
-                eprintln!("ctxprobe: cannot attach the context cancel probe: {e}");
+                eprintln!("ctxprobe: cannot attach the context cancel probe (will retry): {e}");
                 self.cancel_budget.schedule_retry(now);
+                // Cancellations until it is in are not "not seen while attached".
+                self.cancel.last_detach_ns = now;
             }
         }
         self.last_tick_ns = now;
