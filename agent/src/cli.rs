@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Mode::Adaptive)]
     pub mode: Mode,
 
-    /// In adaptive mode, the most target CPU the park probe may cost, in percent of one core.
+    /// The most target CPU a budgeted probe may cost, in percent of one core: the park probe in
+    /// adaptive mode, the context cancel probe in precise mode.
     #[arg(long, default_value_t = 0.5, value_parser = parse_budget, allow_hyphen_values = true)]
     pub probe_budget: f64,
 

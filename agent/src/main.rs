@@ -35,7 +35,7 @@ use gobinary::gobinary::OpenOptions;
 use gobinary::GoBinary;
 
 use crate::cli::Args;
-use crate::probes::{Mode, ProbeController};
+use crate::probes::{HitCosts, Mode, ProbeController, ProbeSites, ProbedInsn};
 use crate::procmem::ProcessMemory;
 use crate::report::{Event, Reporter};
 use crate::session::{Session, Settings};
@@ -193,6 +193,10 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     }
     let threads = start_threads(args, target)?;
     let signals = Signals::install()?;
+    // The budgeted cancel probe goes in last, just before the loop that keeps it within budget.
+    if let Some(p) = &mut session.probes {
+        p.begin(monotonic_ns());
+    }
     out.emit(&attach)?;
     Watch::new(Some(&mut session), Some(threads)).run(args, target, out, signals)
 }
@@ -231,8 +235,8 @@ fn start_probes(
     budget: f64,
 ) -> Result<ProbeController> {
     let park = probe_site(bin, "runtime.gopark")?;
-    let wake_offset = if mode == Mode::Precise {
-        Some(probe_site(bin, "runtime.ready")?.file_offset)
+    let wake = if mode == Mode::Precise {
+        Some(probe_site(bin, "runtime.ready")?)
     } else {
         None
     };
@@ -247,25 +251,47 @@ fn start_probes(
         pid: target.pid,
         exe_path: target.exe_link.clone(),
         park_file_offset: park.file_offset,
-        wake_file_offset: wake_offset,
-        cancel_file_offset: cancel.map(|c| c.0),
-        cancelctx_err_offset: cancel.map(|c| c.1).unwrap_or(0),
+        wake_file_offset: wake.as_ref().map(|w| w.file_offset),
+        cancel_file_offset: cancel.as_ref().map(|c| c.0.file_offset),
+        cancelctx_err_offset: cancel.as_ref().map(|c| c.1).unwrap_or(0),
         g_goid_offset: bin.layout.g_goid,
         g_tracking_seq_offset: bin.layout.g_tracking_seq,
         max_parks: 131_072,
     };
-    ProbeController::start(&cfg, mode, budget, park.hit_cost_ns, monotonic_ns())
+    // Where the target runs each probed instruction, to check that its breakpoint stays in
+    // (without the load bias, nothing is checked: the probes work the same).
+    let bias = match target.load_bias(&bin.elf) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("ctxprobe: probe breakpoints will not be checked: {e:#}");
+            None
+        }
+    };
+    let insn = |site: &ProbeSite| {
+        let bytes = bin.elf.read_vaddr(site.addr, 4)?;
+        ProbedInsn::new(site.addr.wrapping_add(bias?), bytes)
+    };
+    let sites = ProbeSites {
+        park: insn(&park),
+        wake: wake.as_ref().and_then(insn),
+        cancel: cancel.as_ref().and_then(|c| insn(&c.0)),
+    };
+    let costs = HitCosts {
+        park_ns: park.hit_cost_ns,
+        cancel_trap_ns: cancel.as_ref().map_or(0.0, |c| c.0.hit_cost_ns),
+    };
+    ProbeController::start(&cfg, sites, mode, budget, costs, monotonic_ns())
         .context("cannot attach the eBPF probes (use --mode poll to run without BPF)")
 }
 
 /// The cancel probe's site and `cancelCtx.err`'s offset, when both are known.
-fn cancel_site(bin: &GoBinary) -> Option<(u64, u64)> {
+fn cancel_site(bin: &GoBinary) -> Option<(ProbeSite, u64)> {
     const CANCEL: &str = "context.(*cancelCtx).cancel";
     bin.pclntab.func_by_name(CANCEL)?;
     let err = gobinary::objlayout::cancelctx_err(&bin.elf, bin.build_info.version, true);
     let site = probe_site(bin, CANCEL);
     match (site, err) {
-        (Ok(site), Some(err)) => Some((site.file_offset, err)),
+        (Ok(site), Some(err)) => Some((site, err)),
         (site, _) => {
             // Precise mode works without it: the cancelled_* fields stay null.
             let why = match site {
@@ -283,6 +309,8 @@ fn cancel_site(bin: &GoBinary) -> Option<(u64, u64)> {
 
 /// Where a uprobe on a Go function goes, and what each hit will cost the target.
 struct ProbeSite {
+    /// Link-time address of the probed instruction.
+    addr: u64,
     file_offset: u64,
     hit_cost_ns: f64,
 }
@@ -320,6 +348,7 @@ fn probe_site(bin: &GoBinary, func: &str) -> Result<ProbeSite> {
         .vaddr_to_file_offset(site.addr)
         .with_context(|| format!("{func} at {:#x} is not in the file", site.addr))?;
     Ok(ProbeSite {
+        addr: site.addr,
         file_offset,
         hit_cost_ns: hit_cost_ns(bin.elf.arch(), site.emulated),
     })

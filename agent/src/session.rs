@@ -253,7 +253,7 @@ impl<'a> Session<'a> {
                 };
                 // Precise mode: who cancelled its contexts, from the cancel probe's records.
                 if let Some(p) = &self.probes {
-                    let lookup = |addr| p.cancel_record(addr);
+                    let lookup = |addr| p.cancel_seen(addr);
                     crate::contexts::cancels::attribute(
                         &mut contexts,
                         &lookup,
@@ -509,13 +509,17 @@ impl<'a> Session<'a> {
     /// Parks that started since the last snapshot and that the park probe saw begin get its
     /// exact timestamp.
     fn time_new_parks_by_probe(&mut self, new_parks: &[usize]) {
-        let Some(probes) = &self.probes else {
+        let Some(probes) = &mut self.probes else {
             return;
         };
         for &pos in new_parks.iter().take(MAX_RECORD_LOOKUPS) {
             let Some(park) = self.tracker.get_mut(pos) else {
                 continue;
             };
+            // Evidence for the probe's stall watch: this park began after the snapshot before.
+            if let Some(nb) = park.not_before_ns {
+                probes.saw_new_park(nb);
+            }
             // Only a park that began while the probe was attached can have its record (the
             // first scan's parks may be arbitrarily old): spare the map look-up (a syscall)
             // for the rest, a million of them in the first scan of a large process.

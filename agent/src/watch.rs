@@ -325,15 +325,25 @@ impl<'s, 'a> Watch<'s, 'a> {
                             + Duration::from_nanos(wait.max(0) as u64);
                     }
                     _ = control.tick() => {
+                        // The target first: after an exec the probed addresses hold another
+                        // program's code, which the probe check must not act on.
+                        let end = self.check_target(target, out)?;
                         if let Some(session) = &mut self.session {
-                            if let Some(p) = &mut session.probes {
-                                if let Err(e) = p.tick(monotonic_ns()) {
-                                    out.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+                            if let Some(p) = session.probes.as_mut().filter(|_| end.is_none()) {
+                                match p.tick(monotonic_ns()) {
+                                    Ok(notes) => {
+                                        for message in notes {
+                                            out.emit(&Event::Error { message })?;
+                                        }
+                                    }
+                                    Err(e) => {
+                                        out.emit(&Event::Error { message: format!("probe control: {e:#}") })?;
+                                    }
                                 }
                             }
                             session.drain_wake_events(out)?;
                         }
-                        if let Some(end) = self.check_target(target, out)? {
+                        if let Some(end) = end {
                             return Ok(end);
                         }
                     }

@@ -69,6 +69,48 @@ fn park_probe_cost_go127() {
     }
 }
 
+/// Sustained load: the park probe counts every park, round after round, for millions of hits
+/// (3 million by default, past the ~2.4 million after which a session saw a probe stop firing;
+/// `CTXPROBE_SUSTAINED_ROUNDS` of 200,000 parks each, `CTXPROBE_SUSTAINED_WAKE=1` adds the
+/// wake probe as precise mode does).
+#[test]
+fn park_probe_keeps_counting_go127() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(exe) = prepare(&GO127) {
+        sustained_scenario(&GO127, &exe);
+    }
+}
+
+fn sustained_scenario(ver: &GoVersion, exe: &Path) {
+    const ROUND_TRIPS: u64 = 100_000;
+    let rounds: usize = std::env::var("CTXPROBE_SUSTAINED_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let sites = find_sites(exe);
+    let mut target = Target::spawn(exe, "bench");
+    let mut probes = Probes::load(&config(ver, target.pid(), &sites)).expect("load probes");
+    probes.attach_park().expect("attach park");
+    if std::env::var("CTXPROBE_SUSTAINED_WAKE").is_ok() {
+        probes.attach_wake().expect("attach wake");
+    }
+    let mut short = Vec::new();
+    for round in 0..rounds {
+        let before = probes.counters().expect("counters").park_hits;
+        let ns = target.round(ROUND_TRIPS);
+        let hits = probes.counters().expect("counters").park_hits - before;
+        eprintln!(
+            "{}: round {round}: {ns} ns per round trip, {hits} park hits, byte {:#x}",
+            ver.name,
+            code_byte(target.pid(), sites.park_vaddr)
+        );
+        if hits < 2 * ROUND_TRIPS - 1 {
+            short.push((round, hits));
+        }
+    }
+    assert!(short.is_empty(), "rounds with missed parks: {short:?}");
+}
+
 fn workers_scenario(ver: &GoVersion, exe: &Path) {
     let sites = find_sites(exe);
     let start_ns = monotonic_ns();

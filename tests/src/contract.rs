@@ -101,6 +101,9 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
                 u64_field(v, "groups")?;
                 u64_field(v, "groups_omitted")?;
                 u64_field(v, "leak_suspects")?;
+                if !v["probe"].is_null() {
+                    check_probe_status(&v["probe"]).context("probe")?;
+                }
             } else if !v["contended_futexes"].is_array() {
                 bail!("a summary without goroutine counts must be a thread-only one");
             }
@@ -121,6 +124,32 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
             str_field(v, "message")?;
         }
         _ => {} // record types added after version 1
+    }
+    Ok(())
+}
+
+/// A summary's `probe` object.
+fn check_probe_status(p: &Value) -> Result<()> {
+    let mode = str_field(p, "mode")?;
+    bool_field(p, "park_probe_attached")?;
+    for key in ["parks_per_sec", "attached_fraction"] {
+        if !p[key].is_number() {
+            bail!("{key} is not a number");
+        }
+    }
+    null_or(p, "cancel_probe_attached", Value::is_boolean)?;
+    null_or(p, "cancels_per_sec", Value::is_number)?;
+    null_or(p, "cancel_attached_fraction", Value::is_number)?;
+    if mode != "precise" && !p["cancel_probe_attached"].is_null() {
+        bail!("a cancel probe outside precise mode");
+    }
+    for key in [
+        "probes_restored",
+        "map_update_errors",
+        "probe_read_errors",
+        "unwatched_wakeups",
+    ] {
+        u64_field(p, key)?;
     }
     Ok(())
 }
@@ -185,6 +214,19 @@ fn check_contexts(v: &Value) -> Result<()> {
             }
             if c["cancelled_ago_ns"].is_null() != c["cancelled_by_goid"].is_null() {
                 bail!("cancelled_ago_ns and cancelled_by_goid must be both null or both set");
+            }
+            // Set for cancelled contexts in precise mode only; the probe's fields only with
+            // "probe".
+            let attribution = &c["cancel_attribution"];
+            null_or(c, "cancel_attribution", |a| {
+                a.as_str()
+                    .is_some_and(|a| ["probe", "not_seen", "unavailable"].contains(&a))
+            })?;
+            if !attribution.is_null() && c["cancelled"] != true {
+                bail!("cancel_attribution on a context that is not cancelled");
+            }
+            if !c["cancelled_by_goid"].is_null() && *attribution != "probe" {
+                bail!("cancelled_by_goid without cancel_attribution \"probe\"");
             }
             Ok(())
         })()

@@ -61,7 +61,12 @@ fn check_cell(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
             continue;
         };
         // Who cancelled a context is known only to precise mode's cancel probe.
-        let cancel_fields = ["cancelled_ago_ns", "cancelled_by_goid", "cancelled_at"];
+        let cancel_fields = [
+            "cancelled_ago_ns",
+            "cancelled_by_goid",
+            "cancelled_at",
+            "cancel_attribution",
+        ];
         let contexts = r["contexts"].as_array().into_iter().flatten();
         if let Some(c) = contexts
             .clone()
@@ -225,6 +230,11 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
     compare(&truth["case"], &r).with_context(|| format!("record {r}"))?;
     let c = &r["contexts"][0];
     ensure!(
+        c["cancel_attribution"] == "probe",
+        "cancel_attribution {}; record {r}",
+        c["cancel_attribution"]
+    );
+    ensure!(
         c["cancelled_by_goid"] == truth["by_goid"],
         "cancelled_by_goid {} but goroutine {} cancelled it; record {r}",
         c["cancelled_by_goid"],
@@ -277,6 +287,12 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
             }
         };
         let c = &r["contexts"][0];
+        // The probe was attached all along (one cancel is far within its budget).
+        ensure!(
+            c["cancel_attribution"] == "not_seen",
+            "{name}, cancelled before the attach: cancel_attribution {}",
+            c["cancel_attribution"]
+        );
         for key in ["cancelled_ago_ns", "cancelled_by_goid", "cancelled_at"] {
             ensure!(
                 c[key].is_null(),

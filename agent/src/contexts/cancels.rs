@@ -1,27 +1,47 @@
 //! Who cancelled a held context, when and where (precise mode): the cancel probe's record of
-//! the context's nearest `cancelCtx`, symbolized.
+//! the context's nearest `cancelCtx`, symbolized, and whether the probe can say at all.
 
 use probe_ebpf::CancelRecord;
 
 use super::ContextDiagnosis;
+use crate::probes::CancelSeen;
 use crate::stack::{symbolize, SourceFrame, Symbolizer};
 
-/// Fills `cancelled_ago_ns`, `cancelled_by_goid` and `cancelled_at` of the cancelled contexts
-/// whose cancellation the probe saw; the others keep null (cancelled before the probe was
-/// attached, or a later cancellation took its slot). `now_ns`: CLOCK_MONOTONIC, the probe's clock.
+/// `cancel_attribution` values (README, Contexts).
+pub const PROBE: &str = "probe";
+pub const NOT_SEEN: &str = "not_seen";
+pub const UNAVAILABLE: &str = "unavailable";
+
+/// Fills `cancelled_ago_ns`, `cancelled_by_goid`, `cancelled_at` and `cancel_attribution` of
+/// the cancelled contexts. `lookup` says what the probe knows of the cancelCtx at an address
+/// (None: not precise mode, and nothing is claimed). `now_ns`: CLOCK_MONOTONIC, the probe's
+/// clock.
 pub fn attribute(
     d: &mut ContextDiagnosis,
-    lookup: &dyn Fn(u64) -> Option<CancelRecord>,
+    lookup: &dyn Fn(u64) -> Option<CancelSeen>,
     sym: &Symbolizer<'_>,
     now_ns: i64,
 ) {
     for c in d.contexts.iter_mut().filter(|c| c.cancelled) {
-        let Some(rec) = c.facts.cancel_ctx.and_then(lookup) else {
+        // A cancelled context whose cancelCtx is not known (an opaque wrapper) cannot be
+        // looked up: the probe cannot say who cancelled it.
+        let seen = match c.facts.cancel_ctx {
+            Some(addr) => lookup(addr),
+            None => lookup(0).map(|_| CancelSeen::Unavailable),
+        };
+        let Some(seen) = seen else {
             continue;
         };
-        c.cancelled_ago_ns = Some((now_ns as u64).saturating_sub(rec.ns));
-        c.cancelled_by_goid = Some(rec.goid);
-        c.cancelled_at = cancel_site(sym, &rec);
+        c.cancel_attribution = Some(match seen {
+            CancelSeen::Seen(rec) => {
+                c.cancelled_ago_ns = Some((now_ns as u64).saturating_sub(rec.ns));
+                c.cancelled_by_goid = Some(rec.goid);
+                c.cancelled_at = cancel_site(sym, &rec);
+                PROBE
+            }
+            CancelSeen::NotSeen => NOT_SEEN,
+            CancelSeen::Unavailable => UNAVAILABLE,
+        });
     }
 }
 

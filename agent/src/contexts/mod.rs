@@ -60,6 +60,11 @@ pub struct HeldContext {
     pub cancelled_ago_ns: Option<u64>,
     pub cancelled_by_goid: Option<u64>,
     pub cancelled_at: Option<SourceFrame>,
+    /// Precise mode, for a cancelled context: `probe` (the cancelled_* fields are the cancel
+    /// probe's), `not_seen` (the probe was attached throughout and did not see it: cancelled
+    /// before ctxprobe attached, or its slot was taken), `unavailable` (the probe was detached,
+    /// over budget, at some point since: who cancelled it is not known). Null otherwise.
+    pub cancel_attribution: Option<&'static str>,
     #[serde(skip)]
     pub facts: ContextFacts,
 }
@@ -391,6 +396,7 @@ impl ContextAnalyzer {
             cancelled_ago_ns: None,
             cancelled_by_goid: None,
             cancelled_at: None,
+            cancel_attribution: None,
             facts,
         })
     }

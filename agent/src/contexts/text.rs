@@ -68,8 +68,14 @@ fn state(c: &HeldContext, now_ns: i64) -> Option<String> {
     }
 }
 
-/// `cancelled 4m 12s ago by goroutine 17 at main.handler (main.go:42)` (precise mode).
+/// `cancelled 4m 12s ago by goroutine 17 at main.handler (main.go:42)` (precise mode), or
+/// that the cancel probe cannot say.
 fn cancelled_by(c: &HeldContext) -> Option<String> {
+    if c.cancel_attribution == Some(super::cancels::UNAVAILABLE) {
+        return Some(
+            "who cancelled it is unknown (the cancel probe was not attached throughout)".into(),
+        );
+    }
     let ago = c.cancelled_ago_ns?;
     // Whole seconds, or milliseconds under a second.
     let ago = if ago >= 1_000_000_000 {
@@ -134,6 +140,7 @@ mod tests {
                     file: "/src/app/main.go".into(),
                     line: 42,
                 }),
+                cancel_attribution: Some("probe"),
                 facts: ContextFacts::default(),
             }],
             waits_on: vec![ChanWait {
@@ -158,5 +165,14 @@ mod tests {
             ]
         );
         assert!(lines(&ContextDiagnosis::default(), Some("chan send")).is_empty());
+
+        let mut unknown = d.clone();
+        let c = &mut unknown.contexts[0];
+        (c.cancelled_ago_ns, c.cancelled_by_goid, c.cancelled_at) = (None, None, None);
+        c.cancel_attribution = Some("unavailable");
+        assert!(lines(&unknown, Some("chan send"))[0].contains(
+            "in main.worker, who cancelled it is unknown (the cancel probe was not attached \
+             throughout); blocked on"
+        ));
     }
 }

@@ -75,6 +75,7 @@ mod tests {
             cancelled_ago_ns: None,
             cancelled_by_goid: None,
             cancelled_at: None,
+            cancel_attribution: None,
             facts: ContextFacts {
                 never_cancelled: never,
                 unknown: false,

@@ -65,6 +65,24 @@ pub struct ProbeStatus {
     pub parks_per_sec: f64,
     /// Fraction of the interval the park probe was attached.
     pub attached_fraction: f64,
+    /// Precise mode's context cancel probe (null when there is none: other modes, or a binary
+    /// that never cancels a context): attached now, hits per second while attached, and the
+    /// fraction of the interval it was attached (it is detached while over the budget).
+    pub cancel_probe_attached: Option<bool>,
+    pub cancels_per_sec: Option<f64>,
+    pub cancel_attached_fraction: Option<f64>,
+    /// Probes found not firing while attached (their breakpoint gone from the target's code,
+    /// or no park hits while the snapshots saw goroutines park), and re-attached; cumulative.
+    pub probes_restored: u64,
+    /// Park records the kernel side failed to store (map full or out of memory); cumulative.
+    pub map_update_errors: u64,
+    /// Reads of the target's memory the kernel side failed (those hits recorded nothing);
+    /// cumulative.
+    pub probe_read_errors: u64,
+    /// Precise mode: reported goroutines whose wake-up could not be watched (the kernel's
+    /// watch map of 1,024 was full), so their `unblocked` time comes from snapshots;
+    /// cumulative.
+    pub unwatched_wakeups: u64,
 }
 
 /// The goroutine half of a `summary`.

@@ -307,6 +307,7 @@ pub fn render(event: &Event, pid: u32) -> String {
                     groups_omitted,
                     leak_suspects,
                     top_creation_sites,
+                    probe,
                     ..
                 }),
             lost_events,
@@ -341,6 +342,9 @@ pub fn render(event: &Event, pid: u32) -> String {
                 },
                 dropped_text(*dropped_records)
             );
+            if let Some(line) = probe.as_ref().and_then(probe_line) {
+                let _ = writeln!(out, "  {line}");
+            }
             for s in top_creation_sites.iter().take(3) {
                 let _ = writeln!(
                     out,
@@ -382,6 +386,34 @@ pub fn render(event: &Event, pid: u32) -> String {
     out
 }
 
+/// What the probes lost or could not do, when anything (a budgeted cancel probe detached, a
+/// probe found not firing, records the kernel side could not store).
+fn probe_line(p: &ProbeStatus) -> Option<String> {
+    let mut parts = Vec::new();
+    if p.cancel_probe_attached == Some(false) {
+        let pct = p.cancel_attached_fraction.unwrap_or(0.0) * 100.0;
+        parts.push(format!(
+            "cancel probe detached over budget (attached {pct:.1}% of the interval): who \
+             cancelled a context is unknown meanwhile"
+        ));
+    }
+    let counts = [
+        (
+            p.probes_restored,
+            "probes re-attached after they stopped firing",
+        ),
+        (p.map_update_errors, "probe records not stored"),
+        (p.probe_read_errors, "probe reads failed"),
+        (p.unwatched_wakeups, "wake-ups not watched"),
+    ];
+    for (n, what) in counts {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    (!parts.is_empty()).then(|| format!("probes: {}", parts.join("; ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +425,35 @@ mod tests {
         assert_eq!(thousands(1_000_000), "1,000,000");
         assert_eq!(human_bytes(2_040_109_466), "1.9 GiB");
         assert_eq!(human_bytes(100), "100 B");
+    }
+
+    #[test]
+    fn probe_line_only_when_something_was_lost() {
+        let mut p = ProbeStatus {
+            mode: "precise",
+            park_probe_attached: true,
+            parks_per_sec: 10.0,
+            attached_fraction: 1.0,
+            cancel_probe_attached: Some(true),
+            cancels_per_sec: Some(3.0),
+            cancel_attached_fraction: Some(1.0),
+            probes_restored: 0,
+            map_update_errors: 0,
+            probe_read_errors: 0,
+            unwatched_wakeups: 0,
+        };
+        assert_eq!(probe_line(&p), None);
+        p.cancel_probe_attached = Some(false);
+        p.cancel_attached_fraction = Some(0.009);
+        p.probes_restored = 1;
+        assert_eq!(
+            probe_line(&p).as_deref(),
+            Some(
+                "probes: cancel probe detached over budget (attached 0.9% of the interval): who \
+                 cancelled a context is unknown meanwhile; 1 probes re-attached after they \
+                 stopped firing"
+            )
+        );
     }
 
     #[test]
