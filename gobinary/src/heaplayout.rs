@@ -55,6 +55,23 @@ pub struct HeapLayout {
     pub special_offset: u64,
     pub special_kind: u64,
     pub special_size: u64,
+    /// `moduledata.data`, `.edata`, `.bss`, `.ebss` and the pointer masks the runtime builds
+    /// for them at start-up (`gcdatamask`, `gcbssmask`: `bitvector{n int32, bytedata *uint8}`,
+    /// one bit per word): what the GC scans of the globals, and only that.
+    #[serde(default)]
+    pub moduledata_data: Option<u64>,
+    #[serde(default)]
+    pub moduledata_edata: Option<u64>,
+    #[serde(default)]
+    pub moduledata_bss: Option<u64>,
+    #[serde(default)]
+    pub moduledata_ebss: Option<u64>,
+    #[serde(default)]
+    pub moduledata_gcdatamask: Option<u64>,
+    #[serde(default)]
+    pub moduledata_gcbssmask: Option<u64>,
+    #[serde(default)]
+    pub bitvector_bytedata: Option<u64>,
 }
 
 /// Reads the offsets from the binary's DWARF (and `semtable`'s entry size from `.symtab`).
@@ -66,6 +83,8 @@ pub fn from_dwarf(elf: &ElfFile) -> Result<HeapLayout> {
         "runtime.semaRoot",
         "runtime.special",
         "runtime.maybeTraceablePtr",
+        "runtime.moduledata",
+        "runtime.bitvector",
     ];
     let structs = read_structs(elf, &wanted)?;
     let get = |name: &str| {
@@ -134,7 +153,22 @@ pub fn from_dwarf(elf: &ElfFile) -> Result<HeapLayout> {
         special_offset: field(special, "offset")?,
         special_kind: field(special, "kind")?,
         special_size: special.size,
+        moduledata_data: None,
+        moduledata_edata: None,
+        moduledata_bss: None,
+        moduledata_ebss: None,
+        moduledata_gcdatamask: None,
+        moduledata_gcbssmask: None,
+        bitvector_bytedata: None,
     };
+    let (md, bv) = (get("runtime.moduledata")?, get("runtime.bitvector")?);
+    layout.moduledata_data = Some(field(md, "data")?);
+    layout.moduledata_edata = Some(field(md, "edata")?);
+    layout.moduledata_bss = Some(field(md, "bss")?);
+    layout.moduledata_ebss = Some(field(md, "ebss")?);
+    layout.moduledata_gcdatamask = Some(field(md, "gcdatamask")?);
+    layout.moduledata_gcbssmask = Some(field(md, "gcbssmask")?);
+    layout.bitvector_bytedata = Some(field(bv, "bytedata")?);
     layout.mspan_read_size = layout.span_fields_end();
     Ok(layout)
 }

@@ -99,6 +99,31 @@ impl<'a> Marker<'a> {
         Ok(())
     }
 
+    /// Scans the words of `[lo, hi)` whose bit is set in `mask` (bit i: the word at
+    /// `lo + 8 * i`, as the runtime's pointer masks of globals say). Fails only when the target
+    /// has gone.
+    pub fn scan_masked(&mut self, lo: u64, hi: u64, mask: &[u8]) -> Result<(), MemError> {
+        let len = hi.saturating_sub(lo) as usize;
+        let mut buf = vec![0u8; len];
+        match self.mem.read(lo, &mut buf) {
+            Ok(()) => {}
+            Err(MemError::Fault { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.scanned_bytes += len as u64;
+        for (i, w) in buf.chunks_exact(8).enumerate() {
+            let live = mask.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0);
+            if !live {
+                continue;
+            }
+            let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            if let Some(r) = self.heap.find(word) {
+                self.shade(r);
+            }
+        }
+        Ok(())
+    }
+
     /// Scans queued objects until none is left.
     pub fn drain(&mut self) -> Result<(), MemError> {
         while !self.work.is_empty() {

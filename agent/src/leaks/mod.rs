@@ -86,6 +86,8 @@ pub struct LeakStats {
     /// Analysed goroutines whose wait could not be resolved (counted as able to run).
     pub unresolved: u64,
     pub passes: u32,
+    /// Globals scanned with the runtime's pointer masks (else whole, conservatively).
+    pub precise_globals: bool,
     pub heap_spans: u64,
     pub heap_objects: u64,
     pub heap_bytes: u64,
@@ -153,7 +155,51 @@ pub fn analyse(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<LeakAna
     Ok(LeakAnalysis { verdicts, stats })
 }
 
-/// Byte ranges of the module's data and bss (Go's `moduledata.data..edata`, `bss..ebss`).
+/// More bytes of globals than any real module has: a larger range is a bad read.
+const MAX_GLOBALS: u64 = 1 << 30;
+
+/// The module's data and bss with the runtime's own pointer masks (`gcdatamask`,
+/// `gcbssmask`, built at start-up from the binary's GC programs): the words Go's GC scans,
+/// read from the target's `runtime.firstmoduledata`. None if any of it cannot be read: the
+/// caller then scans the sections whole (conservative).
+fn precise_globals(
+    mem: &ProcessMemory,
+    bin: &GoBinary,
+    bias: u64,
+) -> Option<Vec<(u64, u64, Vec<u8>)>> {
+    let h = bin.heap.as_ref()?;
+    let md = bin.pclntab.moduledata_addr()?.wrapping_add(bias);
+    let word = |off: Option<u64>| mem.read_u64(md.wrapping_add(off?)).ok();
+    let mut out = Vec::new();
+    for (start, end, mask) in [
+        (
+            h.moduledata_data,
+            h.moduledata_edata,
+            h.moduledata_gcdatamask,
+        ),
+        (h.moduledata_bss, h.moduledata_ebss, h.moduledata_gcbssmask),
+    ] {
+        let (lo, hi) = (word(start)?, word(end)?);
+        if hi < lo || hi - lo > MAX_GLOBALS {
+            return None;
+        }
+        let mask_at = md.wrapping_add(mask?);
+        let nbits = mem.read_u64(mask_at).ok()? & 0xffff_ffff;
+        let bytes = mem
+            .read_u64(mask_at.wrapping_add(h.bitvector_bytedata?))
+            .ok()?;
+        // The mask covers the whole range (one bit per word) or the runtime has not built it.
+        if nbits < (hi - lo) / 8 || bytes == 0 {
+            return None;
+        }
+        let mask = mem.read_vec(bytes, nbits.div_ceil(8) as usize).ok()?;
+        out.push((lo, hi, mask));
+    }
+    Some(out)
+}
+
+/// Byte ranges of the module's data and bss sections (Go's `moduledata.data..edata`,
+/// `bss..ebss`), for a whole, conservative scan.
 fn data_roots(bin: &GoBinary, bias: u64) -> Vec<(u64, u64)> {
     [".data", ".bss"]
         .iter()
@@ -300,8 +346,19 @@ fn one_pass(
     let heap = Heap::read(mem, heap_layout, vars.mheap.wrapping_add(bias))?;
     let (heap_spans, heap_objects, heap_bytes) = heap.totals();
     let mut marker = Marker::new(mem, heap, hidden);
-    for (lo, hi) in data_roots(bin, bias) {
-        marker.scan_range(lo, hi)?;
+    let globals = precise_globals(mem, bin, bias);
+    let precise = globals.is_some();
+    match globals {
+        Some(globals) => {
+            for (lo, hi, mask) in globals {
+                marker.scan_masked(lo, hi, &mask)?;
+            }
+        }
+        None => {
+            for (lo, hi) in data_roots(bin, bias) {
+                marker.scan_range(lo, hi)?;
+            }
+        }
     }
     // Blocked goroutines not yet known to be able to run (index into gs).
     let mut pending: Vec<usize> = Vec::new();
@@ -348,6 +405,7 @@ fn one_pass(
         heap_spans,
         heap_objects,
         heap_bytes,
+        precise_globals: precise,
         marked_objects: marker.marked_objects,
         scanned_bytes: marker.scanned_bytes,
         ..LeakStats::default()
