@@ -213,6 +213,34 @@ fn data_roots(bin: &GoBinary, bias: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// `g.stackguard0` follows `g.stack` in every release (see `gobinary::arm64`), then
+/// `stackguard1`.
+const STACKGUARDS_LEN: u64 = 16;
+
+/// The words of every `g` (dead ones too) that hold stack addresses: `stack.lo`/`hi`, the
+/// stack guards, the saved `sp`/`bp` and `syscallsp`. They are `uintptr`s the GC never follows,
+/// and `stack.hi` (one past the stack's end) is often the first object of the next span: read
+/// as a pointer it would keep an unrelated object, and what it reaches, alive.
+fn g_stack_words(l: &gobinary::layout::RuntimeLayout, gs: &[u64]) -> Vec<(u64, u64)> {
+    let mut fields = vec![
+        (l.g_stack_lo, 8),
+        (l.g_stack_hi, 8 + STACKGUARDS_LEN),
+        (l.g_sched_sp, 8),
+        (l.g_sched_bp, 8),
+        (l.g_syscallsp, 8),
+    ];
+    if let Some(bp) = l.g_syscallbp {
+        fields.push((bp, 8));
+    }
+    let mut out = Vec::with_capacity(gs.len() * fields.len());
+    for &g in gs {
+        for &(off, len) in &fields {
+            out.push((g + off, g + off + len));
+        }
+    }
+    out
+}
+
 /// The part of a goroutine's stack that holds its live frames.
 fn stack_range(g: &RawG) -> (u64, u64) {
     let (lo, hi) = (g.stack_lo, g.stack_hi);
@@ -310,7 +338,7 @@ fn one_pass(
         _ => None,
     };
     let mut targets: Vec<Option<WaitTargets>> = Vec::with_capacity(gs.len());
-    let mut hidden = Vec::new();
+    let mut hidden = g_stack_words(&bin.layout, &addrs);
     for ((g, waiting), class) in gs.iter().zip(&classes) {
         let waiting = waiting.unwrap_or(0);
         let t = match class {
