@@ -128,10 +128,7 @@ fn goker_verdicts_match_the_runtime_leak_profile() {
             match run_one(&bin, &name) {
                 Ok(t) => {
                     if t.fp + t.fn_ > 0 {
-                        lines.push(format!(
-                            "{name}: {} TP, {} FP, {} FN",
-                            t.tp, t.fp, t.fn_
-                        ));
+                        lines.push(format!("{name}: {} TP, {} FP, {} FN", t.tp, t.fp, t.fn_));
                     }
                     total.add(&t);
                 }
@@ -150,7 +147,11 @@ fn goker_verdicts_match_the_runtime_leak_profile() {
         lines.join("\n")
     );
     assert!(total.tp > 1000, "too few leaks measured: {}", total.tp);
-    assert!(precision >= 0.99, "precision {precision:.4}\n{}", lines.join("\n"));
+    assert!(
+        precision >= 0.99,
+        "precision {precision:.4}\n{}",
+        lines.join("\n")
+    );
     assert!(recall >= 0.95, "recall {recall:.4}\n{}", lines.join("\n"));
 }
 
@@ -217,7 +218,10 @@ fn build_leak_programs(tc: &Toolchain, dir: &Path, sub: &str) -> Result<(PathBuf
     std::fs::write(out.join("go.mod"), "module testprog\n\ngo 1.27\n")?;
     let bin = out.join("prog");
     let mut cmd = Command::new(&tc.go);
-    cmd.args(["build", "-o"]).arg(&bin).arg(".").current_dir(&out);
+    cmd.args(["build", "-o"])
+        .arg(&bin)
+        .arg(".")
+        .current_dir(&out);
     go_env(&mut cmd, &BuildMode::default_build());
     let built = cmd.output().context("go build")?;
     ensure!(
@@ -279,10 +283,7 @@ fn run_one(bin: &Path, name: &str) -> Result<Tally> {
         stdin.write_all(b"\n")?;
         drop(stdin);
         let mut profile = String::new();
-        std::io::Read::read_to_string(
-            child.stdout.as_mut().context("stdout")?,
-            &mut profile,
-        )?;
+        std::io::Read::read_to_string(child.stdout.as_mut().context("stdout")?, &mut profile)?;
         let theirs = runtime_leaked(&profile);
         ensure!(!profile.is_empty(), "no profile");
         Ok(Tally {

@@ -41,6 +41,9 @@ pub struct ObjectRef {
 pub struct Heap {
     /// Sorted by base; spans never overlap.
     spans: Vec<Span>,
+    /// (span base, `mspan.specials`) of the spans that have any (finalizers, cleanups,
+    /// profiling records).
+    pub specials: Vec<(u64, u64)>,
     /// Lowest and highest heap addresses: most words are rejected by one comparison.
     lo: u64,
     hi: u64,
@@ -85,6 +88,7 @@ impl Heap {
             .collect();
         let size = l.mspan_read_size as usize;
         let mut spans = Vec::new();
+        let mut span_specials = Vec::new();
         for batch in span_addrs.chunks(SPAN_BATCH) {
             let (buf, ok) = mem.read_many(batch, size)?;
             let mut pending = Vec::new();
@@ -116,6 +120,10 @@ impl Heap {
                     continue;
                 }
                 let alloc_bits = le(s, l.mspan_alloc_bits, 8);
+                let specials = le(s, l.mspan_specials, 8);
+                if specials != 0 {
+                    span_specials.push((base, specials));
+                }
                 pending.push((
                     base,
                     bytes,
@@ -172,6 +180,7 @@ impl Heap {
         let hi = kept.last().map_or(0, |s| s.limit);
         Ok(Heap {
             spans: kept,
+            specials: span_specials,
             lo,
             hi,
         })

@@ -124,6 +124,56 @@ impl<'a> Marker<'a> {
         Ok(())
     }
 
+    /// The GC's roots in spans' specials: a finalizer's function and what its object reaches,
+    /// a cleanup's function and argument. The kinds are numbered differently in each release,
+    /// so every special is treated alike, conservatively: the words of the record (`bytes` from
+    /// its start, which covers the kind-specific part) are scanned and its object is marked
+    /// (Go marks only what the object reaches: more is kept alive here, never less).
+    pub fn scan_specials(
+        &mut self,
+        next_off: u64,
+        offset_off: u64,
+        offset_width: u64,
+        bytes: u64,
+    ) -> Result<(), MemError> {
+        /// More specials on one span than it has bytes: a torn list.
+        const MAX_PER_SPAN: usize = 1 << 16;
+        let specials = std::mem::take(&mut self.heap.specials);
+        let mut buf = vec![0u8; bytes as usize];
+        for &(base, first) in &specials {
+            let mut at = first;
+            let mut n = 0;
+            while at != 0 && n < MAX_PER_SPAN {
+                match self.mem.read(at, &mut buf) {
+                    Ok(()) => {}
+                    Err(MemError::Fault { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+                let b = std::mem::take(&mut buf);
+                self.scan_words(at, &b);
+                let word = |off: u64| {
+                    let o = off as usize;
+                    b.get(o..o + 8).map_or(0, |w| {
+                        u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+                    })
+                };
+                let offset = match offset_width {
+                    2 => word(offset_off) & 0xffff,
+                    4 => word(offset_off) & 0xffff_ffff,
+                    _ => word(offset_off),
+                };
+                if let Some(r) = self.heap.find(base + offset) {
+                    self.shade(r);
+                }
+                at = word(next_off);
+                buf = b;
+                n += 1;
+            }
+        }
+        self.heap.specials = specials;
+        Ok(())
+    }
+
     /// Scans queued objects until none is left.
     pub fn drain(&mut self) -> Result<(), MemError> {
         while !self.work.is_empty() {

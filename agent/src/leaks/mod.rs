@@ -155,6 +155,9 @@ pub fn analyse(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<LeakAna
     Ok(LeakAnalysis { verdicts, stats })
 }
 
+/// Bytes read of each span special (the generic header plus any kind's own fields).
+const SPECIAL_READ_BYTES: u64 = 64;
+
 /// More bytes of globals than any real module has: a larger range is a bad read.
 const MAX_GLOBALS: u64 = 1 << 30;
 
@@ -388,6 +391,16 @@ fn one_pass(
             }
         }
     }
+    // A special record is 16 to 48 bytes in every release; 64 covers any kind's fields.
+    marker.scan_specials(
+        heap_layout.special_next,
+        heap_layout.special_offset,
+        // `special.offset` is a uint16 up to 1.25 and a uintptr after; `kind` follows it.
+        heap_layout
+            .special_kind
+            .saturating_sub(heap_layout.special_offset),
+        SPECIAL_READ_BYTES.max(heap_layout.special_size),
+    )?;
     // Blocked goroutines not yet known to be able to run (index into gs).
     let mut pending: Vec<usize> = Vec::new();
     for (i, ((g, _), t)) in gs.iter().zip(&targets).enumerate() {
