@@ -111,9 +111,35 @@ fn check_fixture(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
     Ok(())
 }
 
-/// Seconds a GoKer program is left to settle after it says it is about to take its profile:
-/// its goroutines are still being scheduled into their final parks.
-const SETTLE: Duration = Duration::from_millis(1000);
+/// A GoKer program has settled (its goroutines reached their final parks) once it used no CPU
+/// for this long after saying it is about to take its profile; waited for at most SETTLE_MAX.
+const SETTLE_IDLE: Duration = Duration::from_millis(300);
+const SETTLE_MAX: Duration = Duration::from_secs(20);
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Waits until the process used no CPU for SETTLE_IDLE (or SETTLE_MAX passed).
+fn wait_settled(pid: u32) {
+    let start = Instant::now();
+    let mut last = cpu_ticks(pid);
+    let mut idle_since = Instant::now();
+    while start.elapsed() < SETTLE_MAX {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = cpu_ticks(pid);
+        if now != last {
+            last = now;
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= SETTLE_IDLE {
+            return;
+        }
+    }
+}
 
 #[test]
 fn goker_verdicts_match_the_runtime_leak_profile() {
@@ -267,7 +293,7 @@ fn run_one(bin: &Path, name: &str) -> Result<Tally> {
                 _ => bail!("the program never got ready"),
             }
         }
-        std::thread::sleep(SETTLE);
+        wait_settled(child.id());
         let out = run_ctxprobe(
             &args(child.id(), &["--once", "--leaks"]),
             Duration::from_secs(120),

@@ -29,6 +29,10 @@ pub struct Span {
     allocated: Vec<u64>,
     /// Bit i: object i was reached by the analysis.
     marked: Vec<u64>,
+    /// Bit i: object i is marked and not scanned yet.
+    grey: Vec<u64>,
+    /// The span is on the marker's work list.
+    pub queued: bool,
 }
 
 /// Where an address lands in the heap: an allocated object.
@@ -59,6 +63,44 @@ fn le(buf: &[u8], off: u64, width: u64) -> u64 {
         _ => buf.get(off..off + 8).map_or(0, |b| {
             u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
         }),
+    }
+}
+
+impl Span {
+    pub fn set_grey(&mut self, i: u32) {
+        if let Some(w) = self.grey.get_mut((i / 64) as usize) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    /// The lowest and highest grey object, if any.
+    pub fn grey_bounds(&self) -> Option<(u32, u32)> {
+        let first = self.grey.iter().position(|&w| w != 0)?;
+        let last = self.grey.iter().rposition(|&w| w != 0)?;
+        let lo = first as u32 * 64 + self.grey[first].trailing_zeros();
+        let hi = last as u32 * 64 + 63 - self.grey[last].leading_zeros();
+        Some((lo, hi))
+    }
+
+    /// Clears and returns the grey objects in `lo..=hi`.
+    pub fn take_grey(&mut self, lo: u32, hi: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        for w in (lo / 64)..=(hi / 64) {
+            let Some(word) = self.grey.get_mut(w as usize) else {
+                break;
+            };
+            let mut bits = *word;
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                let i = w * 64 + b;
+                if i >= lo && i <= hi {
+                    out.push(i);
+                    *word &= !(1 << b);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -163,6 +205,8 @@ impl Heap {
                     nelems,
                     noscan,
                     marked: vec![0; allocated.len()],
+                    grey: vec![0; allocated.len()],
+                    queued: false,
                     allocated,
                 });
             }
@@ -214,12 +258,6 @@ impl Heap {
         &self.spans[r.span as usize]
     }
 
-    /// Start address and size of an object.
-    pub fn object(&self, r: ObjectRef) -> (u64, u64) {
-        let s = self.span(r);
-        (s.base + u64::from(r.index) * s.elemsize, s.elemsize)
-    }
-
     pub fn is_marked(&self, r: ObjectRef) -> bool {
         bit(&self.span(r).marked, u64::from(r.index))
     }
@@ -236,6 +274,14 @@ impl Heap {
         }
         *word |= 1 << b;
         true
+    }
+
+    pub fn span_mut(&mut self, i: u32) -> &mut Span {
+        &mut self.spans[i as usize]
+    }
+
+    pub fn span_at(&self, i: u32) -> &Span {
+        &self.spans[i as usize]
     }
 
     /// Spans, allocated objects and their bytes (for the record of the analysis).

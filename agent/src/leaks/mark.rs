@@ -11,14 +11,19 @@ use crate::procmem::{MemError, ProcessMemory};
 
 use super::heap::{Heap, ObjectRef};
 
-/// Objects read per syscall batch, and the bytes read at most per piece of a large object.
-const BATCH_OBJECTS: usize = 512;
+/// Spans and bytes read per syscall batch, and the bytes read at most per piece of a large
+/// object or range.
+const BATCH_SPANS: usize = 1024;
+const BATCH_BYTES: u64 = 4 << 20;
 const PIECE: u64 = 64 * 1024;
+/// Spans up to this size are read whole.
+const WHOLE_SPAN: u64 = 128 * 1024;
 
 pub struct Marker<'a> {
     mem: &'a ProcessMemory,
     pub heap: Heap,
-    work: Vec<ObjectRef>,
+    /// Spans with grey (marked, not yet scanned) objects.
+    work: Vec<u32>,
     /// Sorted, disjoint byte ranges whose words are not followed: the runtime's own references
     /// from waiting goroutines' sudogs to what they wait on (Go hides them the same way).
     hidden: Vec<(u64, u64)>,
@@ -66,12 +71,17 @@ impl<'a> Marker<'a> {
         }
     }
 
-    /// Marks an object and queues it for scanning if it may hold pointers.
+    /// Marks an object and queues it (its span) for scanning if it may hold pointers.
     pub fn shade(&mut self, r: ObjectRef) {
         if self.heap.mark(r) {
             self.marked_objects += 1;
-            if !self.heap.span(r).noscan {
-                self.work.push(r);
+            let span = self.heap.span_mut(r.span);
+            if !span.noscan {
+                span.set_grey(r.index);
+                if !span.queued {
+                    span.queued = true;
+                    self.work.push(r.span);
+                }
             }
         }
     }
@@ -174,37 +184,68 @@ impl<'a> Marker<'a> {
         Ok(())
     }
 
-    /// Scans queued objects until none is left.
+    /// Scans grey objects until none is left. Work is by span: the stretch of a span from its
+    /// first to its last grey object is read once (many spans per `process_vm_readv`), and
+    /// objects it greys in that stretch (a linked list's next node) are scanned from the same
+    /// copy. Objects larger than a piece are read on their own, in pieces.
     pub fn drain(&mut self) -> Result<(), MemError> {
         while !self.work.is_empty() {
-            // Small objects in batches; a large one on its own, in pieces.
-            let mut small: Vec<(u64, u64)> = Vec::new();
+            // (span, first grey, last grey, address, length)
+            let mut batch: Vec<(u32, u32, u32, u64, u64)> = Vec::new();
             let mut bytes = 0;
-            while let Some(r) = self.work.pop() {
-                let (addr, size) = self.heap.object(r);
-                if size > PIECE {
-                    self.scan_range(addr, addr + size)?;
+            while let Some(si) = self.work.pop() {
+                let span = self.heap.span_mut(si);
+                span.queued = false;
+                let Some((lo, hi)) = span.grey_bounds() else {
+                    continue;
+                };
+                let (base, es) = (span.base, span.elemsize);
+                if es > PIECE {
+                    for i in span.take_grey(lo, hi) {
+                        let addr = base + u64::from(i) * es;
+                        self.scan_range(addr, addr + es)?;
+                    }
                     continue;
                 }
-                small.push((addr, size));
-                bytes += size;
-                if small.len() >= BATCH_OBJECTS || bytes >= 4 * PIECE {
+                // A small span is read whole: what its grey objects grey in it (a linked list's
+                // next node) is then scanned from the same copy.
+                let (lo, hi) = if span.nelems * es <= WHOLE_SPAN {
+                    (0, (span.nelems - 1) as u32)
+                } else {
+                    (lo, hi)
+                };
+                let addr = base + u64::from(lo) * es;
+                let len = u64::from(hi - lo + 1) * es;
+                batch.push((si, lo, hi, addr, len));
+                bytes += len;
+                if batch.len() >= BATCH_SPANS || bytes >= BATCH_BYTES {
                     break;
                 }
             }
-            if small.is_empty() {
+            if batch.is_empty() {
                 continue;
             }
-            let mut bufs: Vec<Vec<u8>> = small.iter().map(|o| vec![0u8; o.1 as usize]).collect();
-            let mut reqs: Vec<(u64, &mut [u8])> = small
+            let mut bufs: Vec<Vec<u8>> = batch.iter().map(|b| vec![0u8; b.4 as usize]).collect();
+            let mut reqs: Vec<(u64, &mut [u8])> = batch
                 .iter()
                 .zip(bufs.iter_mut())
-                .map(|(o, b)| (o.0, b.as_mut_slice()))
+                .map(|(b, buf)| (b.3, buf.as_mut_slice()))
                 .collect();
             let ok = self.mem.read_scattered(&mut reqs)?;
-            for ((o, b), ok) in small.iter().zip(&bufs).zip(ok) {
-                if ok {
-                    self.scan_words(o.0, b);
+            for (&(si, lo, hi, addr, _), (buf, ok)) in batch.iter().zip(bufs.iter().zip(ok)) {
+                let es = self.heap.span_at(si).elemsize;
+                loop {
+                    let grey = self.heap.span_mut(si).take_grey(lo, hi);
+                    if grey.is_empty() {
+                        break;
+                    }
+                    if !ok {
+                        continue; // unreadable: nothing to keep alive
+                    }
+                    for i in grey {
+                        let from = (u64::from(i - lo) * es) as usize;
+                        self.scan_words(addr + from as u64, &buf[from..from + es as usize]);
+                    }
                 }
             }
         }

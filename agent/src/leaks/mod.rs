@@ -13,7 +13,7 @@
 //!
 //! The heap moves while it is read, so the analysis runs twice and a goroutine is called leaked
 //! only when both runs say so and it stayed in the same park (same goid, status, wait reason,
-//! `trackingSeq`, saved stack pointer) across both.
+//! `trackingSeq`) across both.
 
 pub mod heap;
 pub mod mark;
@@ -33,15 +33,15 @@ use heap::Heap;
 use mark::Marker;
 use waits::{WaitClass, WaitTargets};
 
-/// The identity of a park: a goroutine that still has it did not run in between.
+/// The identity of a park: a goroutine that still has it did not run in between. Not its saved
+/// `sp` (a GC cycle may shrink, so move, a parked goroutine's stack) nor `waitsince` (a GC
+/// cycle stamps it once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkKey {
     pub goid: u64,
     pub status: u32,
     pub wait_reason: u8,
     pub tracking_seq: u8,
-    pub sched_sp: u64,
-    pub waitsince: i64,
 }
 
 impl ParkKey {
@@ -57,8 +57,6 @@ impl ParkKey {
             },
             wait_reason: g.wait_reason,
             tracking_seq: g.tracking_seq,
-            sched_sp: g.sched_sp,
-            waitsince: g.waitsince,
         }
     }
 }
@@ -85,6 +83,8 @@ pub struct LeakStats {
     pub leaked: u64,
     /// Analysed goroutines whose wait could not be resolved (counted as able to run).
     pub unresolved: u64,
+    /// Called leaked by one pass only, or not in the same park in both: not leaked.
+    pub unstable: u64,
     pub passes: u32,
     /// Globals scanned with the runtime's pointer masks (else whole, conservatively).
     pub precise_globals: bool,
@@ -134,6 +134,14 @@ pub fn analyse(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<LeakAna
         let leaked = match (now.leaked, before) {
             (None, _) => None,
             (Some(true), Some(b)) if b.key == now.key && b.leaked == Some(true) => Some(true),
+            (Some(true), _) => {
+                stats.unstable += 1;
+                Some(false)
+            }
+            (Some(false), Some(b)) if b.leaked == Some(true) => {
+                stats.unstable += 1;
+                Some(false)
+            }
             (Some(_), _) => Some(false),
         };
         if now.class != WaitClass::MayRun {
