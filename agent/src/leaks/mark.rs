@@ -27,19 +27,33 @@ pub struct Marker<'a> {
     /// Sorted, disjoint byte ranges whose words are not followed: the runtime's own references
     /// from waiting goroutines' sudogs to what they wait on (Go hides them the same way).
     hidden: Vec<(u64, u64)>,
+    /// Addresses of the goroutines' `g` objects (sorted) and the ranges of a `g` never
+    /// followed (relative to the `g`).
+    gs: Vec<u64>,
+    g_words: Vec<(u64, u64)>,
     /// Bytes and objects scanned (for the record of the analysis).
     pub scanned_bytes: u64,
     pub marked_objects: u64,
 }
 
 impl<'a> Marker<'a> {
-    pub fn new(mem: &'a ProcessMemory, heap: Heap, mut hidden: Vec<(u64, u64)>) -> Marker<'a> {
+    /// `hidden`: byte ranges never followed; `gs` (sorted) and `g_words` (byte ranges relative
+    /// to a `g`): words of every `g` object never followed.
+    pub fn new(
+        mem: &'a ProcessMemory,
+        heap: Heap,
+        mut hidden: Vec<(u64, u64)>,
+        gs: Vec<u64>,
+        g_words: Vec<(u64, u64)>,
+    ) -> Marker<'a> {
         hidden.sort_unstable();
         Marker {
             mem,
             heap,
             work: Vec::new(),
             hidden,
+            gs,
+            g_words,
             scanned_bytes: 0,
             marked_objects: 0,
         }
@@ -50,6 +64,7 @@ impl<'a> Marker<'a> {
         self.scanned_bytes += buf.len() as u64;
         // Hidden ranges from the first that ends after `addr`, in order.
         let mut hidden = self.hidden.partition_point(|h| h.1 <= addr);
+        let is_g = self.gs.binary_search(&addr).is_ok();
         let skip = addr.wrapping_neg() & 7; // first aligned word
         for (i, w) in buf
             .get(skip as usize..)
@@ -62,6 +77,14 @@ impl<'a> Marker<'a> {
                 hidden += 1;
             }
             if self.hidden.get(hidden).is_some_and(|h| h.0 <= at) {
+                continue;
+            }
+            if is_g
+                && self
+                    .g_words
+                    .iter()
+                    .any(|&(lo, hi)| (lo..hi).contains(&(at - addr)))
+            {
                 continue;
             }
             let word = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);

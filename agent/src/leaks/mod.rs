@@ -232,7 +232,7 @@ const STACKGUARDS_LEN: u64 = 16;
 /// stack guards, the saved `sp`/`bp` and `syscallsp`. They are `uintptr`s the GC never follows,
 /// and `stack.hi` (one past the stack's end) is often the first object of the next span: read
 /// as a pointer it would keep an unrelated object, and what it reaches, alive.
-fn g_stack_words(l: &gobinary::layout::RuntimeLayout, gs: &[u64]) -> Vec<(u64, u64)> {
+fn g_stack_words(l: &gobinary::layout::RuntimeLayout) -> Vec<(u64, u64)> {
     let mut fields = vec![
         (l.g_stack_lo, 8),
         (l.g_stack_hi, 8 + STACKGUARDS_LEN),
@@ -243,13 +243,10 @@ fn g_stack_words(l: &gobinary::layout::RuntimeLayout, gs: &[u64]) -> Vec<(u64, u
     if let Some(bp) = l.g_syscallbp {
         fields.push((bp, 8));
     }
-    let mut out = Vec::with_capacity(gs.len() * fields.len());
-    for &g in gs {
-        for &(off, len) in &fields {
-            out.push((g + off, g + off + len));
-        }
-    }
-    out
+    fields
+        .into_iter()
+        .map(|(off, len)| (off, off + len))
+        .collect()
 }
 
 /// The part of a goroutine's stack that holds its live frames.
@@ -349,7 +346,7 @@ fn one_pass(
         _ => None,
     };
     let mut targets: Vec<Option<WaitTargets>> = Vec::with_capacity(gs.len());
-    let mut hidden = g_stack_words(&bin.layout, &addrs);
+    let mut hidden = Vec::new();
     for ((g, waiting), class) in gs.iter().zip(&classes) {
         let waiting = waiting.unwrap_or(0);
         let t = match class {
@@ -384,7 +381,9 @@ fn one_pass(
     // The heap, then the roots.
     let heap = Heap::read(mem, heap_layout, vars.mheap.wrapping_add(bias))?;
     let (heap_spans, heap_objects, heap_bytes) = heap.totals();
-    let mut marker = Marker::new(mem, heap, hidden);
+    let mut g_addrs = addrs.clone();
+    g_addrs.sort_unstable();
+    let mut marker = Marker::new(mem, heap, hidden, g_addrs, g_stack_words(&bin.layout));
     let globals = precise_globals(mem, bin, bias);
     let precise = globals.is_some();
     match globals {
