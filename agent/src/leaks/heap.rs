@@ -296,3 +296,75 @@ impl Heap {
         (self.spans.len() as u64, objects, bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(base: u64, elemsize: u64, nelems: u64, allocated: &[u64]) -> Span {
+        let words = nelems.div_ceil(64) as usize;
+        let mut bits = vec![0u64; words];
+        for &i in allocated {
+            bits[(i / 64) as usize] |= 1 << (i % 64);
+        }
+        Span {
+            base,
+            limit: base + PAGE_SIZE,
+            elemsize,
+            nelems,
+            noscan: false,
+            allocated: bits,
+            marked: vec![0; words],
+            grey: vec![0; words],
+            queued: false,
+        }
+    }
+
+    #[test]
+    fn find_takes_interior_pointers_of_allocated_objects_only() {
+        let heap = Heap {
+            spans: vec![span(0x10000, 48, 170, &[0, 1, 100])],
+            specials: Vec::new(),
+            lo: 0x10000,
+            hi: 0x10000 + PAGE_SIZE,
+        };
+        assert_eq!(heap.find(0x10000), Some(ObjectRef { span: 0, index: 0 }));
+        assert_eq!(
+            heap.find(0x10000 + 48 + 47),
+            Some(ObjectRef { span: 0, index: 1 })
+        );
+        assert_eq!(heap.find(0x10000 + 2 * 48), None, "a free slot");
+        assert_eq!(heap.find(0x10000 + 170 * 48), None, "past the last object");
+        assert_eq!(heap.find(0xffff), None);
+        assert_eq!(heap.find(0x10000 + PAGE_SIZE), None);
+    }
+
+    #[test]
+    fn grey_objects_are_taken_once_within_bounds() {
+        let mut s = span(0, 16, 200, &[]);
+        assert_eq!(s.grey_bounds(), None);
+        for i in [3, 64, 130, 199] {
+            s.set_grey(i);
+        }
+        assert_eq!(s.grey_bounds(), Some((3, 199)));
+        assert_eq!(s.take_grey(0, 100), vec![3, 64]);
+        assert_eq!(s.grey_bounds(), Some((130, 199)));
+        assert_eq!(s.take_grey(0, 199), vec![130, 199]);
+        assert_eq!(s.take_grey(0, 199), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn marking_is_once() {
+        let mut heap = Heap {
+            spans: vec![span(0x10000, 48, 170, &[5])],
+            specials: Vec::new(),
+            lo: 0x10000,
+            hi: 0x10000 + PAGE_SIZE,
+        };
+        let r = heap.find(0x10000 + 5 * 48 + 8).expect("object 5");
+        assert!(!heap.is_marked(r));
+        assert!(heap.mark(r));
+        assert!(!heap.mark(r));
+        assert!(heap.is_marked(r));
+    }
+}
