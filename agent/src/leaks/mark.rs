@@ -159,15 +159,20 @@ impl<'a> Marker<'a> {
 
     /// The GC's roots in spans' specials: a finalizer's function and what its object reaches,
     /// a cleanup's function and argument. The kinds are numbered differently in each release,
-    /// so every special is treated alike, conservatively: the words of the record (`bytes` from
-    /// its start, which covers the kind-specific part) are scanned and its object is marked
-    /// (Go marks only what the object reaches: more is kept alive here, never less).
+    /// so they are told apart by what they hold: the words of every record (`bytes` from its
+    /// start, which covers the kind-specific part) are scanned, and its object is marked when
+    /// a word after the `header` bytes points into the heap or the executable's image (a
+    /// finalizer's or cleanup's function: Go marks what that object reaches; marking the object
+    /// itself keeps more alive, never less). A profiling record only points to the runtime's
+    /// off-heap buckets: its (sampled) object is not kept alive.
     pub fn scan_specials(
         &mut self,
         next_off: u64,
         offset_off: u64,
         offset_width: u64,
+        header: u64,
         bytes: u64,
+        image: (u64, u64),
     ) -> Result<(), MemError> {
         /// More specials on one span than it has bytes: a torn list.
         const MAX_PER_SPAN: usize = 1 << 16;
@@ -195,8 +200,14 @@ impl<'a> Marker<'a> {
                     4 => word(offset_off) & 0xffff_ffff,
                     _ => word(offset_off),
                 };
-                if let Some(r) = self.heap.find(base + offset) {
-                    self.shade(r);
+                let holds_code_or_heap = (header..bytes).step_by(8).any(|o| {
+                    let w = word(o);
+                    (image.0..image.1).contains(&w) || self.heap.find(w).is_some()
+                });
+                if holds_code_or_heap {
+                    if let Some(r) = self.heap.find(base + offset) {
+                        self.shade(r);
+                    }
                 }
                 at = word(next_off);
                 buf = b;

@@ -209,6 +209,14 @@ fn precise_globals(
     Some(out)
 }
 
+/// The executable's loaded image (every `PT_LOAD` segment), at its load bias.
+fn image_range(bin: &GoBinary, bias: u64) -> (u64, u64) {
+    let segs = bin.elf.segments();
+    let lo = segs.iter().map(|s| s.vaddr).min().unwrap_or(0);
+    let hi = segs.iter().map(|s| s.vaddr + s.memsz).max().unwrap_or(0);
+    (lo.wrapping_add(bias), hi.wrapping_add(bias))
+}
+
 /// Byte ranges of the module's data and bss sections (Go's `moduledata.data..edata`,
 /// `bss..ebss`), for a whole, conservative scan.
 fn data_roots(bin: &GoBinary, bias: u64) -> Vec<(u64, u64)> {
@@ -406,7 +414,9 @@ fn one_pass(
         heap_layout
             .special_kind
             .saturating_sub(heap_layout.special_offset),
+        heap_layout.special_size,
         SPECIAL_READ_BYTES.max(heap_layout.special_size),
+        image_range(bin, bias),
     )?;
     // Blocked goroutines not yet known to be able to run (index into gs).
     let mut pending: Vec<usize> = Vec::new();
