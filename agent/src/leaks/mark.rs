@@ -218,6 +218,45 @@ impl<'a> Marker<'a> {
         Ok(())
     }
 
+    /// [`Self::scan_range`] for many ranges (stacks), small ones read many per syscall.
+    pub fn scan_ranges(&mut self, ranges: &[(u64, u64)]) -> Result<(), MemError> {
+        let (small, large): (Vec<(u64, u64)>, Vec<(u64, u64)>) = ranges
+            .iter()
+            .copied()
+            .filter(|r| r.0 < r.1)
+            .partition(|r| r.1 - r.0 <= PIECE);
+        for (lo, hi) in large {
+            self.scan_range(lo, hi)?;
+        }
+        let mut start = 0;
+        while start < small.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < small.len() && end - start < BATCH_SPANS && bytes < BATCH_BYTES {
+                bytes += small[end].1 - small[end].0;
+                end += 1;
+            }
+            let batch = &small[start..end];
+            let mut bufs: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|r| vec![0u8; (r.1 - r.0) as usize])
+                .collect();
+            let mut reqs: Vec<(u64, &mut [u8])> = batch
+                .iter()
+                .zip(bufs.iter_mut())
+                .map(|(r, b)| (r.0, b.as_mut_slice()))
+                .collect();
+            let ok = self.mem.read_scattered(&mut reqs)?;
+            for ((r, b), ok) in batch.iter().zip(&bufs).zip(ok) {
+                if ok {
+                    self.scan_words(r.0, b);
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Scans grey objects until none is left. Work is by span: the stretch of a span from its
     /// first to its last grey object is read once (many spans per `process_vm_readv`), and
     /// objects it greys in that stretch (a linked list's next node) are scanned from the same

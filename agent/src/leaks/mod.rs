@@ -163,6 +163,9 @@ pub fn analyse(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<LeakAna
     Ok(LeakAnalysis { verdicts, stats })
 }
 
+/// Goroutines whose first sudogs are read together.
+const SUDOG_BATCH: usize = 4096;
+
 /// Bytes read of each span special (the generic header plus any kind's own fields).
 const SPECIAL_READ_BYTES: u64 = 64;
 
@@ -355,17 +358,44 @@ fn one_pass(
     };
     let mut targets: Vec<Option<WaitTargets>> = Vec::with_capacity(gs.len());
     let mut hidden = Vec::new();
-    for ((g, waiting), class) in gs.iter().zip(&classes) {
+    // The first sudog of every g.waiting list, read many per syscall (most lists have one).
+    let first_of = |from: usize| -> Result<HashMap<u64, Vec<u8>>> {
+        let addrs: Vec<u64> = gs[from..(from + SUDOG_BATCH).min(gs.len())]
+            .iter()
+            .zip(&classes[from..])
+            .filter(|(_, c)| matches!(c, WaitClass::Chan | WaitClass::Sync))
+            .filter_map(|((_, w), _)| w.filter(|&w| w != 0))
+            .collect();
+        let size = heap_layout.sudog_size as usize;
+        let (buf, ok) = mem.read_many(&addrs, size)?;
+        Ok(addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ok[*i])
+            .map(|(i, &a)| (a, buf[i * size..(i + 1) * size].to_vec()))
+            .collect())
+    };
+    let mut firsts = HashMap::new();
+    for (i, ((g, waiting), class)) in gs.iter().zip(&classes).enumerate() {
+        if i % SUDOG_BATCH == 0 {
+            firsts = first_of(i)?;
+        }
         let waiting = waiting.unwrap_or(0);
+        let first = firsts.remove(&waiting);
         let t = match class {
-            WaitClass::Chan if waiting != 0 => {
-                Some(waits::chan_targets(mem, heap_layout, objects, waiting))
-            }
+            WaitClass::Chan if waiting != 0 => Some(waits::chan_targets(
+                mem,
+                heap_layout,
+                objects,
+                waiting,
+                first,
+            )),
             WaitClass::Sync if waiting != 0 => Some(waits::sync_targets_from_waiting(
                 mem,
                 heap_layout,
                 objects,
                 waiting,
+                first,
             )),
             WaitClass::Sync => semtable
                 .as_ref()
@@ -420,6 +450,7 @@ fn one_pass(
     )?;
     // Blocked goroutines not yet known to be able to run (index into gs).
     let mut pending: Vec<usize> = Vec::new();
+    let mut stacks = Vec::new();
     for (i, ((g, _), t)) in gs.iter().zip(&targets).enumerate() {
         let blocked = match t {
             Some(t) => classes[i] == WaitClass::Never || !t.objects.is_empty(),
@@ -428,10 +459,10 @@ fn one_pass(
         if blocked {
             pending.push(i);
         } else {
-            let (lo, hi) = stack_range(g);
-            marker.scan_range(lo, hi)?;
+            stacks.push(stack_range(g));
         }
     }
+    marker.scan_ranges(&stacks)?;
     marker.drain()?;
     // To a fixed point: a goroutine whose waited-on object is reachable may be woken.
     loop {
@@ -451,10 +482,8 @@ fn one_pass(
         if woke.is_empty() {
             break;
         }
-        for i in woke {
-            let (lo, hi) = stack_range(&gs[i].0);
-            marker.scan_range(lo, hi)?;
-        }
+        let stacks: Vec<(u64, u64)> = woke.iter().map(|&i| stack_range(&gs[i].0)).collect();
+        marker.scan_ranges(&stacks)?;
         marker.drain()?;
     }
 

@@ -88,17 +88,23 @@ fn word(buf: &[u8], off: u64) -> u64 {
 }
 
 /// The sudogs of a `g.waiting` list (address and bytes), in order; stops at an unreadable one.
+/// `read`: the first sudog's bytes when the caller already has them.
 fn waiting_list(
     mem: &ProcessMemory,
     h: &HeapLayout,
     o: &ObjectLayout,
     first: u64,
+    mut read: Option<Vec<u8>>,
 ) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut at = first;
     while at != 0 && out.len() < MAX_SUDOGS_PER_G {
-        let Ok(buf) = mem.read_vec(at, h.sudog_size as usize) else {
-            break;
+        let buf = match read.take() {
+            Some(b) => b,
+            None => match mem.read_vec(at, h.sudog_size as usize) {
+                Ok(b) => b,
+                Err(_) => break,
+            },
         };
         let next = word(&buf, o.sudog_waitlink);
         out.push((at, buf));
@@ -114,9 +120,10 @@ pub fn chan_targets(
     h: &HeapLayout,
     o: &ObjectLayout,
     waiting: u64,
+    first: Option<Vec<u8>>,
 ) -> WaitTargets {
     let mut t = WaitTargets::default();
-    for (s, buf) in waiting_list(mem, h, o, waiting) {
+    for (s, buf) in waiting_list(mem, h, o, waiting, first) {
         let c = word(&buf, o.sudog_c);
         if c != 0 {
             t.objects.push(c);
@@ -134,9 +141,13 @@ pub fn sync_targets_from_waiting(
     h: &HeapLayout,
     o: &ObjectLayout,
     waiting: u64,
+    first: Option<Vec<u8>>,
 ) -> WaitTargets {
     let mut t = WaitTargets::default();
-    for (i, (s, buf)) in waiting_list(mem, h, o, waiting).into_iter().enumerate() {
+    for (i, (s, buf)) in waiting_list(mem, h, o, waiting, first)
+        .into_iter()
+        .enumerate()
+    {
         let elem = word(&buf, h.sudog_elem_addr);
         if i == 0 && elem != 0 {
             t.objects.push(elem);
