@@ -220,7 +220,8 @@ impl<'a> Marker<'a> {
 
     /// [`Self::scan_range`] for many ranges (stacks), small ones read many per syscall.
     pub fn scan_ranges(&mut self, ranges: &[(u64, u64)]) -> Result<(), MemError> {
-        let (small, large): (Vec<(u64, u64)>, Vec<(u64, u64)>) = ranges
+        type Ranges = Vec<(u64, u64)>;
+        let (small, large): (Ranges, Ranges) = ranges
             .iter()
             .copied()
             .filter(|r| r.0 < r.1)
