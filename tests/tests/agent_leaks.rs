@@ -154,7 +154,10 @@ fn goker_verdicts_match_the_runtime_leak_profile() {
             match run_one(&bin, &name) {
                 Ok(t) => {
                     if t.fp + t.fn_ > 0 {
-                        lines.push(format!("{name}: {} TP, {} FP, {} FN", t.tp, t.fp, t.fn_));
+                        lines.push(format!(
+                            "{name}: {} TP, {} FP, {} FN ({})",
+                            t.tp, t.fp, t.fn_, t.note
+                        ));
                     }
                     total.add(&t);
                 }
@@ -186,6 +189,8 @@ struct Tally {
     tp: u64,
     fp: u64,
     fn_: u64,
+    /// What the analysis said of itself (unstable, unresolved counts).
+    note: String,
 }
 
 impl Tally {
@@ -299,8 +304,18 @@ fn run_one(bin: &Path, name: &str) -> Result<Tally> {
             Duration::from_secs(120),
         )?;
         ensure_success(&out)?;
-        let ours: std::collections::HashSet<u64> = out
-            .records()?
+        let records = out.records()?;
+        let note = records
+            .iter()
+            .find(|r| r["type"] == "leak_analysis")
+            .map(|r| {
+                format!(
+                    "unstable {}, unresolved {}, error {}",
+                    r["unstable"], r["unresolved"], r["error"]
+                )
+            })
+            .unwrap_or_else(|| "no leak_analysis record".into());
+        let ours: std::collections::HashSet<u64> = records
             .iter()
             .filter(|r| r["type"] == "goroutine" && r["leaked"] == Value::Bool(true))
             .filter_map(goid)
@@ -316,6 +331,7 @@ fn run_one(bin: &Path, name: &str) -> Result<Tally> {
             tp: ours.intersection(&theirs).count() as u64,
             fp: ours.difference(&theirs).count() as u64,
             fn_: theirs.difference(&ours).count() as u64,
+            note,
         })
     })();
     let _ = child.kill();
