@@ -37,6 +37,11 @@ pub struct Args {
     #[arg(long, requires = "once")]
     pub grouped: bool,
 
+    /// With --once: tell leaked goroutines from merely blocked ones by reachability (Go's
+    /// goroutine leak profile, from outside): `leaked` on each record.
+    #[arg(long, requires = "once")]
+    pub leaks: bool,
+
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,

@@ -13,6 +13,7 @@ mod freezer;
 mod fxhash;
 mod goroutines;
 mod groups;
+mod leaks;
 mod output_queue;
 mod probes;
 mod procmem;
@@ -171,6 +172,9 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
 
     if args.once {
         out.emit(&attach)?;
+        let leak_record = args
+            .leaks
+            .then(|| run_leak_analysis(&mut session, &mem, bin, bias));
         let dumped = if args.grouped {
             session.dump_grouped(out)
         } else {
@@ -183,6 +187,9 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
             });
             let _ = out.finish(std::time::Duration::from_secs(1));
             return Err(e);
+        }
+        if let Some(record) = leak_record {
+            out.emit(&record)?;
         }
         out.finish(std::time::Duration::MAX)?;
         return Ok(());
@@ -352,4 +359,37 @@ fn probe_site(bin: &GoBinary, func: &str) -> Result<ProbeSite> {
         file_offset,
         hit_cost_ns: hit_cost_ns(bin.elf.arch(), site.emulated),
     })
+}
+
+/// `--once --leaks`: runs the leak analysis before the dump, so each record carries its
+/// verdict, and returns the record that closes the dump. When the analysis cannot run every
+/// record says `leaked: null` and the record says why.
+fn run_leak_analysis(
+    session: &mut Session<'_>,
+    mem: &ProcessMemory,
+    bin: &GoBinary,
+    bias: u64,
+) -> Event {
+    match leaks::analyse(mem, bin, bias) {
+        Ok(analysis) => {
+            let record = Event::LeakAnalysis {
+                leaked: Some(analysis.stats.leaked),
+                stats: analysis.stats.clone(),
+                error: None,
+            };
+            session.leaks = Some(analysis);
+            record
+        }
+        Err(e) => {
+            session.leaks = Some(leaks::LeakAnalysis {
+                verdicts: Default::default(),
+                stats: Default::default(),
+            });
+            Event::LeakAnalysis {
+                leaked: None,
+                stats: Default::default(),
+                error: Some(format!("{e:#}")),
+            }
+        }
+    }
 }

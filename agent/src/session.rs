@@ -65,6 +65,8 @@ pub struct Session<'a> {
     prev_site_counts: HashMap<u64, u64>,
     /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
     contexts: Option<ContextAnalyzer>,
+    /// `--leaks`: the verdicts records carry (set before a dump).
+    pub leaks: Option<crate::leaks::LeakAnalysis>,
     context_mem: BudgetedMemory<'a>,
     /// Streaming: groups of parked goroutines.
     groups: StreamGroups,
@@ -152,6 +154,7 @@ impl<'a> Session<'a> {
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
             contexts: ContextAnalyzer::new(bin, bias),
+            leaks: None,
             context_mem: BudgetedMemory::new(mem, GOROUTINE_READ_BUDGET),
         }
     }
@@ -287,6 +290,7 @@ impl<'a> Session<'a> {
             parent_goid: g.parent_goid.filter(|&p| p != 0),
             system,
             contexts,
+            leaked: self.leaks.as_ref().map(|a| a.verdict_for(g)),
         }
     }
 

@@ -52,7 +52,7 @@ pub enum Insn {
     Other { rd: u8 },
 }
 
-fn sign_extend(value: u64, bits: u32) -> i64 {
+pub(crate) fn sign_extend(value: u64, bits: u32) -> i64 {
     let shift = 64 - bits;
     ((value << shift) as i64) >> shift
 }

@@ -27,6 +27,10 @@ pub struct GoBinary {
     pub vars: RuntimeVars,
     /// Offsets for context diagnosis; None when neither DWARF nor a table has them.
     pub objects: Option<ObjectLayout>,
+    /// Heap and semaphore-table offsets (None: no DWARF and no table for this release).
+    pub heap: Option<crate::heaplayout::HeapLayout>,
+    /// `runtime.mheap_` and `runtime.semtable`, or why they could not be found.
+    pub heap_vars: std::result::Result<crate::heap_vars::HeapVars, String>,
 }
 
 impl GoBinary {
@@ -61,6 +65,8 @@ impl GoBinary {
             })?;
         let vars = runtime_vars::locate(&elf, &pclntab)?;
         let objects = objlayout::for_binary(&elf, version, opts.allow_nearest_layout);
+        let heap = crate::heaplayout::for_binary(&elf, version, opts.allow_nearest_layout);
+        let heap_vars = crate::heap_vars::locate(&elf, &pclntab).map_err(|e| e.to_string());
         Ok(GoBinary {
             elf,
             build_info,
@@ -70,6 +76,8 @@ impl GoBinary {
             wait_reasons,
             vars,
             objects,
+            heap,
+            heap_vars,
         })
     }
 }

@@ -63,6 +63,9 @@ pub struct VersionTable {
     /// Offsets for reading channels, sudogs and runtime type metadata (context diagnosis).
     #[serde(default)]
     pub objects: Option<crate::objlayout::ObjectLayout>,
+    /// Offsets of the heap's spans and the semaphore table (leak analysis).
+    #[serde(default)]
+    pub heap: Option<crate::heaplayout::HeapLayout>,
     /// `runtime.waitReasonStrings` of that toolchain.
     pub wait_reasons: Vec<String>,
 }

@@ -15,6 +15,7 @@
 //! - [`rtype`]: runtime type metadata (names, kinds, struct fields) and context itabs, read
 //!   through a [`rtype::Memory`].
 //! - [`waitreason`]: the runtime's own wait-reason strings and status names.
+//! - [`heaplayout`], [`heap_vars`]: heap spans and the semaphore table (leak analysis).
 //! - [`runtime_vars`]: addresses of runtime variables (`allgs`, `allglen`) even when stripped.
 //! - [`prologue`]: where a Go function's prologue ends (for cheap, emulated uprobes).
 //! - [`arm64`]: the few arm64 instructions read in Go code (global addressing, prologues).
@@ -24,6 +25,8 @@ pub mod arm64;
 pub mod buildinfo;
 pub mod elf;
 pub mod gobinary;
+pub mod heap_vars;
+pub mod heaplayout;
 pub mod layout;
 pub mod objlayout;
 pub mod pclntab;

@@ -481,3 +481,36 @@ fn object_layout_from_dwarf_equals_table_and_decodes_types() {
         assert_eq!(types.size(elem), Some(8), "1.{minor}: sizeof(sync.Mutex)");
     }
 }
+
+/// `runtime.mheap_` and `runtime.semtable` derived from code (what stripped binaries need)
+/// equal `.symtab`'s, on amd64 and arm64 builds of every toolchain.
+#[test]
+fn heap_vars_from_code_match_symtab() {
+    use gobinary::heap_vars;
+    for (minor, go) in toolchains() {
+        for variant in [Variant::Normal, Variant::Pie, Variant::Arm64] {
+            let elf = open(&go, variant);
+            let version = BuildInfo::from_elf(&elf).expect("buildinfo").version;
+            let pcln = Pclntab::from_elf(&elf, version)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: pclntab: {e}"));
+            let mheap = elf.symbol("runtime.mheap_").expect("mheap_ symbol").addr;
+            let semtable = elf
+                .symbol("runtime.semtable")
+                .expect("semtable symbol")
+                .addr;
+            let got = heap_vars::mheap_from_code(&elf, &pcln)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: {e}"));
+            assert_eq!(got, mheap, "1.{minor} {variant:?}: mheap_");
+            let got = heap_vars::semtable_from_code(&elf, &pcln)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: {e}"));
+            assert_eq!(got, semtable, "1.{minor} {variant:?}: semtable");
+            let table = gobinary::layout::tables_for(elf.arch())
+                .get(&format!("1.{minor}"))
+                .and_then(|t| t.heap.clone())
+                .expect("heap table");
+            let dwarf = gobinary::heaplayout::from_dwarf(&elf)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: {e}"));
+            assert_eq!(dwarf, table, "1.{minor} {variant:?}: heap layout");
+        }
+    }
+}

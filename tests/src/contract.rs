@@ -84,6 +84,10 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
             }
             null_or(v, "parent_goid", Value::is_u64)?;
             check_contexts(v)?;
+            // `--leaks` only: true, false or null (not analysed).
+            if v.get("leaked").is_some() {
+                null_or(v, "leaked", Value::is_boolean)?;
+            }
         }
         "unblocked" => {
             u64_field(v, "goid")?;
@@ -122,6 +126,16 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
         }
         "error" => {
             str_field(v, "message")?;
+        }
+        "leak_analysis" => {
+            null_or(v, "leaked", Value::is_u64)?;
+            null_or(v, "error", Value::is_string)?;
+            if v["leaked"].is_null() == v["error"].is_null() {
+                bail!("a leak_analysis has a count or an error, not both or neither");
+            }
+            for k in ["analysed", "unresolved", "heap_objects", "heap_bytes"] {
+                u64_field(v, k)?;
+            }
         }
         _ => {} // record types added after version 1
     }

@@ -16,6 +16,9 @@
 //! 6. Scale (only with `--scale` or `--only scale`; see bench/scale.rs): fixtures/groups at 10k,
 //!    100k and 1M goroutines, `--once` and streaming resources beside the target's own dumps.
 //!
+//! 7. Leaks (only with `--only leaks`; see bench/leaks.rs): `--once --leaks` on heaps of 100 MiB
+//!    and 1 GiB: analysis wall time, ctxprobe's CPU and peak RSS.
+//!
 //! Needs root, wrk, a Go toolchain (scripts/setup.sh) and a release build of ctxprobe
 //! (`cargo build --release -p ctxprobe`).
 
@@ -29,12 +32,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+mod leaks;
 mod scale;
 mod soak;
 
 const USAGE: &str = "usage: cargo xtask bench [--go 1.27] [--rounds 3] [--modes default,precise]
     [--pingpong-n 1000000] [--wrk-duration 5s] [--wrk-connections 32] [--many-n 100000]
-    [--only pingpong,wrk,many,futex,contexts,scale,soak] [--futex-threads 4] [--ctxprobe PATH]
+    [--only pingpong,wrk,many,futex,contexts,scale,soak,leaks] [--futex-threads 4] [--ctxprobe PATH]
     [--scale] [--scale-sizes 10000,100000,1000000] [--scale-duration 60s] [--soak-cycles 1000]
 --scale runs only the scale section (fixtures/groups up to 1M goroutines, ~10 minutes;
 --scale-duration 0s skips its streaming runs);
@@ -66,7 +70,8 @@ pub fn run(args: &[String]) -> Result<()> {
     eprintln!("bench: ctxprobe {}, Go {}", ctxprobe.display(), opts.go);
     // The scale and soak sections take ~10 minutes each: only when asked for by name.
     let want = |s: &str| {
-        (opts.only.is_empty() && s != "scale" && s != "soak") || opts.only.iter().any(|o| o == s)
+        (opts.only.is_empty() && s != "scale" && s != "soak" && s != "leaks")
+            || opts.only.iter().any(|o| o == s)
     };
     let mut report = Vec::new();
     if want("pingpong") {
@@ -92,6 +97,10 @@ pub fn run(args: &[String]) -> Result<()> {
     if want("scale") {
         let bin = build_fixture(&root, &go, &opts.go, "groups")?;
         report.push(scale::bench_scale(&bin, &ctxprobe, &opts)?);
+    }
+    if want("leaks") {
+        let bin = build_fixture(&root, &go, &opts.go, "leakheap")?;
+        report.push(leaks::bench_leaks(&bin, &ctxprobe, &opts)?);
     }
     if want("soak") {
         let bin = build_fixture(&root, &go, &opts.go, "httpserver")?;

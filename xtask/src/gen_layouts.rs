@@ -185,6 +185,10 @@ fn build_and_read(
         objlayout::from_dwarf(&elf).context("object offsets (sudog, hchan, types)")?;
     objects.cancelctx_err =
         Some(objlayout::cancelctx_err_from_dwarf(&elf).context("context.cancelCtx.err offset")?);
+    let heap = gobinary::heaplayout::from_dwarf(&elf).context("heap offsets (mspan, semaRoot)")?;
+    if heap.semtable_entry_size.is_none() {
+        bail!("runtime.semtable's size not found in the probe's .symtab");
+    }
     let wait_reasons = waitreason::from_binary(&elf)
         .context("runtime.waitReasonStrings not found in the probe binary")?;
     let key = layout::table_key(info.version);
@@ -194,6 +198,7 @@ fn build_and_read(
             go_version: info.go_version_string,
             layout,
             objects: Some(objects),
+            heap: Some(heap),
             wait_reasons,
         },
     ))
@@ -215,6 +220,7 @@ fn diff(old: &BTreeMap<String, VersionTable>, new: &BTreeMap<String, VersionTabl
         }
         diff_fields(key, &o.layout, &n.layout, &mut out);
         diff_fields(key, &o.objects, &n.objects, &mut out);
+        diff_fields(key, &o.heap, &n.heap, &mut out);
         if o.wait_reasons != n.wait_reasons {
             let first = o
                 .wait_reasons

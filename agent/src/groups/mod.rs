@@ -50,6 +50,9 @@ pub struct GroupRecord {
     pub contexts_analysed: u64,
     pub context_verdicts: BTreeMap<String, u64>,
     pub context_chain: Option<Vec<String>>,
+    /// `--leaks`: members whose leak verdict is true; absent without `--leaks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked: Option<u64>,
 }
 
 impl GroupRecord {
@@ -107,12 +110,16 @@ impl Grouper {
                     contexts_analysed: 0,
                     context_verdicts: BTreeMap::new(),
                     context_chain: None,
+                    leaked: None,
                 },
                 VerdictTally::default(),
             )
         });
         tally.add(&g.contexts);
         group.goroutines += 1;
+        if let Some(verdict) = g.leaked {
+            *group.leaked.get_or_insert(0) += u64::from(verdict == Some(true));
+        }
         group.stack_bytes += stack_bytes;
         if let Some(ns) = g.blocked_ns {
             group.blocked_min_ns = Some(group.blocked_min_ns.map_or(ns, |m| m.min(ns)));
@@ -166,6 +173,7 @@ mod tests {
             parent_goid: None,
             system: false,
             contexts: Default::default(),
+            leaked: None,
         }
     }
 

@@ -335,6 +335,7 @@ impl StreamGroups {
             contexts_analysed: g.verdicts.analysed(),
             context_verdicts: g.verdicts.verdicts(),
             context_chain: g.verdicts.common_chain(),
+            leaked: None,
         }
     }
 

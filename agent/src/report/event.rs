@@ -45,6 +45,9 @@ pub struct GoroutineReport {
     /// `contexts`, `waits_on`, `context_verdict` (context diagnosis).
     #[serde(flatten)]
     pub contexts: crate::contexts::ContextDiagnosis,
+    /// `--leaks`: Some(verdict) (leaked, not leaked, or null: not analysed); absent without.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked: Option<Option<bool>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -169,5 +172,14 @@ pub enum Event {
     },
     Error {
         message: String,
+    },
+    /// `--once --leaks`: what the leak analysis found and cost (after the dump).
+    LeakAnalysis {
+        /// Goroutines called leaked (null when the analysis could not run).
+        leaked: Option<u64>,
+        #[serde(flatten)]
+        stats: crate::leaks::LeakStats,
+        /// Why the analysis could not run, or null.
+        error: Option<String>,
     },
 }

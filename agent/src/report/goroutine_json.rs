@@ -95,6 +95,12 @@ impl GoroutineJson {
             Some(v) => json_value(out, v)?,
             None => out.extend_from_slice(b"null"),
         }
+        match g.leaked {
+            None => {}
+            Some(None) => out.extend_from_slice(b",\"leaked\":null"),
+            Some(Some(true)) => out.extend_from_slice(b",\"leaked\":true"),
+            Some(Some(false)) => out.extend_from_slice(b",\"leaked\":false"),
+        }
         out.extend_from_slice(b"}\n");
         Ok(())
     }
@@ -159,6 +165,7 @@ mod tests {
             parent_goid: Some(1),
             system: false,
             contexts: ContextDiagnosis::default(),
+            leaked: None,
         };
         let mut all = vec![base.clone()];
         let mut g = base.clone();
@@ -173,10 +180,16 @@ mod tests {
         g.created_by = None;
         g.parent_goid = None;
         g.system = true;
+        g.leaked = Some(Some(true));
         all.push(g);
         for source in [SinceSource::Observed, SinceSource::Unknown] {
             let mut g = base.clone();
             g.since_source = source;
+            all.push(g);
+        }
+        for leaked in [Some(None), Some(Some(false))] {
+            let mut g = base.clone();
+            g.leaked = leaked;
             all.push(g);
         }
         let mut g = base.clone();
@@ -192,6 +205,7 @@ mod tests {
                 cancelled_ago_ns: Some(12),
                 cancelled_by_goid: None,
                 cancelled_at: Some(frame("main.cancel", 4)),
+                cancel_attribution: Some("probe"),
                 facts: Default::default(),
             }],
             waits_on: vec![ChanWait {

@@ -75,6 +75,7 @@ mod tests {
             parent_goid: Some(1),
             system: false,
             contexts: Default::default(),
+            leaked: None,
         };
         let time = "2026-12-01T03:04:05.000000006Z";
         for event in [

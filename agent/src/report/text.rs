@@ -35,6 +35,9 @@ fn since_text(source: SinceSource) -> &'static str {
 
 fn render_goroutine(out: &mut String, g: &GoroutineReport) {
     let what = g.wait_reason.clone().unwrap_or_else(|| g.state.clone());
+    if g.leaked == Some(Some(true)) {
+        out.push_str("LEAKED ");
+    }
     let _ = write!(out, "goroutine {} [{what}]", g.goid);
     if let Some(ns) = g.blocked_ns {
         let _ = write!(
@@ -85,6 +88,13 @@ fn render_group(out: &mut String, g: &GroupRecord) {
         let _ = write!(out, " {sign}{}/min", thousands(growth.abs() as u64));
     }
     let _ = write!(out, ", {} of stack", human_bytes(g.stack_bytes));
+    match g.leaked {
+        Some(n) if n == g.goroutines => out.push_str(", LEAKED"),
+        Some(n) if n > 0 => {
+            let _ = write!(out, ", {} LEAKED", thousands(n));
+        }
+        _ => {}
+    }
     match &g.leak_since {
         Some(since) if g.leak_suspect => {
             let _ = writeln!(out, ", growing since {since}");
@@ -382,6 +392,30 @@ pub fn render(event: &Event, pid: u32) -> String {
         Event::Error { message } => {
             let _ = writeln!(out, "error: {message}");
         }
+        Event::LeakAnalysis {
+            leaked,
+            stats,
+            error,
+        } => match (leaked, error) {
+            (Some(n), _) => {
+                let _ = writeln!(
+                    out,
+                    "leak analysis: {n} LEAKED of {} goroutines blocked on channels, select or \
+                     sync ({} objects, {} of heap; {:.0} ms)",
+                    stats.analysed,
+                    thousands(stats.heap_objects),
+                    human_bytes(stats.heap_bytes),
+                    stats.wall_ms
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    out,
+                    "leak analysis not done: {}",
+                    e.as_deref().unwrap_or("unknown reason")
+                );
+            }
+        },
     }
     out
 }

@@ -200,20 +200,20 @@ fn has_frame(v: &Value, func: &str) -> bool {
 }
 
 /// What one ctxprobe run cost and printed.
-struct Run {
-    wall: Duration,
+pub(super) struct Run {
+    pub(super) wall: Duration,
     exited: Instant,
-    cpu: Duration,
-    max_rss_mib: f64,
+    pub(super) cpu: Duration,
+    pub(super) max_rss_mib: f64,
     bytes: u64,
     /// Lines printed.
     count: usize,
     /// Every JSON line with the time it arrived.
-    lines: Vec<(Instant, Value)>,
+    pub(super) lines: Vec<(Instant, Value)>,
 }
 
 /// Runs ctxprobe to completion, reading its stdout as it comes; resources from wait4's rusage.
-fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
+pub(super) fn run(ctxprobe: &Path, args: &[&str]) -> Result<Run> {
     let start = Instant::now();
     let mut child = Command::new(ctxprobe)
         .args(args)
