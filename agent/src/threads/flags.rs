@@ -87,7 +87,7 @@ impl Flags {
     ) {
         let name = procfs::thread_name(self.pid, tid);
         let (stack, end) = match st {
-            Some(st) => self.stack(st),
+            Some(st) => self.stack(tid, st),
             None => (
                 Vec::new(),
                 StackEnd::Cut("the wait ended before its stack could be read".into()),
@@ -136,9 +136,19 @@ impl Flags {
         }));
     }
 
-    fn stack(&mut self, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
+    fn stack(&mut self, tid: u32, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
         self.space.begin_batch();
-        let unwound = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, st.sp, st.pc);
+        let mut unwound = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, st.sp, st.pc);
+        // The thread runs on while its stack is read: a walk that failed may have read a stack
+        // that had already changed (it woke and waited again elsewhere). Walk the new one.
+        if matches!(unwound.end, StackEnd::Cut(_)) {
+            if let Some(now) = procfs::syscall_state(self.pid, tid) {
+                if (now.nr, now.sp, now.pc) != (st.nr, st.sp, st.pc) {
+                    unwound =
+                        unwind::unwind(&mut self.space, &self.mem, self.arch.arch, now.sp, now.pc);
+                }
+            }
+        }
         (
             symbols::symbolize(&mut self.space, &unwound.pcs),
             unwound.end,
