@@ -54,7 +54,7 @@ CTXPROBE_TEST_GOARCH=arm64 cargo test --release --locked -p ctxprobe-tests --tes
 
 env_vars="CTXPROBE_BIN=$PWD/target/$target/release/ctxprobe CTXPROBE_TEST_PREBUILT=1"
 env_vars+=" CTXPROBE_TEST_GOARCH=arm64 CTXPROBE_TEST_GO=$CTXPROBE_TEST_GO"
-env_vars+=" CTXPROBE_TEST_BUILD=$CTXPROBE_TEST_BUILD"
+env_vars+=" CTXPROBE_TEST_BUILD=$CTXPROBE_TEST_BUILD CTXPROBE_TEST_EMULATED=1"
 script="set -e; export $env_vars; status=0"
 for b in "${bins[@]}"; do
   script+="; echo \"== \$(basename $b)\"; $b --test-threads=1 --color never $(bin_filters "$b") || status=1"

@@ -31,7 +31,7 @@ for line in sys.stdin:
 
 gocache=$(readlink -f .tools)/gocache
 mkdir -p "$gocache"
-script="set -e; export CTXPROBE_BIN=$PWD/target/release/ctxprobe; status=0"
+script="set -e; export CTXPROBE_BIN=$PWD/target/release/ctxprobe CTXPROBE_TEST_EMULATED=1; status=0"
 for b in "${bins[@]}"; do
   script+="; echo \"== \$(basename $b)\"; $b --test-threads=1 --color never || status=1"
 done

@@ -15,8 +15,16 @@ use ctxprobe_tests::scenario::{check_all_records, ensure_success, for_each_cell}
 
 const THRESHOLD: Duration = Duration::from_secs(1);
 /// How long after crossing the threshold ctxprobe may take to report it ("within a couple of
-/// seconds", issue 2).
-const DETECT_SLACK: Duration = Duration::from_millis(2500);
+/// seconds", issue 2), on real hardware. Under emulation (the VM scripts set
+/// `CTXPROBE_TEST_EMULATED=1`: QEMU's TCG) scans take several times longer, and goroutines the
+/// park probe did not time need three of them.
+fn detect_slack() -> Duration {
+    if std::env::var("CTXPROBE_TEST_EMULATED").is_ok_and(|v| v == "1") {
+        Duration::from_millis(5000)
+    } else {
+        Duration::from_millis(2500)
+    }
+}
 /// Timing tolerance between the harness's clock readings and ctxprobe's.
 const CLOCK_SLACK: Duration = Duration::from_millis(500);
 
@@ -112,7 +120,7 @@ fn streams_blocked_goroutines() {
                 .map(|(l, at)| (l, at - Duration::from_millis(50))),
         );
         for (l, since) in &expected {
-            let must = *since + THRESHOLD + DETECT_SLACK <= end;
+            let must = *since + THRESHOLD + detect_slack() <= end;
             let recs = flagged.get(&l.goid).map(Vec::as_slice).unwrap_or(&[]);
             let what = format!("{} goroutine {} (batch {})", l.kind, l.goid, l.batch);
             match recs {
