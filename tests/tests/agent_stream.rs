@@ -222,7 +222,7 @@ fn reports_unblocked_when_a_flagged_goroutine_resumes() {
         probe.wait_record("attach", Duration::from_secs(20))?;
         let blocked = probe.wait_for(
             &format!("blocked record for goroutine {target}"),
-            Duration::from_secs(5),
+            THRESHOLD + detect_slack() + Duration::from_millis(1500),
             |v| v["type"] == "blocked" && goid(v) == Some(target),
         )?;
         let released_at = leaky.release(target)?;

@@ -306,6 +306,7 @@ fn cgo_call_blocked_in_c_names_its_goroutine() {
 const GO_OUTERMOST: &[&str] = &[
     "runtime.mstart",
     "runtime.mcall",
+    "runtime.morestack",
     "runtime.goexit",
     "runtime.rt0_go",
 ];

@@ -100,7 +100,9 @@ fn frame_kind(module: &ElfModule, svma: u64) -> FrameKind {
             // signal frame, which this walk does not read.
             return FrameKind::SwitchedStacks(format!("{} (a signal handler)", f.name));
         }
-        if f.is_top_frame() || f.name == "runtime.mcall" {
+        // morestack likewise: it switches to g0's stack to call newstack, which never returns
+        // there (the runtime's traceback, too, leaves g0 at morestack).
+        if f.is_top_frame() || f.name == "runtime.mcall" || f.name == "runtime.morestack" {
             return FrameKind::Outermost;
         }
         if f.writes_sp() {
