@@ -40,7 +40,13 @@ pub fn locate(elf: &ElfFile, pclntab: &Pclntab) -> Result<HeapVars> {
     Ok(HeapVars { mheap, semtable })
 }
 
-fn func_code<'a>(elf: &'a ElfFile, pclntab: &Pclntab, name: &str) -> Result<(&'a [u8], u64)> {
+/// The machine code of the Go function `name` and its entry address (the runtime variables are
+/// found in stripped binaries by reading the code of functions that use them).
+pub(crate) fn func_code<'a>(
+    elf: &'a ElfFile,
+    pclntab: &Pclntab,
+    name: &str,
+) -> Result<(&'a [u8], u64)> {
     let func = pclntab
         .func_by_name(name)
         .ok_or_else(|| Error::NotFound(format!("function {name}")))?;

@@ -14,7 +14,6 @@ use crate::pclntab::Pclntab;
 use crate::{Error, Result};
 
 /// `allgadd` is a few hundred bytes; anything far larger is not the function we want.
-const MAX_FUNC_LEN: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeVars {
@@ -42,28 +41,16 @@ pub fn from_symtab(elf: &ElfFile) -> Option<RuntimeVars> {
 /// Finds `runtime.allgadd` in the pclntab and derives the addresses from its code (works on
 /// stripped binaries; exposed so tests can compare it with `.symtab`).
 pub fn locate_by_disassembly(elf: &ElfFile, pclntab: &Pclntab) -> Result<RuntimeVars> {
-    let func = pclntab.func_by_name("runtime.allgadd").ok_or_else(|| {
-        Error::NotFound("function runtime.allgadd (to locate runtime.allgs)".into())
-    })?;
-    let len = func.end.saturating_sub(func.entry);
-    if len == 0 || len > MAX_FUNC_LEN {
-        return Err(Error::Malformed {
-            what: "pclntab",
-            why: format!("runtime.allgadd has implausible size {len}"),
-        });
-    }
-    let code = elf
-        .read_vaddr(func.entry, len as usize)
-        .ok_or_else(|| Error::Malformed {
-            what: "ELF",
-            why: format!(
-                "code of runtime.allgadd at {:#x} is not in the file",
-                func.entry
-            ),
+    let (code, entry) =
+        crate::heap_vars::func_code(elf, pclntab, "runtime.allgadd").map_err(|e| match e {
+            Error::NotFound(_) => {
+                Error::NotFound("function runtime.allgadd (to locate runtime.allgs)".into())
+            }
+            other => other,
         })?;
     match elf.arch() {
-        Arch::Aarch64 => from_allgadd_code_arm64(code, func.entry),
-        _ => from_allgadd_code(code, func.entry),
+        Arch::Aarch64 => from_allgadd_code_arm64(code, entry),
+        _ => from_allgadd_code(code, entry),
     }
 }
 
