@@ -42,9 +42,10 @@ command -v wrk >/dev/null || apt_pkgs+=(wrk)
 [[ $want_debian_go == 1 && ! -x /usr/bin/prometheus ]] && apt_pkgs+=(prometheus)
 [[ $want_debian_go == 1 && ! -x /usr/bin/prometheus-node-exporter ]] && apt_pkgs+=(prometheus-node-exporter)
 need_apt_update=0
+qemu_pkgs=() qemu_release=()
 if [[ $want_vm == 1 ]]; then
-  command -v qemu-system-x86_64 >/dev/null || apt_pkgs+=(qemu-system-x86)
-  command -v qemu-system-aarch64 >/dev/null || apt_pkgs+=(qemu-system-arm)
+  command -v qemu-system-x86_64 >/dev/null || qemu_pkgs+=(qemu-system-x86)
+  command -v qemu-system-aarch64 >/dev/null || qemu_pkgs+=(qemu-system-arm)
   command -v modinfo >/dev/null || apt_pkgs+=(kmod)
   # Cross-building ctxprobe for arm64 guests: rustup targets cannot be fetched here, Debian's
   # rustc-web (/usr/bin/rustc, /usr/bin/cargo) has an aarch64 standard library as a package.
@@ -56,12 +57,23 @@ if [[ $want_vm == 1 ]]; then
     dpkg --add-architecture arm64
     need_apt_update=1
   fi
-fi
-if ((${#apt_pkgs[@]})) || [[ $need_apt_update == 1 ]]; then
-  if [[ $(id -u) != 0 ]]; then
-    log "need root to install ${apt_pkgs[*]} (run: sudo $0)"; exit 1
+  # QEMU's system emulators must come from the same release as the machine's qemu-utils, which
+  # on these machines is bookworm-backports' (its Breaks: rejects bookworm's qemu-system-*).
+  qemu_utils=$(dpkg-query -W -f='${Status} ${Version}' qemu-utils 2>/dev/null || true)
+  if ((${#qemu_pkgs[@]})) && [[ $qemu_utils == "install ok installed "*bpo12* ]]; then
+    qemu_release=(-t bookworm-backports)
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        >/etc/apt/sources.list.d/ctxprobe-backports.sources
+      need_apt_update=1
+    fi
   fi
-  log "installing Debian packages: ${apt_pkgs[*]}"
+fi
+if ((${#apt_pkgs[@]} + ${#qemu_pkgs[@]})) || [[ $need_apt_update == 1 ]]; then
+  if [[ $(id -u) != 0 ]]; then
+    log "need root to install ${apt_pkgs[*]} ${qemu_pkgs[*]} (run: sudo $0)"; exit 1
+  fi
+  log "installing Debian packages: ${apt_pkgs[*]} ${qemu_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # The tests start their own servers on loopback: stop invoke-rc.d from starting the
   # packages' system services (Docker images usually have this policy already).
@@ -72,6 +84,9 @@ if ((${#apt_pkgs[@]})) || [[ $need_apt_update == 1 ]]; then
   apt-get update -qq >/dev/null
   if ((${#apt_pkgs[@]})); then
     apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+  fi
+  if ((${#qemu_pkgs[@]})); then
+    apt-get install -y -qq "${qemu_release[@]}" "${qemu_pkgs[@]}" >/dev/null
   fi
 fi
 

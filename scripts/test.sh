@@ -19,3 +19,7 @@ cargo test --release --locked --workspace
 # Issue 3's matrix, CI subset: the oldest and newest Go, stripped, PIE and cgo builds (the full
 # matrix is `cargo xtask matrix`; its table is in the README).
 cargo xtask matrix --cells 1.19:stripped,1.19:pie,1.27:stripped-pie,1.27:cgo
+# Issue 9: the same goroutine and thread tests in VMs booted with Debian's kernels: x86_64 with
+# the 6.1 kernel (kernel compatibility) and arm64 (cross-built ctxprobe and fixtures).
+scripts/vm-tests.sh 6.1
+scripts/vm-tests-arm64.sh 6.1

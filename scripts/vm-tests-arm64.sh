@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# arm64: the goroutine integration tests (agent_once, agent_stream) and the threads tests that
-# need no cgo (agent_threads: the C deadlock, idle runtime threads) run inside Debian's arm64
-# kernel under QEMU (TCG), against an aarch64 ctxprobe and aarch64 test binaries cross-built
-# here with Debian's rustc-web, on fixtures built here with GOARCH=arm64 (the guest is a busybox
-# initramfs with no Go toolchain: the tests run with CTXPROBE_TEST_PREBUILT=1).
+# arm64: the goroutine integration tests (agent_once, agent_stream) and the threads tests
+# (agent_threads: the C deadlock, idle runtime threads, a cgo call blocked in C) run inside
+# Debian's arm64 kernel under QEMU (TCG), against an aarch64 ctxprobe and aarch64 test binaries
+# cross-built here with Debian's rustc-web, on fixtures built here with GOARCH=arm64 (the guest
+# is a busybox initramfs with no Go toolchain: the tests run with CTXPROBE_TEST_PREBUILT=1).
 #
 #   sudo scripts/vm-tests-arm64.sh [KERNEL]     KERNEL: a Debian kernel series, default 6.1
 #   CTXPROBE_TEST_GO (default 1.21,1.27), CTXPROBE_TEST_BUILD (default default,stripped) and
@@ -20,7 +20,7 @@ scripts/setup.sh --vm
 export CARGO_TERM_COLOR=never
 export CTXPROBE_TEST_GO=${CTXPROBE_TEST_GO:-1.21,1.27}
 export CTXPROBE_TEST_BUILD=${CTXPROBE_TEST_BUILD:-default,stripped}
-read -r -a specs <<<"${VM_TESTS:-agent_once agent_stream agent_threads:deadlocked_c_threads,idle_runtime_threads}"
+read -r -a specs <<<"${VM_TESTS:-agent_once agent_stream agent_threads:deadlocked_c_threads,idle_runtime_threads,cgo_call_blocked_in_c}"
 tests=() filters=()
 for spec in "${specs[@]}"; do
   tests+=("${spec%%:*}")

@@ -65,16 +65,15 @@ pub fn build_fixture(name: &str, tc: &Toolchain, mode: &BuildMode) -> Result<Pat
     }
     let tmp = out_dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut cmd = Command::new(&tc.go);
-    cmd.arg("build")
-        .arg("-o")
-        .arg(&tmp)
-        .args(&mode.args)
-        .arg(".")
-        .current_dir(&src);
+    cmd.arg("build").arg("-o").arg(&tmp).args(&mode.args);
     go_env(&mut cmd, mode);
     if let Some(a) = &goarch {
         cmd.env("GOARCH", a);
+        if mode.cgo {
+            cross_cgo(&mut cmd, a)?;
+        }
     }
+    cmd.arg(".").current_dir(&src);
     let output = cmd
         .output()
         .with_context(|| format!("running {} build", tc.go.display()))?;
@@ -100,6 +99,18 @@ pub fn go_env(cmd: &mut Command, mode: &BuildMode) {
         .env("GOWORK", "off")
         .env("GOCACHE", workspace_root().join(".tools/gocache"))
         .env("CGO_ENABLED", if mode.cgo { "1" } else { "0" });
+}
+
+/// cgo for another architecture: Debian's cross C compiler, linked statically, because the arm64
+/// VM's guest has no C library to load.
+fn cross_cgo(cmd: &mut Command, goarch: &str) -> Result<()> {
+    let cc = match goarch {
+        "arm64" => "aarch64-linux-gnu-gcc",
+        other => bail!("no C cross compiler known for GOARCH {other}"),
+    };
+    cmd.env("CC", cc)
+        .arg("-ldflags=-linkmode=external -extldflags=-static");
+    Ok(())
 }
 
 /// FNV-1a over the fixture's files (sorted by path), the toolchain and the build mode. Stable

@@ -24,3 +24,20 @@ pub fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
+
+/// How much longer the tests' timelines run here: 3 under emulation (the VM scripts set
+/// `CTXPROBE_TEST_EMULATED=1`: QEMU's TCG), else 1. Emulation makes everything ctxprobe does
+/// several times dearer while it keeps to the same CPU budget (a share of one core), so its
+/// scans come several times further apart and so do its reports.
+pub fn time_scale() -> u32 {
+    if std::env::var("CTXPROBE_TEST_EMULATED").is_ok_and(|v| v == "1") {
+        3
+    } else {
+        1
+    }
+}
+
+/// `d` stretched by [`time_scale`].
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    d * time_scale()
+}

@@ -167,6 +167,13 @@ fn prebuild_matrix_fixtures() {
         ctxprobe_tests::gobuild::build_fixture("leaky", tc, mode)
             .unwrap_or_else(|e| panic!("leaky for Go {} {}: {e:#}", tc.version, mode.name));
     }
-    // The threads test's C fixture (agent_threads' deadlock test, which VMs run).
+    // The threads tests' C fixture (the deadlock test) and cgo fixture (a cgo call blocked in C,
+    // built by the newest Go as that test does), which VMs run.
     ctxprobe_tests::cbuild::build_c_fixture("deadlock").unwrap_or_else(|e| panic!("{e:#}"));
+    let latest = ctxprobe_tests::toolchain::Toolchain::find(ctxprobe_tests::toolchain::LATEST_GO)
+        .expect("newest Go");
+    latest.record_version().expect("newest Go's version");
+    let cgo = ctxprobe_tests::toolchain::BuildMode::named("cgo").expect("cgo build mode");
+    ctxprobe_tests::gobuild::build_fixture("cgoblock", &latest, &cgo)
+        .unwrap_or_else(|e| panic!("cgoblock: {e:#}"));
 }

@@ -168,11 +168,17 @@ pub fn unwind(
                 break StackEnd::Cut(format!("{name} switched stacks"));
             }
             FrameKind::AsmCgoCall if !innermost => {
-                if arch == Arch::Aarch64 {
-                    break StackEnd::Cut("cgo calls are not followed on arm64 yet".into());
-                }
                 // A cgo call: continue on the goroutine stack the call switched away from.
-                let Some((next_pc, next_sp, next_bp)) = leave_asmcgocall(space, mem, sp) else {
+                let step = match arch {
+                    Arch::Aarch64 => {
+                        let size = module.go_frame_size(svma);
+                        goroutine_sp_of_asmcgocall_arm64(mem, sp)
+                            .zip(size)
+                            .and_then(|(old_sp, size)| go_step(layout, size, mem, old_sp, None))
+                    }
+                    _ => leave_asmcgocall(space, mem, sp),
+                };
+                let Some((next_pc, next_sp, next_bp)) = step else {
                     break StackEnd::Cut("cannot find the goroutine stack of a cgo call".into());
                 };
                 (next_pc, next_sp, next_bp, false)
@@ -353,6 +359,21 @@ fn leave_asmcgocall(
     }
     let ra = mem.read_word(old_sp.checked_add(8)?)?;
     Some((ra, old_sp.checked_add(16)?, Some(word)))
+}
+
+/// arm64's runtime.asmcgocall keeps, at the sp it calls C with, [sp] = the g and [sp+8] = the
+/// goroutine stack depth (stack.hi - its own sp), or [sp] = 0 and [sp+8] = its sp itself when
+/// it was already on g0 (the reverse of amd64's order). Returns asmcgocall's sp on the stack it
+/// was called on, where its frame (saved LR at sp) leads to its caller.
+fn goroutine_sp_of_asmcgocall_arm64(mem: &dyn ReadWord, sp: u64) -> Option<u64> {
+    const G_STACK_HI: u64 = 8; // g.stack.hi: g begins with stack{lo, hi} in every release
+    let g = mem.read_word(sp)?;
+    let second = mem.read_word(sp.checked_add(8)?)?;
+    if g == 0 {
+        return Some(second);
+    }
+    mem.read_word(g.checked_add(G_STACK_HI)?)?
+        .checked_sub(second)
 }
 
 /// The first stack slot at or above `sp` that looks like a frame-pointer frame's base: the saved
@@ -559,6 +580,30 @@ mod tests {
             go_step(FrameLayout::Arm64, 0x20, &mem, 0x1000, None),
             Some((0x40_1234, 0x1020, Some(0x2000)))
         );
+    }
+
+    #[test]
+    fn arm64_asmcgocall_leads_back_to_the_goroutine_stack() {
+        // On g0: [sp] = g, [sp+8] = stack.hi - goroutine sp; g.stack.hi at g+8.
+        let mem = Words(HashMap::from([
+            (0x7000, 0xc000_1000),
+            (0x7008, 0x300),
+            (0xc000_1008, 0xc008_0000),
+        ]));
+        assert_eq!(
+            goroutine_sp_of_asmcgocall_arm64(&mem, 0x7000),
+            Some(0xc007_fd00)
+        );
+        // Already on g0 (no g): [sp+8] is the old sp itself.
+        let mem = Words(HashMap::from([(0x7000, 0), (0x7008, 0x6f00)]));
+        assert_eq!(goroutine_sp_of_asmcgocall_arm64(&mem, 0x7000), Some(0x6f00));
+        // A depth beyond stack.hi is not a stack.
+        let mem = Words(HashMap::from([
+            (0x7000, 0xc000_1000),
+            (0x7008, 0xd000_0000),
+            (0xc000_1008, 0xc008_0000),
+        ]));
+        assert_eq!(goroutine_sp_of_asmcgocall_arm64(&mem, 0x7000), None);
     }
 
     #[test]
