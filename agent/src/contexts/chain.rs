@@ -82,6 +82,8 @@ struct FieldAt {
 pub struct Decoder {
     shapes: HashMap<u64, Rc<TypeShape>>,
     itab_types: HashMap<u64, Option<u64>>,
+    /// `context.Context` itabs the runtime built, found in its itab table: concrete type.
+    runtime_itabs: HashMap<u64, u64>,
     names: HashMap<u64, Option<String>>,
 }
 
@@ -90,6 +92,7 @@ impl Decoder {
         Decoder {
             shapes: HashMap::new(),
             itab_types: HashMap::new(),
+            runtime_itabs: HashMap::new(),
             names: HashMap::new(),
         }
     }
@@ -106,10 +109,12 @@ impl Decoder {
 
     /// The concrete type if `itab` is a `context.Context` itab (cached per address). The
     /// linker places static itabs among the type descriptors (`[types, etypes)`, every
-    /// supported release), which also keeps return addresses and data words from being read.
+    /// supported release), which also keeps return addresses and data words from being read;
+    /// itabs built at run time are recognised only once found in the runtime's itab table
+    /// ([`Self::add_runtime_itab`]).
     pub fn context_type<M: Memory>(&mut self, types: &TypeReader<'_, M>, itab: u64) -> Option<u64> {
         if !types.is_type(itab) {
-            return None;
+            return self.runtime_itabs.get(&itab).copied();
         }
         if let Some(t) = self.itab_types.get(&itab) {
             return *t;
@@ -117,6 +122,11 @@ impl Decoder {
         let t = types.context_itab_type(itab);
         self.itab_types.insert(itab, t);
         t
+    }
+
+    /// Recognises `itab`, a `context.Context` itab for `typ` from the runtime's itab table.
+    pub fn add_runtime_itab(&mut self, itab: u64, typ: u64) {
+        self.runtime_itabs.insert(itab, typ);
     }
 
     /// Decodes one link; None when its memory is unreadable.
