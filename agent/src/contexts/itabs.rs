@@ -28,8 +28,12 @@ pub const REFRESH_READ_BUDGET: u64 = MAX_ENTRIES * 8 + MAX_NEW_PER_REFRESH as u6
 pub struct Refreshed {
     /// Context itabs added to the recognised set.
     pub added: Vec<(u64, u64)>,
-    /// Why the table could not be (fully) read.
+    /// Why the table cannot be used (not found, implausible, too large): said once.
     pub problem: Option<String>,
+    /// Part of it could not be read now (the target exiting, more new itabs than one refresh
+    /// reads): the next refresh reads it again. Not said: unreadable memory is how a target
+    /// that exits looks.
+    pub incomplete: bool,
 }
 
 pub struct RuntimeItabs {
@@ -78,13 +82,19 @@ impl RuntimeItabs {
                 return out;
             }
         };
+        if types.layout.itab_fun.is_none() {
+            out.problem = Some("no offset of itab.fun for this release".into());
+            return out;
+        }
         let mem = types.mem;
-        let Some(table) = mem.read_u64(var).filter(|&t| t != 0) else {
-            out.problem = Some(format!(
-                "runtime.itabTable at {var:#x} is unreadable or nil"
-            ));
+        let Some(table) = mem.read_u64(var) else {
+            out.incomplete = true;
             return out;
         };
+        if table == 0 {
+            out.problem = Some(format!("runtime.itabTable at {var:#x} is nil"));
+            return out;
+        }
         let head = mem.read(table, 16);
         let word = |b: &[u8], i: usize| -> Option<u64> {
             Some(u64::from_le_bytes(
@@ -95,7 +105,7 @@ impl RuntimeItabs {
             .as_deref()
             .and_then(|h| Some((word(h, 0)?, word(h, 1)?)))
         else {
-            out.problem = Some(format!("the itab table at {table:#x} is unreadable"));
+            out.incomplete = true;
             return out;
         };
         if !size.is_power_of_two() || count > size {
@@ -148,16 +158,14 @@ impl RuntimeItabs {
                         out.added.push((itab, typ));
                     }
                 }
-                // Unreadable now (out of budget): tried again at the next refresh.
+                // Unreadable now: tried again at the next refresh.
                 None => complete = false,
             }
         }
         if complete {
             self.seen = Some((table, count));
         } else {
-            out.problem = Some(format!(
-                "the itab table at {table:#x} was not read completely"
-            ));
+            out.incomplete = true;
         }
         out
     }
@@ -290,6 +298,7 @@ mod tests {
         let mut it = RuntimeItabs::new(Ok(VAR));
         let r = it.refresh(&types);
         assert_eq!(r.problem, None);
+        assert!(!r.incomplete);
         assert_eq!(r.added, vec![(ctx_itab, CONCRETE)]);
         // Not due: nothing read.
         assert_eq!(it.refresh(&types), Refreshed::default());
@@ -309,6 +318,7 @@ mod tests {
         it.mark_due();
         let r = it.refresh(&types);
         assert_eq!(r.problem, None);
+        assert!(!r.incomplete);
         assert_eq!(r.added, vec![(ctx_itab2, CONCRETE)]);
     }
 
@@ -326,7 +336,13 @@ mod tests {
             let mut it = RuntimeItabs::new(Ok(VAR));
             it.refresh(&t)
         };
-        assert!(types(&m).problem.is_some(), "unreadable variable");
+        let r = types(&m);
+        assert!(
+            r.incomplete && r.problem.is_none(),
+            "unreadable variable: retried, not said"
+        );
+        m.put_u64(VAR, 0);
+        assert!(types(&m).problem.is_some(), "nil table");
         m.put_u64(VAR, TABLE);
         m.put_u64(TABLE, 12); // not a power of two
         m.put_u64(TABLE + 8, 1);
@@ -335,7 +351,7 @@ mod tests {
         assert!(types(&m).problem.is_some(), "too large");
         m.put_u64(TABLE, 4); // entries unreadable
         let r = types(&m);
-        assert!(r.problem.is_some() && r.added.is_empty());
+        assert!(r.incomplete && r.problem.is_none() && r.added.is_empty());
         let t = TypeReader {
             mem: &m,
             layout: &lay,
@@ -344,5 +360,18 @@ mod tests {
         };
         let mut it = RuntimeItabs::new(Err("not found".into()));
         assert_eq!(it.refresh(&t).problem.as_deref(), Some("not found"));
+        // A table generated before itab.fun was in it: failed assertions cannot be told apart.
+        let old = ObjectLayout {
+            itab_fun: None,
+            ..lay.clone()
+        };
+        let t = TypeReader {
+            mem: &m,
+            layout: &old,
+            types: TYPES,
+            etypes: ETYPES,
+        };
+        let mut it = RuntimeItabs::new(Ok(VAR));
+        assert!(it.refresh(&t).problem.is_some());
     }
 }
