@@ -10,6 +10,8 @@ use std::rc::Rc;
 
 use gobinary::rtype::{kind, Memory, StructField, TypeReader};
 
+use crate::fxhash::FxHashMap;
+
 /// A context interface value: (itab, data).
 pub type Iface = (u64, u64);
 
@@ -83,7 +85,10 @@ pub struct Decoder {
     shapes: HashMap<u64, Rc<TypeShape>>,
     itab_types: HashMap<u64, Option<u64>>,
     /// `context.Context` itabs the runtime built, found in its itab table: concrete type.
-    runtime_itabs: HashMap<u64, u64>,
+    runtime_itabs: FxHashMap<u64, u64>,
+    /// Lowest and highest of them: every word of every stack is looked at, and nearly all
+    /// are outside this range (runtime itabs live in a few chunks of off-heap memory).
+    runtime_range: (u64, u64),
     names: HashMap<u64, Option<String>>,
 }
 
@@ -92,7 +97,8 @@ impl Decoder {
         Decoder {
             shapes: HashMap::new(),
             itab_types: HashMap::new(),
-            runtime_itabs: HashMap::new(),
+            runtime_itabs: FxHashMap::default(),
+            runtime_range: (u64::MAX, 0),
             names: HashMap::new(),
         }
     }
@@ -114,6 +120,10 @@ impl Decoder {
     /// ([`Self::add_runtime_itab`]).
     pub fn context_type<M: Memory>(&mut self, types: &TypeReader<'_, M>, itab: u64) -> Option<u64> {
         if !types.is_type(itab) {
+            let (lo, hi) = self.runtime_range;
+            if itab < lo || itab > hi {
+                return None;
+            }
             return self.runtime_itabs.get(&itab).copied();
         }
         if let Some(t) = self.itab_types.get(&itab) {
@@ -127,6 +137,10 @@ impl Decoder {
     /// Recognises `itab`, a `context.Context` itab for `typ` from the runtime's itab table.
     pub fn add_runtime_itab(&mut self, itab: u64, typ: u64) {
         self.runtime_itabs.insert(itab, typ);
+        self.runtime_range = (
+            self.runtime_range.0.min(itab),
+            self.runtime_range.1.max(itab),
+        );
     }
 
     /// Decodes one link; None when its memory is unreadable.
@@ -403,6 +417,36 @@ mod garbage_tests {
             .get("1.27")
             .and_then(|t| t.objects.clone())
             .expect("1.27 object table")
+    }
+
+    /// Itabs outside the type data are contexts only when the runtime's table said so.
+    #[test]
+    fn runtime_itabs_only_when_added() {
+        let lay = layout();
+        let mem = Garbage {
+            base: 0x1000,
+            bytes: vec![0; 64],
+        };
+        let types = TypeReader {
+            mem: &mem,
+            layout: &lay,
+            types: 0x1000,
+            etypes: 0x1040,
+        };
+        let mut dec = Decoder::new();
+        assert_eq!(dec.context_type(&types, 0x7f00_0000_1000), None);
+        dec.add_runtime_itab(0x7f00_0000_1000, 0x1008);
+        dec.add_runtime_itab(0x7f00_0000_3000, 0x1010);
+        assert_eq!(dec.context_type(&types, 0x7f00_0000_1000), Some(0x1008));
+        assert_eq!(dec.context_type(&types, 0x7f00_0000_3000), Some(0x1010));
+        for other in [
+            0x7f00_0000_2000,
+            0x7f00_0000_0ff8,
+            0x7f00_0000_3008,
+            0xc000_0100_00,
+        ] {
+            assert_eq!(dec.context_type(&types, other), None, "{other:#x}");
+        }
     }
 
     /// Target memory is untrusted: decoding contexts out of random bytes (words pointing back
