@@ -312,6 +312,9 @@ impl<'a> Session<'a> {
                 Err(e) => return Err(e).context("cannot read the goroutine list"),
             };
             self.tracker.begin_scan(started);
+            if let Some(a) = self.contexts.as_mut() {
+                a.new_snapshot();
+            }
             self.scan = Some(Scan {
                 addrs,
                 next: 0,

@@ -31,6 +31,8 @@ pub struct GoBinary {
     pub heap: Option<crate::heaplayout::HeapLayout>,
     /// `runtime.mheap_` and `runtime.semtable`, or why they could not be found.
     pub heap_vars: std::result::Result<crate::heap_vars::HeapVars, String>,
+    /// `runtime.itabTable` (itabs built at run time), or why it could not be found.
+    pub itab_table: std::result::Result<u64, String>,
 }
 
 impl GoBinary {
@@ -67,6 +69,7 @@ impl GoBinary {
         let objects = objlayout::for_binary(&elf, version, opts.allow_nearest_layout);
         let heap = crate::heaplayout::for_binary(&elf, version, opts.allow_nearest_layout);
         let heap_vars = crate::heap_vars::locate(&elf, &pclntab).map_err(|e| e.to_string());
+        let itab_table = crate::itab_table::locate(&elf, &pclntab).map_err(|e| e.to_string());
         Ok(GoBinary {
             elf,
             build_info,
@@ -78,6 +81,7 @@ impl GoBinary {
             objects,
             heap,
             heap_vars,
+            itab_table,
         })
     }
 }

@@ -17,6 +17,7 @@
 //! - [`waitreason`]: the runtime's own wait-reason strings and status names.
 //! - [`heaplayout`], [`heap_vars`]: heap spans and the semaphore table (leak analysis).
 //! - [`runtime_vars`]: addresses of runtime variables (`allgs`, `allglen`) even when stripped.
+//! - [`itab_table`]: where `runtime.itabTable` (itabs built at run time) is, even when stripped.
 //! - [`prologue`]: where a Go function's prologue ends (for cheap, emulated uprobes).
 //! - [`arm64`]: the few arm64 instructions read in Go code (global addressing, prologues).
 //! - [`gobinary`]: [`GoBinary`], the facade the agent uses.
@@ -27,6 +28,7 @@ pub mod elf;
 pub mod gobinary;
 pub mod heap_vars;
 pub mod heaplayout;
+pub mod itab_table;
 pub mod layout;
 pub mod objlayout;
 pub mod pclntab;

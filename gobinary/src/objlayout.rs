@@ -36,6 +36,11 @@ pub struct ObjectLayout {
     pub type_str: u64,
     pub itab_inter: u64,
     pub itab_type: u64,
+    /// `itab.fun[0]`: 0 in an itab the runtime cached for a type that does not implement the
+    /// interface (a failed `v.(I)`), which no interface value can hold. None in tables
+    /// generated before it.
+    #[serde(default)]
+    pub itab_fun: Option<u64>,
     pub ptrtype_elem: u64,
     pub structtype_fields: u64,
     pub structfield_size_of: u64,
@@ -122,6 +127,7 @@ pub fn from_dwarf(elf: &ElfFile) -> Result<ObjectLayout> {
         type_str: field(typ, &["Str", "str"])?,
         itab_inter: field(itab, &["Inter", "inter"])?,
         itab_type: field(itab, &["Type", "_type"])?,
+        itab_fun: Some(field(itab, &["Fun", "fun"])?),
         ptrtype_elem: field(ptr, &["Elem", "elem"])?,
         structtype_fields: field(st, &["Fields", "fields"])?,
         structfield_size_of: sf.size,

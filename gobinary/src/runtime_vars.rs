@@ -82,10 +82,33 @@ fn slice_header(referenced: &BTreeSet<u64>) -> Option<u64> {
 /// touches ptr, len and cap); `allglen` is the target of the last atomic store (`XCHG`), which
 /// comes after the `allgptr` store.
 pub fn from_allgadd_code(code: &[u8], addr: u64) -> Result<RuntimeVars> {
-    let mut referenced = BTreeSet::new();
+    let refs = amd64_global_refs(code, addr);
+    let referenced: BTreeSet<u64> = refs.referenced.iter().copied().collect();
+    let last_xchg_target = refs.atomic_stores.last().copied();
+    let allgs = slice_header(&referenced).ok_or_else(|| {
+        Error::NotFound("runtime.allgs (no slice header referenced by runtime.allgadd)".into())
+    })?;
+    let allglen = last_xchg_target.ok_or_else(|| {
+        Error::NotFound("runtime.allglen (no atomic store in runtime.allgadd)".into())
+    })?;
+    Ok(RuntimeVars { allgs, allglen })
+}
+
+/// What amd64 code does with global variables: every RIP-relative address it references, and
+/// the targets of its atomic stores (`XCHG`, Go's `atomic.Store*`/`StorepNoWB`), in order, with
+/// the target either RIP-relative or in a register an `LEA` loaded with a RIP-relative address.
+pub(crate) struct Amd64GlobalRefs {
+    pub referenced: Vec<u64>,
+    pub atomic_stores: Vec<u64>,
+}
+
+pub(crate) fn amd64_global_refs(code: &[u8], addr: u64) -> Amd64GlobalRefs {
+    let mut refs = Amd64GlobalRefs {
+        referenced: Vec::new(),
+        atomic_stores: Vec::new(),
+    };
     // Registers holding a RIP-relative address loaded by LEA, for `XCHG reg, (reg)`.
     let mut lea: HashMap<Register, u64> = HashMap::new();
-    let mut last_xchg_target = None;
     let mut decoder = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
     for instr in &mut decoder {
         if instr.is_invalid() {
@@ -95,7 +118,7 @@ pub fn from_allgadd_code(code: &[u8], addr: u64) -> Result<RuntimeVars> {
             .is_ip_rel_memory_operand()
             .then(|| instr.ip_rel_memory_address());
         if let Some(t) = rip_target {
-            referenced.insert(t);
+            refs.referenced.push(t);
         }
         let has_mem = (0..instr.op_count()).any(|i| instr.op_kind(i) == OpKind::Memory);
         if instr.mnemonic() == Mnemonic::Xchg && has_mem {
@@ -105,8 +128,8 @@ pub fn from_allgadd_code(code: &[u8], addr: u64) -> Result<RuntimeVars> {
                     .then(|| lea.get(&base).copied())
                     .flatten()
             });
-            if target.is_some() {
-                last_xchg_target = target;
+            if let Some(t) = target {
+                refs.atomic_stores.push(t);
             }
         }
         if instr.op_count() > 0 && instr.op0_kind() == OpKind::Register {
@@ -122,11 +145,5 @@ pub fn from_allgadd_code(code: &[u8], addr: u64) -> Result<RuntimeVars> {
             }
         }
     }
-    let allgs = slice_header(&referenced).ok_or_else(|| {
-        Error::NotFound("runtime.allgs (no slice header referenced by runtime.allgadd)".into())
-    })?;
-    let allglen = last_xchg_target.ok_or_else(|| {
-        Error::NotFound("runtime.allglen (no atomic store in runtime.allgadd)".into())
-    })?;
-    Ok(RuntimeVars { allgs, allglen })
+    refs
 }

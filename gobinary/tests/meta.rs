@@ -514,3 +514,25 @@ fn heap_vars_from_code_match_symtab() {
         }
     }
 }
+
+/// `runtime.itabTable` derived from `runtime.itabAdd`'s code (what stripped binaries need)
+/// equals `.symtab`'s, on amd64 and arm64 builds of every toolchain.
+#[test]
+fn itab_table_from_code_matches_symtab() {
+    use gobinary::itab_table;
+    for (minor, go) in toolchains() {
+        for variant in [Variant::Normal, Variant::Pie, Variant::Arm64] {
+            let elf = open(&go, variant);
+            let version = BuildInfo::from_elf(&elf).expect("buildinfo").version;
+            let pcln = Pclntab::from_elf(&elf, version)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: pclntab: {e}"));
+            let expected = elf
+                .symbol("runtime.itabTable")
+                .expect("itabTable symbol")
+                .addr;
+            let got = itab_table::from_code(&elf, &pcln)
+                .unwrap_or_else(|e| panic!("1.{minor} {variant:?}: {e}"));
+            assert_eq!(got, expected, "1.{minor} {variant:?}: itabTable");
+        }
+    }
+}

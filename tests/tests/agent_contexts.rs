@@ -125,6 +125,65 @@ fn check_cell(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
     Ok(())
 }
 
+/// Streaming: a context held through an itab the runtime built after ctxprobe attached is
+/// found (the runtime's itab table is read again at each snapshot).
+#[test]
+fn streaming_finds_itabs_built_after_attach() {
+    let mut failures = Vec::new();
+    for v in ["1.19", LATEST_GO] {
+        for m in ["default", "stripped"] {
+            let r = preconditions().and_then(|()| {
+                let tc = Toolchain::find(v)?;
+                check_late_itab(&tc, &BuildMode::named(m)?)
+            });
+            if let Err(e) = r {
+                failures.push(format!("[Go {v} {m}] {e:#}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn check_late_itab(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
+    let mut fixture = Fixture::build_and_start("contexts", tc, mode, &[])?;
+    let pid = fixture.pid();
+    // Poll mode: no BPF, so no serialisation with the probe tests.
+    let mut probe = RunningProbe::spawn(&args(
+        pid,
+        &[
+            "--mode",
+            "poll",
+            "--threshold",
+            "1s",
+            "--poll-interval",
+            "200ms",
+            "--every-goroutine",
+        ],
+    ))?;
+    probe.wait_record("attach", Duration::from_secs(30))?;
+    // Let a few snapshots (and their diagnoses) go by before the itab exists.
+    probe.wait_for("a blocked record", Duration::from_secs(30), |v| {
+        v["type"] == "blocked"
+    })?;
+    fixture.process.send_line("late")?;
+    let line = fixture
+        .process
+        .wait_json("late line", Duration::from_secs(30), |v| {
+            v.get("late").is_some()
+        })?;
+    let case = line.json.unwrap_or_default()["late"].clone();
+    let worker = case["goid"].as_u64().context("no late goid")?;
+    let rec = probe.wait_for(
+        "the late goroutine's blocked record",
+        Duration::from_secs(30),
+        |v| v["type"] == "blocked" && goid(v) == Some(worker),
+    )?;
+    let r = rec.json.unwrap_or_default();
+    check_record(&r, pid)?;
+    compare(&case, &r).with_context(|| format!("record {r}"))?;
+    Ok(())
+}
+
 /// The record says what the fixture knows: the verdict, and for a goroutine holding a context
 /// exactly one context with that frame, chain, state and `done_waited`.
 fn compare(case: &Value, r: &Value) -> Result<()> {

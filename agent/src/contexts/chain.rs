@@ -10,6 +10,8 @@ use std::rc::Rc;
 
 use gobinary::rtype::{kind, Memory, StructField, TypeReader};
 
+use crate::fxhash::FxHashMap;
+
 /// A context interface value: (itab, data).
 pub type Iface = (u64, u64);
 
@@ -82,6 +84,11 @@ struct FieldAt {
 pub struct Decoder {
     shapes: HashMap<u64, Rc<TypeShape>>,
     itab_types: HashMap<u64, Option<u64>>,
+    /// `context.Context` itabs the runtime built, found in its itab table: concrete type.
+    runtime_itabs: FxHashMap<u64, u64>,
+    /// Lowest and highest of them: every word of every stack is looked at, and nearly all
+    /// are outside this range (runtime itabs live in a few chunks of off-heap memory).
+    runtime_range: (u64, u64),
     names: HashMap<u64, Option<String>>,
 }
 
@@ -90,6 +97,8 @@ impl Decoder {
         Decoder {
             shapes: HashMap::new(),
             itab_types: HashMap::new(),
+            runtime_itabs: FxHashMap::default(),
+            runtime_range: (u64::MAX, 0),
             names: HashMap::new(),
         }
     }
@@ -106,10 +115,16 @@ impl Decoder {
 
     /// The concrete type if `itab` is a `context.Context` itab (cached per address). The
     /// linker places static itabs among the type descriptors (`[types, etypes)`, every
-    /// supported release), which also keeps return addresses and data words from being read.
+    /// supported release), which also keeps return addresses and data words from being read;
+    /// itabs built at run time are recognised only once found in the runtime's itab table
+    /// ([`Self::add_runtime_itab`]).
     pub fn context_type<M: Memory>(&mut self, types: &TypeReader<'_, M>, itab: u64) -> Option<u64> {
         if !types.is_type(itab) {
-            return None;
+            let (lo, hi) = self.runtime_range;
+            if itab < lo || itab > hi {
+                return None;
+            }
+            return self.runtime_itabs.get(&itab).copied();
         }
         if let Some(t) = self.itab_types.get(&itab) {
             return *t;
@@ -117,6 +132,15 @@ impl Decoder {
         let t = types.context_itab_type(itab);
         self.itab_types.insert(itab, t);
         t
+    }
+
+    /// Recognises `itab`, a `context.Context` itab for `typ` from the runtime's itab table.
+    pub fn add_runtime_itab(&mut self, itab: u64, typ: u64) {
+        self.runtime_itabs.insert(itab, typ);
+        self.runtime_range = (
+            self.runtime_range.0.min(itab),
+            self.runtime_range.1.max(itab),
+        );
     }
 
     /// Decodes one link; None when its memory is unreadable.
@@ -393,6 +417,36 @@ mod garbage_tests {
             .get("1.27")
             .and_then(|t| t.objects.clone())
             .expect("1.27 object table")
+    }
+
+    /// Itabs outside the type data are contexts only when the runtime's table said so.
+    #[test]
+    fn runtime_itabs_only_when_added() {
+        let lay = layout();
+        let mem = Garbage {
+            base: 0x1000,
+            bytes: vec![0; 64],
+        };
+        let types = TypeReader {
+            mem: &mem,
+            layout: &lay,
+            types: 0x1000,
+            etypes: 0x1040,
+        };
+        let mut dec = Decoder::new();
+        assert_eq!(dec.context_type(&types, 0x7f00_0000_1000), None);
+        dec.add_runtime_itab(0x7f00_0000_1000, 0x1008);
+        dec.add_runtime_itab(0x7f00_0000_3000, 0x1010);
+        assert_eq!(dec.context_type(&types, 0x7f00_0000_1000), Some(0x1008));
+        assert_eq!(dec.context_type(&types, 0x7f00_0000_3000), Some(0x1010));
+        for other in [
+            0x7f00_0000_2000,
+            0x7f00_0000_0ff8,
+            0x7f00_0000_3008,
+            0xc000_0100_00,
+        ] {
+            assert_eq!(dec.context_type(&types, other), None, "{other:#x}");
+        }
     }
 
     /// Target memory is untrusted: decoding contexts out of random bytes (words pointing back

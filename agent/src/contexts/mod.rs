@@ -2,6 +2,7 @@
 //! chains to the root and state, the channels it waits on, and a verdict (issue 8).
 //!
 //! - [`chain`]: one context link decoded from memory through the runtime's type metadata;
+//! - [`itabs`]: `context.Context` itabs the runtime built (`runtime.itabTable`);
 //! - [`liveness`]: which stack words are live pointers (the functions' stack maps);
 //! - [`waits`]: the channels of `g.waiting`'s sudogs;
 //! - [`verdict`]: the verdict, a pure function of the two;
@@ -11,6 +12,7 @@
 
 pub mod cancels;
 pub mod chain;
+pub mod itabs;
 pub mod liveness;
 pub mod memory;
 pub mod text;
@@ -166,6 +168,10 @@ pub struct ContextAnalyzer {
     /// `[types, etypes)`, read from the module data once.
     types_range: Option<(u64, u64)>,
     decoder: Decoder,
+    /// Itabs built at run time, from the runtime's table (refreshed per snapshot or dump).
+    runtime_itabs: itabs::RuntimeItabs,
+    /// The table could not be read: said once on stderr.
+    itab_problem_said: bool,
     stack_maps: liveness::StackMapCache,
     /// During a one-off dump only: context chains decoded, by the context value. Goroutines
     /// of one request or one leak share their contexts, and a dump is a racy snapshot anyway
@@ -184,6 +190,13 @@ impl ContextAnalyzer {
             moduledata,
             types_range: None,
             decoder: Decoder::new(),
+            runtime_itabs: itabs::RuntimeItabs::new(
+                bin.itab_table
+                    .clone()
+                    .map(|a| a.wrapping_add(bias))
+                    .map_err(|e| format!("cannot locate it: {e}")),
+            ),
+            itab_problem_said: false,
             stack_maps: liveness::StackMapCache::default(),
             dump_chains: None,
         })
@@ -192,6 +205,14 @@ impl ContextAnalyzer {
     /// Starts (`true`) or ends a one-off dump: context chains are cached while it lasts.
     pub fn set_dump_cache(&mut self, on: bool) {
         self.dump_chains = on.then(HashMap::new);
+        if on {
+            self.runtime_itabs.mark_due();
+        }
+    }
+
+    /// A snapshot starts: the next diagnosis looks for itabs the runtime built meanwhile.
+    pub fn new_snapshot(&mut self) {
+        self.runtime_itabs.mark_due();
     }
 
     /// Offset of `g.waiting`, for [`Self::prefetch_waits`]'s caller to read with each `g`.
@@ -233,6 +254,10 @@ impl ContextAnalyzer {
             types: lo,
             etypes: hi,
         };
+        if self.runtime_itabs.is_due() {
+            self.refresh_runtime_itabs(&types);
+            mem.refill(memory::GOROUTINE_READ_BUDGET);
+        }
         let raw_waits = if g.is_waiting() {
             let decoder = &mut self.decoder;
             let mut name = |t: u64| decoder.type_name(&types, t);
@@ -268,6 +293,24 @@ impl ContextAnalyzer {
             contexts,
             waits_on,
             context_verdict,
+        }
+    }
+
+    /// Adds the `context.Context` itabs the runtime built since the last look (its own read
+    /// budget, apart from the goroutine's).
+    fn refresh_runtime_itabs(&mut self, types: &TypeReader<'_, BudgetedMemory<'_>>) {
+        types.mem.refill(itabs::REFRESH_READ_BUDGET);
+        let found = self.runtime_itabs.refresh(types);
+        for (itab, typ) in found.added {
+            self.decoder.add_runtime_itab(itab, typ);
+        }
+        if let Some(why) = found.problem {
+            if !std::mem::replace(&mut self.itab_problem_said, true) {
+                eprintln!(
+                    "ctxprobe: contexts held through itabs built at run time may be missed: \
+                     runtime.itabTable: {why}"
+                );
+            }
         }
     }
 
