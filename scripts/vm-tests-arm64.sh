@@ -16,7 +16,7 @@ if [[ $(id -u) != 0 ]]; then
   echo "vm-tests-arm64.sh: run as root: sudo $0" >&2
   exit 1
 fi
-scripts/setup.sh --vm
+scripts/setup.sh --vm --all-go
 export CARGO_TERM_COLOR=never
 export CTXPROBE_TEST_GO=${CTXPROBE_TEST_GO:-1.21,1.27}
 export CTXPROBE_TEST_BUILD=${CTXPROBE_TEST_BUILD:-default,stripped}

@@ -176,4 +176,18 @@ fn prebuild_matrix_fixtures() {
     let cgo = ctxprobe_tests::toolchain::BuildMode::named("cgo").expect("cgo build mode");
     ctxprobe_tests::gobuild::build_fixture("cgoblock", &latest, &cgo)
         .unwrap_or_else(|e| panic!("cgoblock: {e:#}"));
+    // Context diagnosis and leak verdicts against their fixtures' truth (agent_contexts,
+    // agent_leaks), in the cells those tests name themselves.
+    for v in ["1.19", "1.21", "1.25", ctxprobe_tests::toolchain::LATEST_GO] {
+        let tc = ctxprobe_tests::toolchain::Toolchain::find(v).expect("toolchain");
+        tc.record_version()
+            .unwrap_or_else(|e| panic!("Go {v}: {e:#}"));
+        for m in ["default", "stripped", "stripped-pie"] {
+            let mode = ctxprobe_tests::toolchain::BuildMode::named(m).expect("build mode");
+            for fixture in ["contexts", "leaks"] {
+                ctxprobe_tests::gobuild::build_fixture(fixture, &tc, &mode)
+                    .unwrap_or_else(|e| panic!("{fixture} for Go {v} {m}: {e:#}"));
+            }
+        }
+    }
 }
