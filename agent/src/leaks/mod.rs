@@ -17,6 +17,7 @@
 
 pub mod heap;
 pub mod mark;
+pub mod stackscan;
 pub mod waits;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use crate::stack::{self, Symbolizer};
 
 use heap::Heap;
 use mark::Marker;
+use stackscan::{StackScanStats, StackScanner};
 use waits::{WaitClass, WaitTargets};
 
 /// The identity of a park: a goroutine that still has it did not run in between. Not its saved
@@ -94,6 +96,9 @@ pub struct LeakStats {
     /// Objects reached and bytes scanned (second pass).
     pub marked_objects: u64,
     pub scanned_bytes: u64,
+    /// How goroutine stacks were scanned (second pass; see [`stackscan`]).
+    #[serde(flatten)]
+    pub stacks: StackScanStats,
     pub wall_ms: f64,
 }
 
@@ -258,22 +263,6 @@ fn g_stack_words(l: &gobinary::layout::RuntimeLayout) -> Vec<(u64, u64)> {
         .into_iter()
         .map(|(off, len)| (off, off + len))
         .collect()
-}
-
-/// The part of a goroutine's stack that holds its live frames.
-fn stack_range(g: &RawG) -> (u64, u64) {
-    let (lo, hi) = (g.stack_lo, g.stack_hi);
-    let inside = |sp: u64| sp >= lo && sp < hi;
-    let sp = if g.is_running() {
-        lo
-    } else if g.is_syscall() && inside(g.syscallsp) {
-        g.syscallsp
-    } else if inside(g.sched_sp) {
-        g.sched_sp
-    } else {
-        lo
-    };
-    (sp, hi)
 }
 
 fn one_pass(
@@ -459,10 +448,11 @@ fn one_pass(
         if blocked {
             pending.push(i);
         } else {
-            stacks.push(stack_range(g));
+            stacks.push(g);
         }
     }
-    marker.scan_ranges(&stacks)?;
+    let mut stack_scanner = StackScanner::new(&bin.pclntab, bias);
+    stack_scanner.scan(mem, &mut marker, &stacks)?;
     marker.drain()?;
     // To a fixed point: a goroutine whose waited-on object is reachable may be woken.
     loop {
@@ -482,8 +472,8 @@ fn one_pass(
         if woke.is_empty() {
             break;
         }
-        let stacks: Vec<(u64, u64)> = woke.iter().map(|&i| stack_range(&gs[i].0)).collect();
-        marker.scan_ranges(&stacks)?;
+        let stacks: Vec<&RawG> = woke.iter().map(|&i| &gs[i].0).collect();
+        stack_scanner.scan(mem, &mut marker, &stacks)?;
         marker.drain()?;
     }
 
@@ -495,6 +485,7 @@ fn one_pass(
         precise_globals: precise,
         marked_objects: marker.marked_objects,
         scanned_bytes: marker.scanned_bytes,
+        stacks: stack_scanner.stats,
         ..LeakStats::default()
     };
     let mut left = vec![false; gs.len()];

@@ -1,0 +1,383 @@
+//! Goroutine stacks scanned the way the GC scans them (`runtime/mgcmark.go`: `scanstack`,
+//! `scanframeworker`; `runtime/stkframe.go`: `getStackMap`): frame by frame, from the saved
+//! `pc`/`sp`, only the words the function's stack maps say hold live pointers at the frame's
+//! pc (its locals, and its arguments including register arguments' spill slots), plus its
+//! address-taken stack objects.
+//!
+//! A stale pointer in a dead slot (a loop's previous iteration, a returned call's temporary)
+//! then no longer keeps an object alive, so fewer leaks are missed. Where the maps cannot be
+//! used the frame is scanned conservatively, every word of it, which can only keep more alive:
+//! - a frame whose function, frame size or needed map cannot be found or read;
+//! - frames the runtime itself scans conservatively: `runtime.asyncPreempt` and
+//!   `runtime.debugCallV2` (they hold the registers of the frame they interrupted) and that
+//!   interrupted frame, and a frame that was stopped by a trap (its callee is
+//!   `runtime.sigpanic`; the runtime takes another pc for its maps);
+//! - the rest of a stack the walk cannot follow (a return address that is not in a function,
+//!   a frame size that leaves the stack, a function that writes SP above the innermost frame):
+//!   scanned whole from there up, counted as one frame.
+//!
+//! Stack objects are scanned whole (their pointer-holding prefix), whether or not a live slot
+//! points at them: the runtime scans only those it finds pointers to, so this keeps more
+//! alive, never less (it also covers the stack-allocated defer and panic records the runtime
+//! reaches from `g._defer` and `g._panic`). Running goroutines' stacks are in registers and
+//! moving: scanned whole, conservatively, as are stacks larger than [`MAX_PRECISE_STACK`].
+//! Dead goroutines' stacks are not scanned (nor are they by the GC).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use gobinary::pclntab::{FrameMaps, Pclntab};
+use serde::Serialize;
+
+use crate::frame_layout::FrameLayout;
+use crate::goroutines::RawG;
+use crate::procmem::{MemError, ProcessMemory};
+
+use super::mark::Marker;
+
+/// Stacks larger than this are scanned whole, in pieces, rather than copied at once for a walk.
+pub const MAX_PRECISE_STACK: u64 = 8 << 20;
+/// Bytes and stacks read per `process_vm_readv` batch.
+const BATCH_BYTES: u64 = 4 << 20;
+const BATCH_STACKS: usize = 1024;
+
+/// How the frames of the scanned stacks were scanned (for the analysis' record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StackScanStats {
+    /// Frames scanned with their function's stack maps.
+    pub stack_frames_precise: u64,
+    /// Frames scanned conservatively (no usable maps, or the runtime scans them so too); the
+    /// rest of a stack the walk could not follow counts as one.
+    pub stack_frames_conservative: u64,
+    /// Whole stacks scanned conservatively: running goroutines, stacks whose saved state does
+    /// not point into them, very large stacks.
+    pub stacks_conservative: u64,
+}
+
+/// What the function at one pc says about its frame.
+struct FrameInfo {
+    /// None: not in a known function, or no frame size: the walk cannot go on.
+    maps: Option<FrameMaps>,
+    /// The outermost frame of a stack (`runtime.goexit`).
+    top: bool,
+    writes_sp: bool,
+    /// `runtime.asyncPreempt`, `runtime.debugCallV2`: called by a signal, not by the frame above.
+    injected: bool,
+    sigpanic: bool,
+}
+
+pub struct StackScanner<'a> {
+    pclntab: &'a Pclntab,
+    bias: u64,
+    layout: FrameLayout,
+    /// By runtime pc: goroutines parked at the same places share their frames' maps.
+    frames: HashMap<u64, Rc<FrameInfo>>,
+    pub stats: StackScanStats,
+}
+
+/// Where a goroutine's frames are to be walked from.
+struct Walk {
+    pc: u64,
+    sp: u64,
+    hi: u64,
+}
+
+impl<'a> StackScanner<'a> {
+    pub fn new(pclntab: &'a Pclntab, bias: u64) -> Self {
+        StackScanner {
+            pclntab,
+            bias,
+            layout: FrameLayout::of(pclntab.arch()),
+            frames: HashMap::new(),
+            stats: StackScanStats::default(),
+        }
+    }
+
+    /// Scans the stacks of `gs` into `marker`. Fails only when the target has gone or cannot
+    /// be read at all; unreadable stack memory is skipped (it is gone: nothing to keep alive).
+    pub fn scan(
+        &mut self,
+        mem: &ProcessMemory,
+        marker: &mut Marker<'_>,
+        gs: &[&RawG],
+    ) -> Result<(), MemError> {
+        let mut whole = Vec::new();
+        let mut walks = Vec::new();
+        for g in gs {
+            if g.is_dead() {
+                continue;
+            }
+            match walk_of(g) {
+                Ok(w) => walks.push(w),
+                Err(range) => {
+                    self.stats.stacks_conservative += 1;
+                    whole.push(range);
+                }
+            }
+        }
+        marker.scan_ranges(&whole)?;
+        let mut start = 0;
+        while start < walks.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < walks.len() && end - start < BATCH_STACKS && bytes < BATCH_BYTES {
+                bytes += walks[end].hi - walks[end].sp;
+                end += 1;
+            }
+            let batch = &walks[start..end];
+            let mut bufs: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|w| vec![0u8; (w.hi - w.sp) as usize])
+                .collect();
+            let mut reqs: Vec<(u64, &mut [u8])> = batch
+                .iter()
+                .zip(bufs.iter_mut())
+                .map(|(w, b)| (w.sp, b.as_mut_slice()))
+                .collect();
+            let ok = mem.read_scattered(&mut reqs)?;
+            drop(reqs);
+            for ((w, buf), ok) in batch.iter().zip(&bufs).zip(ok) {
+                if ok {
+                    self.walk(marker, w.pc, w.sp, buf);
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn info(&mut self, pc: u64) -> Rc<FrameInfo> {
+        if let Some(i) = self.frames.get(&pc) {
+            return i.clone();
+        }
+        let link = pc.wrapping_sub(self.bias);
+        let info = match self.pclntab.func_at(link) {
+            Some(f) => FrameInfo {
+                maps: self.pclntab.frame_maps(link),
+                top: f.is_top_frame(),
+                writes_sp: f.writes_sp(),
+                injected: matches!(
+                    f.name.as_str(),
+                    "runtime.asyncPreempt" | "runtime.debugCallV2"
+                ),
+                sigpanic: f.name == "runtime.sigpanic",
+            },
+            None => FrameInfo {
+                maps: None,
+                top: false,
+                writes_sp: false,
+                injected: false,
+                sigpanic: false,
+            },
+        };
+        let info = Rc::new(info);
+        self.frames.insert(pc, info.clone());
+        info
+    }
+
+    /// Walks the frames of one stack copy (`stack`, read from `base` = the saved `sp` up to the
+    /// stack's top), scanning each.
+    fn walk(&mut self, marker: &mut Marker<'_>, pc: u64, base: u64, stack: &[u8]) {
+        let hi = base + stack.len() as u64;
+        let (mut pc, mut sp) = (pc, base);
+        let mut innermost = true;
+        // The frame below was injected by a signal (asyncPreempt): this one stopped anywhere.
+        let mut interrupted = false;
+        let mut after_sigpanic = false;
+        // Every frame moves sp up by at least a word, so this bounds the walk.
+        for _ in 0..=stack.len() / 8 {
+            let info = self.info(pc);
+            let Some(maps) = info.maps.as_ref() else {
+                break;
+            };
+            if info.top {
+                return;
+            }
+            if info.writes_sp && !innermost {
+                break;
+            }
+            let Some((ret_slot, fp)) = self.layout.sp_delta_step(sp, maps.sp_delta) else {
+                break;
+            };
+            if fp > hi || fp <= sp {
+                break;
+            }
+            let (varp, argp) = frame_pointers(self.layout, sp, fp);
+            let precise = !(interrupted || info.injected || after_sigpanic)
+                && self.scan_precise(marker, maps, sp, varp, argp, base, stack);
+            if precise {
+                self.stats.stack_frames_precise += 1;
+            } else {
+                // Like the runtime's conservative frames: the whole frame (with its outgoing
+                // arguments) and its own arguments.
+                scan_piece(marker, base, stack, sp, varp);
+                let args = maps.args_bytes.unwrap_or(0);
+                scan_piece(marker, base, stack, argp, argp.saturating_add(args));
+                self.stats.stack_frames_conservative += 1;
+            }
+            interrupted = info.injected;
+            after_sigpanic = info.sigpanic;
+            let Some(ret) = stack_word(stack, base, ret_slot) else {
+                break;
+            };
+            if ret == 0 {
+                break;
+            }
+            pc = ret;
+            sp = fp;
+            innermost = false;
+        }
+        // The rest of the stack, from the frame the walk could not follow.
+        if sp < hi {
+            scan_piece(marker, base, stack, sp, hi);
+            self.stats.stack_frames_conservative += 1;
+        }
+    }
+
+    /// Scans a frame by its maps; false (nothing scanned) when a map it needs is missing.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_precise(
+        &self,
+        marker: &mut Marker<'_>,
+        maps: &FrameMaps,
+        sp: u64,
+        varp: u64,
+        argp: u64,
+        base: u64,
+        stack: &[u8],
+    ) -> bool {
+        // `getStackMap`: locals only when the frame has more than its minimal size.
+        let min_frame = match self.layout {
+            FrameLayout::Amd64 => 0,
+            FrameLayout::Arm64 => 16,
+        };
+        let locals = if varp.saturating_sub(sp) > min_frame {
+            match &maps.locals {
+                Some(l) => Some(l),
+                None => return false,
+            }
+        } else {
+            None
+        };
+        let (Some(args), Some(objects)) = (&maps.args, &maps.objects) else {
+            return false;
+        };
+        if let Some(l) = locals {
+            let from = varp.wrapping_sub(8 * u64::from(l.words));
+            for i in (0..u64::from(l.words)).filter(|&i| l.live(i)) {
+                if let Some(w) = stack_word(stack, base, from.wrapping_add(8 * i)) {
+                    marker.mark_word(w);
+                }
+            }
+        }
+        for i in (0..u64::from(args.words)).filter(|&i| args.live(i)) {
+            if let Some(w) = stack_word(stack, base, argp.wrapping_add(8 * i)) {
+                marker.mark_word(w);
+            }
+        }
+        for o in objects {
+            let at = if o.off < 0 {
+                varp.wrapping_sub(u64::from(o.off.unsigned_abs()))
+            } else {
+                argp.wrapping_add(o.off as u64)
+            };
+            scan_piece(
+                marker,
+                base,
+                stack,
+                at,
+                at.saturating_add(u64::from(o.ptr_bytes)),
+            );
+        }
+        true
+    }
+}
+
+/// The frame's `varp` (top of its locals) and `argp` (its arguments) from its `sp` and `fp`
+/// (its caller's `sp`), as the runtime's unwinder derives them with frame pointers on.
+fn frame_pointers(layout: FrameLayout, sp: u64, fp: u64) -> (u64, u64) {
+    let (mut varp, argp) = match layout {
+        // The return address is pushed just below fp, the saved frame pointer below it.
+        FrameLayout::Amd64 => (fp.saturating_sub(8), fp),
+        // The caller's saved LR is at fp (its sp).
+        FrameLayout::Arm64 => (fp, fp.saturating_add(8)),
+    };
+    if varp > sp {
+        varp -= 8;
+    }
+    (varp, argp)
+}
+
+/// Where a goroutine's stack is walked from, or the range to scan whole when it cannot be.
+fn walk_of(g: &RawG) -> Result<Walk, (u64, u64)> {
+    let (lo, hi) = (g.stack_lo, g.stack_hi);
+    let inside = |sp: u64| sp >= lo && sp < hi;
+    if g.is_running() {
+        return Err((lo, hi));
+    }
+    let (pc, sp) = if g.is_syscall() {
+        (g.syscallpc, g.syscallsp)
+    } else {
+        (g.sched_pc, g.sched_sp)
+    };
+    if !inside(sp) {
+        return Err((lo, hi));
+    }
+    if pc == 0 || hi - sp > MAX_PRECISE_STACK || !sp.is_multiple_of(8) {
+        return Err((sp, hi));
+    }
+    Ok(Walk { pc, sp, hi })
+}
+
+/// Scans `[lo, hi)` of a stack copy that starts at `base`, conservatively (clamped to the copy).
+fn scan_piece(marker: &mut Marker<'_>, base: u64, stack: &[u8], lo: u64, hi: u64) {
+    let end = base + stack.len() as u64;
+    let (lo, hi) = (lo.max(base), hi.min(end));
+    if lo >= hi {
+        return;
+    }
+    let (a, b) = ((lo - base) as usize, (hi - base) as usize);
+    if let Some(piece) = stack.get(a..b) {
+        marker.scan_words(lo, piece);
+    }
+}
+
+/// The word at `addr` of a stack copy that starts at `base`.
+fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
+    let off = usize::try_from(addr.checked_sub(base)?).ok()?;
+    let bytes = stack.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(bytes.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_pointers_like_the_runtime() {
+        // amd64, a 0x28-byte frame at 0x1000: return address at 0x1028, fp 0x1030, saved bp
+        // at 0x1020 (varp), arguments from 0x1030.
+        assert_eq!(
+            frame_pointers(FrameLayout::Amd64, 0x1000, 0x1030),
+            (0x1020, 0x1030)
+        );
+        // A frameless function: nothing between sp and its return address.
+        assert_eq!(
+            frame_pointers(FrameLayout::Amd64, 0x1000, 0x1008),
+            (0x1000, 0x1008)
+        );
+        // arm64: LR at sp, caller's sp is fp; locals below the saved fp slot.
+        assert_eq!(
+            frame_pointers(FrameLayout::Arm64, 0x1000, 0x1030),
+            (0x1028, 0x1038)
+        );
+    }
+
+    #[test]
+    fn pieces_stay_inside_the_copy() {
+        assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x10), Some(1));
+        assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x11), None);
+        assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x8), None);
+        assert_eq!(stack_word(&[], 0x10, u64::MAX), None);
+    }
+}
