@@ -15,6 +15,7 @@
 //! only when both runs say so and it stayed in the same park (same goid, status, wait reason,
 //! `trackingSeq`) across both.
 
+pub mod condwait;
 pub mod heap;
 pub mod mark;
 pub mod stackscan;
@@ -30,6 +31,7 @@ use crate::goroutines::{GoroutineReader, RawG, STATUS_LEAKED, STATUS_WAITING};
 use crate::procmem::ProcessMemory;
 use crate::stack::{self, Symbolizer};
 
+use condwait::{CondFinder, SudogFields};
 use heap::Heap;
 use mark::Marker;
 use stackscan::{StackScanStats, StackScanner};
@@ -365,6 +367,14 @@ fn one_pass(
             .collect())
     };
     let mut firsts = HashMap::new();
+    let mut stack_scanner = StackScanner::new(&bin.pclntab, bias);
+    let mut conds = CondFinder::new(
+        mem,
+        SudogFields {
+            g: heap_layout.sudog_g,
+            next: objects.sudog_next,
+        },
+    );
     for (i, ((g, waiting), class)) in gs.iter().zip(&classes).enumerate() {
         if i % SUDOG_BATCH == 0 {
             firsts = first_of(i)?;
@@ -395,7 +405,8 @@ fn one_pass(
                         s + heap_layout.sudog_elem,
                         s + heap_layout.sudog_elem + heap_layout.sudog_elem_len,
                     )],
-                }),
+                })
+                .or_else(|| conds.targets(&mut stack_scanner, g, reason(g))),
             WaitClass::Never => Some(WaitTargets::default()),
             _ => None,
         };
@@ -451,7 +462,6 @@ fn one_pass(
             stacks.push(g);
         }
     }
-    let mut stack_scanner = StackScanner::new(&bin.pclntab, bias);
     stack_scanner.scan(mem, &mut marker, &stacks)?;
     marker.drain()?;
     // To a fixed point: a goroutine whose waited-on object is reachable may be woken.

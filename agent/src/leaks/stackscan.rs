@@ -12,6 +12,8 @@
 //!   `runtime.debugCallV2` (they hold the registers of the frame they interrupted) and that
 //!   interrupted frame, and a frame that was stopped by a trap (its callee is
 //!   `runtime.sigpanic`; the runtime takes another pc for its maps);
+//! - reflect's call stubs, whose argument maps the runtime takes from the call they made, and
+//!   their callers (whose outgoing area holds the stubs' arguments);
 //! - the rest of a stack the walk cannot follow (a return address that is not in a function,
 //!   a frame size that leaves the stack, a function that writes SP above the innermost frame):
 //!   scanned whole from there up, counted as one frame.
@@ -175,15 +177,13 @@ impl<'a> StackScanner<'a> {
         info
     }
 
-    /// Walks the frames of one stack copy (`stack`, read from `base` = the saved `sp` up to the
-    /// stack's top), scanning each.
-    fn walk(&mut self, marker: &mut Marker<'_>, pc: u64, base: u64, stack: &[u8]) {
+    /// The frames of one stack copy (`stack`, read from `base` = the saved `sp` up to the
+    /// stack's top), innermost first, from the saved `pc`, and where the part of the stack the
+    /// walk could not follow starts (the copy's end when it reached the outermost frame).
+    fn frames(&mut self, pc: u64, base: u64, stack: &[u8]) -> (Vec<Walked>, u64) {
         let hi = base + stack.len() as u64;
         let (mut pc, mut sp) = (pc, base);
-        let mut innermost = true;
-        // The frame below was injected by a signal (asyncPreempt): this one stopped anywhere.
-        let mut interrupted = false;
-        let mut after_sigpanic = false;
+        let mut out = Vec::new();
         // Every frame moves sp up by at least a word, so this bounds the walk.
         for _ in 0..=stack.len() / 8 {
             let info = self.info(pc);
@@ -191,9 +191,9 @@ impl<'a> StackScanner<'a> {
                 break;
             };
             if info.top {
-                return;
+                return (out, hi);
             }
-            if info.writes_sp && !innermost {
+            if info.writes_sp && !out.is_empty() {
                 break;
             }
             let Some((ret_slot, fp)) = self.layout.sp_delta_step(sp, maps.sp_delta) else {
@@ -203,55 +203,73 @@ impl<'a> StackScanner<'a> {
                 break;
             }
             let (varp, argp) = frame_pointers(self.layout, sp, fp);
-            let precise = !(interrupted || info.injected || after_sigpanic)
-                && self.scan_precise(marker, maps, sp, varp, argp, base, stack);
+            out.push(Walked {
+                pc,
+                sp,
+                varp,
+                argp,
+                info: info.clone(),
+            });
+            sp = fp;
+            match stack_word(stack, base, ret_slot) {
+                Some(ret) if ret != 0 => pc = ret,
+                _ => break,
+            }
+        }
+        (out, sp)
+    }
+
+    /// Walks the frames of one stack copy (see [`Self::frames`]), scanning each.
+    fn walk(&mut self, marker: &mut Marker<'_>, pc: u64, base: u64, stack: &[u8]) {
+        let hi = base + stack.len() as u64;
+        let (frames, rest) = self.frames(pc, base, stack);
+        // The frame below was injected by a signal (asyncPreempt): this one stopped anywhere.
+        let mut interrupted = false;
+        let mut after_sigpanic = false;
+        for f in &frames {
+            let Some(maps) = f.info.maps.as_ref() else {
+                continue;
+            };
+            let precise = !(interrupted || f.info.injected || after_sigpanic)
+                && self.scan_precise(marker, maps, f, base, stack);
             if precise {
                 self.stats.stack_frames_precise += 1;
             } else {
                 // Like the runtime's conservative frames: the whole frame (with its outgoing
-                // arguments) and its own arguments.
-                scan_piece(marker, base, stack, sp, varp);
+                // arguments) and its own arguments; on arm64 an injected call's frame also
+                // has the small frame the signal handler pushed (its saved LR) above it.
+                let top =
+                    if self.layout == FrameLayout::Arm64 && (f.info.injected || f.info.sigpanic) {
+                        f.varp.saturating_add(16)
+                    } else {
+                        f.varp
+                    };
+                scan_piece(marker, base, stack, f.sp, top);
                 let args = maps.args_bytes.unwrap_or(0);
-                scan_piece(marker, base, stack, argp, argp.saturating_add(args));
+                scan_piece(marker, base, stack, f.argp, f.argp.saturating_add(args));
                 self.stats.stack_frames_conservative += 1;
             }
-            interrupted = info.injected;
-            after_sigpanic = info.sigpanic;
-            let Some(ret) = stack_word(stack, base, ret_slot) else {
-                break;
-            };
-            if ret == 0 {
-                break;
-            }
-            pc = ret;
-            sp = fp;
-            innermost = false;
+            // A frame whose argument size is unknown (reflect's call stubs) may have arguments
+            // anywhere in its caller's outgoing area: the caller is scanned whole.
+            interrupted = f.info.injected || maps.args_bytes.is_none();
+            after_sigpanic = f.info.sigpanic;
         }
         // The rest of the stack, from the frame the walk could not follow.
-        if sp < hi {
-            scan_piece(marker, base, stack, sp, hi);
+        if rest < hi {
+            scan_piece(marker, base, stack, rest, hi);
             self.stats.stack_frames_conservative += 1;
         }
     }
 
-    /// Scans a frame by its maps; false (nothing scanned) when a map it needs is missing.
-    #[allow(clippy::too_many_arguments)]
-    fn scan_precise(
-        &self,
-        marker: &mut Marker<'_>,
-        maps: &FrameMaps,
-        sp: u64,
-        varp: u64,
-        argp: u64,
-        base: u64,
-        stack: &[u8],
-    ) -> bool {
+    /// Calls `each` with the address of every stack word the frame's maps say holds a live
+    /// pointer (locals, then arguments); false (and no call) when a map it needs is missing.
+    fn live_slots(&self, maps: &FrameMaps, f: &Walked, mut each: impl FnMut(u64)) -> bool {
         // `getStackMap`: locals only when the frame has more than its minimal size.
         let min_frame = match self.layout {
             FrameLayout::Amd64 => 0,
             FrameLayout::Arm64 => 16,
         };
-        let locals = if varp.saturating_sub(sp) > min_frame {
+        let locals = if f.varp.saturating_sub(f.sp) > min_frame {
             match &maps.locals {
                 Some(l) => Some(l),
                 None => return false,
@@ -259,27 +277,46 @@ impl<'a> StackScanner<'a> {
         } else {
             None
         };
-        let (Some(args), Some(objects)) = (&maps.args, &maps.objects) else {
+        let Some(args) = &maps.args else {
             return false;
         };
         if let Some(l) = locals {
-            let from = varp.wrapping_sub(8 * u64::from(l.words));
+            let from = f.varp.wrapping_sub(8 * u64::from(l.words));
             for i in (0..u64::from(l.words)).filter(|&i| l.live(i)) {
-                if let Some(w) = stack_word(stack, base, from.wrapping_add(8 * i)) {
-                    marker.mark_word(w);
-                }
+                each(from.wrapping_add(8 * i));
             }
         }
         for i in (0..u64::from(args.words)).filter(|&i| args.live(i)) {
-            if let Some(w) = stack_word(stack, base, argp.wrapping_add(8 * i)) {
+            each(f.argp.wrapping_add(8 * i));
+        }
+        true
+    }
+
+    /// Scans a frame by its maps; false (nothing scanned) when a map it needs is missing.
+    fn scan_precise(
+        &self,
+        marker: &mut Marker<'_>,
+        maps: &FrameMaps,
+        f: &Walked,
+        base: u64,
+        stack: &[u8],
+    ) -> bool {
+        let Some(objects) = &maps.objects else {
+            return false;
+        };
+        let all_found = self.live_slots(maps, f, |a| {
+            if let Some(w) = stack_word(stack, base, a) {
                 marker.mark_word(w);
             }
+        });
+        if !all_found {
+            return false;
         }
         for o in objects {
             let at = if o.off < 0 {
-                varp.wrapping_sub(u64::from(o.off.unsigned_abs()))
+                f.varp.wrapping_sub(u64::from(o.off.unsigned_abs()))
             } else {
-                argp.wrapping_add(o.off as u64)
+                f.argp.wrapping_add(o.off as u64)
             };
             scan_piece(
                 marker,
@@ -291,6 +328,46 @@ impl<'a> StackScanner<'a> {
         }
         true
     }
+
+    /// The values of the live pointer slots (by the stack maps) of the physical frame that
+    /// runs `func` (itself or inlined) in the stack of `g`, read now. None when `g`'s stack
+    /// cannot be walked to such a frame or its maps are missing.
+    pub fn live_pointers_in(
+        &mut self,
+        mem: &ProcessMemory,
+        g: &RawG,
+        func: &str,
+    ) -> Option<Vec<u64>> {
+        let w = walk_of(g).ok()?;
+        let stack = mem.read_vec(w.sp, (w.hi - w.sp) as usize).ok()?;
+        let (frames, _) = self.frames(w.pc, w.sp, &stack);
+        let f = frames.iter().find(|f| {
+            self.pclntab
+                .frames_at(f.pc.wrapping_sub(self.bias).wrapping_sub(1))
+                .iter()
+                .any(|l| l.func == func)
+        })?;
+        let maps = f.info.maps.as_ref()?;
+        let mut slots = Vec::new();
+        if !self.live_slots(maps, f, |a| slots.push(a)) {
+            return None;
+        }
+        Some(
+            slots
+                .into_iter()
+                .filter_map(|a| stack_word(&stack, w.sp, a))
+                .collect(),
+        )
+    }
+}
+
+/// One frame of a walked stack.
+struct Walked {
+    pc: u64,
+    sp: u64,
+    varp: u64,
+    argp: u64,
+    info: Rc<FrameInfo>,
 }
 
 /// The frame's `varp` (top of its locals) and `argp` (its arguments) from its `sp` and `fp`
