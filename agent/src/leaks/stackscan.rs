@@ -450,6 +450,116 @@ mod tests {
         );
     }
 
+    /// The Go toolchain's own `go` command (a Go 1.27 binary), if installed.
+    fn go_binary() -> Option<Pclntab> {
+        let wrapper =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/go1.27/bin/go");
+        let out = std::process::Command::new(wrapper)
+            .args(["env", "GOROOT"])
+            .output()
+            .ok()?;
+        let root = String::from_utf8(out.stdout).ok()?;
+        let elf =
+            gobinary::elf::ElfFile::open(&std::path::Path::new(root.trim()).join("bin/go")).ok()?;
+        let v = gobinary::GoVersion {
+            major: 1,
+            minor: 27,
+            patch: 0,
+        };
+        Pclntab::from_elf(&elf, v).ok()
+    }
+
+    fn put(stack: &mut [u8], base: u64, addr: u64, v: u64) {
+        let off = (addr - base) as usize;
+        stack[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// A stack made of real functions' frames is walked frame by frame to `runtime.goexit`,
+    /// each frame where its frame size says.
+    #[test]
+    fn walks_frames_by_their_sizes() {
+        let Some(tab) = go_binary() else {
+            eprintln!("skipping: .tools/go1.27 missing");
+            return;
+        };
+        let mut sc = StackScanner::new(&tab, 0);
+        let at = |name: &str| {
+            let f = tab.func_by_name(name).expect(name);
+            // A pc inside the body, past the prologue: the frame is allocated there.
+            (f.entry..f.end)
+                .find(|&pc| tab.frame_maps(pc).is_some_and(|m| m.sp_delta > 8))
+                .expect(name)
+        };
+        let (pc0, pc1) = (at("runtime.gopark"), at("runtime.chanrecv"));
+        let goexit = tab.func_by_name("runtime.goexit").expect("goexit").entry + 1;
+        let (d0, d1) = (
+            tab.frame_maps(pc0).unwrap().sp_delta,
+            tab.frame_maps(pc1).unwrap().sp_delta,
+        );
+        let base = 0x10000u64;
+        let mut stack = vec![0u8; (d0 + d1 + 64) as usize];
+        put(&mut stack, base, base + d0, pc1);
+        let sp1 = base + d0 + 8;
+        put(&mut stack, base, sp1 + d1, goexit);
+        let (frames, rest) = sc.frames(pc0, base, &stack);
+        let got: Vec<(u64, u64)> = frames.iter().map(|f| (f.pc, f.sp)).collect();
+        assert_eq!(got, vec![(pc0, base), (pc1, sp1)]);
+        assert_eq!(rest, base + stack.len() as u64, "walk reached goexit");
+        // amd64: the saved frame pointer just below the return address is not a local.
+        assert_eq!(frames[0].varp, base + d0 - 8);
+        assert_eq!(frames[0].argp, base + d0 + 8);
+        // A return address that is in no function stops the walk there: the rest is
+        // scanned whole.
+        put(&mut stack, base, base + d0, 0x10);
+        let (frames, rest) = sc.frames(pc0, base, &stack);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(rest, base + d0 + 8);
+    }
+
+    /// Stack memory is untrusted: random stacks and pcs must never panic or loop.
+    #[test]
+    fn walks_survive_garbage() {
+        let Some(tab) = go_binary() else {
+            eprintln!("skipping: .tools/go1.27 missing");
+            return;
+        };
+        let funcs: Vec<_> = tab.funcs().collect();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut sc = StackScanner::new(&tab, 0);
+        for round in 0..3000 {
+            let len = (next() % 8192) as usize & !7;
+            let base = next() & !7 & 0xffff_ffff_ffff;
+            let pc_like = |a: u64, b: u64| {
+                let f = &funcs[(a as usize) % funcs.len()];
+                f.entry + b % (f.end - f.entry).max(1)
+            };
+            let pc = if round % 4 == 0 {
+                next()
+            } else {
+                pc_like(next(), next())
+            };
+            // Half the words of some stacks are real code addresses.
+            let mut stack = Vec::with_capacity(len);
+            for _ in 0..len / 8 {
+                let w = if round % 2 == 0 && next() % 2 == 0 {
+                    pc_like(next(), next())
+                } else {
+                    next()
+                };
+                stack.extend_from_slice(&w.to_le_bytes());
+            }
+            let (frames, rest) = sc.frames(pc, base, &stack);
+            assert!(frames.len() <= len / 8 + 1);
+            assert!(rest >= base && rest <= base + len as u64);
+        }
+    }
+
     #[test]
     fn pieces_stay_inside_the_copy() {
         assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x10), Some(1));
