@@ -113,6 +113,9 @@ impl<'m> CondFinder<'m> {
             self.mem.read(at, &mut buf).ok()?;
             gs.push(word(&buf, self.sudog.g));
             let next = word(&buf, self.sudog.next);
+            if next == at || next == head {
+                return None; // a cycle: not a list
+            }
             if next == 0 {
                 // A list ends at its tail: anything else is not a notifyList (or torn).
                 return (at == tail).then_some(gs);

@@ -42,6 +42,8 @@ pub const MAX_PRECISE_STACK: u64 = 8 << 20;
 /// Bytes and stacks read per `process_vm_readv` batch.
 const BATCH_BYTES: u64 = 4 << 20;
 const BATCH_STACKS: usize = 1024;
+/// Frame descriptions kept by pc at most.
+const MAX_CACHED_FRAMES: usize = 1 << 18;
 
 /// How the frames of the scanned stacks were scanned (for the analysis' record).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -173,6 +175,10 @@ impl<'a> StackScanner<'a> {
             },
         };
         let info = Rc::new(info);
+        // A program has far fewer return addresses; garbage walked as a stack could have more.
+        if self.frames.len() >= MAX_CACHED_FRAMES {
+            self.frames.clear();
+        }
         self.frames.insert(pc, info.clone());
         info
     }
