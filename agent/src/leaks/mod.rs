@@ -34,7 +34,7 @@ use crate::stack::{self, Symbolizer};
 use condwait::{CondFinder, SudogFields};
 use heap::Heap;
 use mark::Marker;
-use stackscan::{StackScanStats, StackScanner};
+use stackscan::{StackRoot, StackScanStats, StackScanner};
 use waits::{WaitClass, WaitTargets};
 
 /// The identity of a park: a goroutine that still has it did not run in between. Not its saved
@@ -459,7 +459,7 @@ fn one_pass(
         if blocked {
             pending.push(i);
         } else {
-            stacks.push(g);
+            stacks.extend(StackRoot::of(g));
         }
     }
     stack_scanner.scan(mem, &mut marker, &stacks)?;
@@ -482,7 +482,10 @@ fn one_pass(
         if woke.is_empty() {
             break;
         }
-        let stacks: Vec<&RawG> = woke.iter().map(|&i| &gs[i].0).collect();
+        let stacks: Vec<StackRoot> = woke
+            .iter()
+            .filter_map(|&i| StackRoot::of(&gs[i].0))
+            .collect();
         stack_scanner.scan(mem, &mut marker, &stacks)?;
         marker.drain()?;
     }

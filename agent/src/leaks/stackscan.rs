@@ -79,11 +79,46 @@ pub struct StackScanner<'a> {
     pub stats: StackScanStats,
 }
 
-/// Where a goroutine's frames are to be walked from.
-struct Walk {
+/// How one goroutine's stack is scanned, decided from its `g` (24 bytes, so a million of them
+/// stay small): walked frame by frame from `pc` and `sp` up to `hi`, or, when `pc` is 0,
+/// `[sp, hi)` scanned whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackRoot {
     pc: u64,
     sp: u64,
     hi: u64,
+}
+
+impl StackRoot {
+    /// None for a dead goroutine: its stack holds nothing live (the GC skips it too).
+    pub fn of(g: &RawG) -> Option<StackRoot> {
+        if g.is_dead() {
+            return None;
+        }
+        let (lo, hi) = (g.stack_lo, g.stack_hi);
+        let inside = |sp: u64| sp >= lo && sp < hi;
+        let whole = |sp| Some(StackRoot { pc: 0, sp, hi });
+        // A running goroutine's frames are in a CPU's registers and moving.
+        if g.is_running() {
+            return whole(lo);
+        }
+        let (pc, sp) = if g.is_syscall() {
+            (g.syscallpc, g.syscallsp)
+        } else {
+            (g.sched_pc, g.sched_sp)
+        };
+        if !inside(sp) {
+            return whole(lo);
+        }
+        if pc == 0 || hi - sp > MAX_PRECISE_STACK || !sp.is_multiple_of(8) {
+            return whole(sp);
+        }
+        Some(StackRoot { pc, sp, hi })
+    }
+
+    fn walked(&self) -> bool {
+        self.pc != 0
+    }
 }
 
 impl<'a> StackScanner<'a> {
@@ -103,22 +138,12 @@ impl<'a> StackScanner<'a> {
         &mut self,
         mem: &ProcessMemory,
         marker: &mut Marker<'_>,
-        gs: &[&RawG],
+        roots: &[StackRoot],
     ) -> Result<(), MemError> {
-        let mut whole = Vec::new();
-        let mut walks = Vec::new();
-        for g in gs {
-            if g.is_dead() {
-                continue;
-            }
-            match walk_of(g) {
-                Ok(w) => walks.push(w),
-                Err(range) => {
-                    self.stats.stacks_conservative += 1;
-                    whole.push(range);
-                }
-            }
-        }
+        let (walks, whole): (Vec<StackRoot>, Vec<StackRoot>) =
+            roots.iter().partition(|r| r.walked());
+        self.stats.stacks_conservative += whole.len() as u64;
+        let whole: Vec<(u64, u64)> = whole.iter().map(|r| (r.sp, r.hi)).collect();
         marker.scan_ranges(&whole)?;
         let mut start = 0;
         while start < walks.len() {
@@ -344,7 +369,7 @@ impl<'a> StackScanner<'a> {
         g: &RawG,
         func: &str,
     ) -> Option<Vec<u64>> {
-        let w = walk_of(g).ok()?;
+        let w = StackRoot::of(g).filter(StackRoot::walked)?;
         let stack = mem.read_vec(w.sp, (w.hi - w.sp) as usize).ok()?;
         let (frames, _) = self.frames(w.pc, w.sp, &stack);
         let f = frames.iter().find(|f| {
@@ -389,27 +414,6 @@ fn frame_pointers(layout: FrameLayout, sp: u64, fp: u64) -> (u64, u64) {
         varp -= 8;
     }
     (varp, argp)
-}
-
-/// Where a goroutine's stack is walked from, or the range to scan whole when it cannot be.
-fn walk_of(g: &RawG) -> Result<Walk, (u64, u64)> {
-    let (lo, hi) = (g.stack_lo, g.stack_hi);
-    let inside = |sp: u64| sp >= lo && sp < hi;
-    if g.is_running() {
-        return Err((lo, hi));
-    }
-    let (pc, sp) = if g.is_syscall() {
-        (g.syscallpc, g.syscallsp)
-    } else {
-        (g.sched_pc, g.sched_sp)
-    };
-    if !inside(sp) {
-        return Err((lo, hi));
-    }
-    if pc == 0 || hi - sp > MAX_PRECISE_STACK || !sp.is_multiple_of(8) {
-        return Err((sp, hi));
-    }
-    Ok(Walk { pc, sp, hi })
 }
 
 /// Scans `[lo, hi)` of a stack copy that starts at `base`, conservatively (clamped to the copy).
