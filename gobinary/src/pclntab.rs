@@ -110,6 +110,7 @@ impl StackLiveness {
         i < u64::from(self.args_words) && Self::bit(&self.args, i)
     }
 }
+
 /// `abi.FUNCDATA_StackObjects` (unchanged since Go 1.12) and `abi.ArgsSizeUnknown`.
 const FUNCDATA_STACK_OBJECTS: u32 = 2;
 const ARGS_SIZE_UNKNOWN: i32 = i32::MIN;
