@@ -15,8 +15,10 @@
 //! only when both runs say so and it stayed in the same park (same goid, status, wait reason,
 //! `trackingSeq`) across both.
 
+pub mod condwait;
 pub mod heap;
 pub mod mark;
+pub mod stackscan;
 pub mod waits;
 
 use std::collections::HashMap;
@@ -29,8 +31,10 @@ use crate::goroutines::{GoroutineReader, RawG, STATUS_LEAKED, STATUS_WAITING};
 use crate::procmem::ProcessMemory;
 use crate::stack::{self, Symbolizer};
 
+use condwait::{CondFinder, SudogFields};
 use heap::Heap;
 use mark::Marker;
+use stackscan::{StackRoot, StackScanStats, StackScanner};
 use waits::{WaitClass, WaitTargets};
 
 /// The identity of a park: a goroutine that still has it did not run in between. Not its saved
@@ -94,6 +98,9 @@ pub struct LeakStats {
     /// Objects reached and bytes scanned (second pass).
     pub marked_objects: u64,
     pub scanned_bytes: u64,
+    /// How goroutine stacks were scanned (second pass; see [`stackscan`]).
+    #[serde(flatten)]
+    pub stacks: StackScanStats,
     pub wall_ms: f64,
 }
 
@@ -260,22 +267,6 @@ fn g_stack_words(l: &gobinary::layout::RuntimeLayout) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// The part of a goroutine's stack that holds its live frames.
-fn stack_range(g: &RawG) -> (u64, u64) {
-    let (lo, hi) = (g.stack_lo, g.stack_hi);
-    let inside = |sp: u64| sp >= lo && sp < hi;
-    let sp = if g.is_running() {
-        lo
-    } else if g.is_syscall() && inside(g.syscallsp) {
-        g.syscallsp
-    } else if inside(g.sched_sp) {
-        g.sched_sp
-    } else {
-        lo
-    };
-    (sp, hi)
-}
-
 fn one_pass(
     mem: &ProcessMemory,
     bin: &GoBinary,
@@ -376,6 +367,14 @@ fn one_pass(
             .collect())
     };
     let mut firsts = HashMap::new();
+    let mut stack_scanner = StackScanner::new(&bin.pclntab, bias);
+    let mut conds = CondFinder::new(
+        mem,
+        SudogFields {
+            g: heap_layout.sudog_g,
+            next: objects.sudog_next,
+        },
+    );
     for (i, ((g, waiting), class)) in gs.iter().zip(&classes).enumerate() {
         if i % SUDOG_BATCH == 0 {
             firsts = first_of(i)?;
@@ -406,7 +405,8 @@ fn one_pass(
                         s + heap_layout.sudog_elem,
                         s + heap_layout.sudog_elem + heap_layout.sudog_elem_len,
                     )],
-                }),
+                })
+                .or_else(|| conds.targets(&mut stack_scanner, g, reason(g))),
             WaitClass::Never => Some(WaitTargets::default()),
             _ => None,
         };
@@ -459,10 +459,10 @@ fn one_pass(
         if blocked {
             pending.push(i);
         } else {
-            stacks.push(stack_range(g));
+            stacks.extend(StackRoot::of(g));
         }
     }
-    marker.scan_ranges(&stacks)?;
+    stack_scanner.scan(mem, &mut marker, &stacks)?;
     marker.drain()?;
     // To a fixed point: a goroutine whose waited-on object is reachable may be woken.
     loop {
@@ -482,8 +482,11 @@ fn one_pass(
         if woke.is_empty() {
             break;
         }
-        let stacks: Vec<(u64, u64)> = woke.iter().map(|&i| stack_range(&gs[i].0)).collect();
-        marker.scan_ranges(&stacks)?;
+        let stacks: Vec<StackRoot> = woke
+            .iter()
+            .filter_map(|&i| StackRoot::of(&gs[i].0))
+            .collect();
+        stack_scanner.scan(mem, &mut marker, &stacks)?;
         marker.drain()?;
     }
 
@@ -495,6 +498,7 @@ fn one_pass(
         precise_globals: precise,
         marked_objects: marker.marked_objects,
         scanned_bytes: marker.scanned_bytes,
+        stacks: stack_scanner.stats,
         ..LeakStats::default()
     };
     let mut left = vec![false; gs.len()];
