@@ -163,9 +163,11 @@ fn prebuild_matrix_fixtures() {
     for (tc, mode) in &cells {
         tc.record_version()
             .unwrap_or_else(|e| panic!("Go {}: {e:#}", tc.version));
-        // The goroutine tests' fixture (agent_once, agent_stream).
-        ctxprobe_tests::gobuild::build_fixture("leaky", tc, mode)
-            .unwrap_or_else(|e| panic!("leaky for Go {} {}: {e:#}", tc.version, mode.name));
+        // The goroutine tests' fixtures (agent_once, agent_stream; agent_groups).
+        for fixture in ["leaky", "groups"] {
+            ctxprobe_tests::gobuild::build_fixture(fixture, tc, mode)
+                .unwrap_or_else(|e| panic!("{fixture} for Go {} {}: {e:#}", tc.version, mode.name));
+        }
     }
     // The threads tests' C fixture (the deadlock test) and cgo fixture (a cgo call blocked in C,
     // built by the newest Go as that test does), which VMs run.
