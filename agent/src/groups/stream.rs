@@ -49,12 +49,16 @@ pub struct Member {
     pub blocked_ns: u64,
     /// Has a `blocked` record.
     pub sampled: bool,
+    /// `--leaks`: its park's verdict (None: none yet).
+    pub leaked: Option<bool>,
 }
 
 pub struct StreamSettings {
     pub threshold_ns: u64,
     pub max_groups: usize,
     pub samples_per_group: u32,
+    /// Streaming `--leaks`: records carry leak verdicts.
+    pub leaks: bool,
 }
 
 #[derive(Default)]
@@ -64,6 +68,10 @@ struct Stats {
     blocked_min_ns: Option<u64>,
     blocked_max_ns: Option<u64>,
     sample_goids: Vec<u64>,
+    /// `--leaks`: members called leaked, members with a verdict, and some leaked goids.
+    leaked: u64,
+    leak_analysed: u64,
+    leaked_goids: Vec<u64>,
 }
 
 struct Group {
@@ -78,9 +86,10 @@ struct Group {
     verdicts: VerdictTally,
     /// Since when (RFC 3339) it has been growing, while it is a leak suspect.
     suspect: Option<String>,
-    /// It has had a record; then: members, joined, left and suspect at its last record.
+    /// It has had a record; then: members, joined, left, suspect and leaked members at its
+    /// last record.
     reported: bool,
-    at_record: (u64, u64, u64, bool),
+    at_record: (u64, u64, u64, bool, u64),
     /// A record is owed (first past the threshold, a suspect change) and goes out as soon
     /// as the interval's allowance permits.
     urgent: bool,
@@ -95,6 +104,7 @@ impl Group {
                     self.joined,
                     self.left,
                     self.suspect.is_some(),
+                    self.stats.leaked,
                 )
     }
 }
@@ -138,7 +148,7 @@ impl StreamGroups {
             verdicts: VerdictTally::default(),
             suspect: None,
             reported: false,
-            at_record: (0, 0, 0, false),
+            at_record: (0, 0, 0, false, 0),
             urgent: false,
         });
         id
@@ -183,6 +193,7 @@ impl StreamGroups {
         let mut stats: Vec<Stats> = Vec::new();
         stats.resize_with(self.groups.len(), Stats::default);
         let mut unsampled: Vec<Vec<u64>> = vec![Vec::new(); self.groups.len()];
+        let mut leaked_unsampled: Vec<Vec<u64>> = vec![Vec::new(); self.groups.len()];
         for m in members {
             let Some(s) = usize::try_from(m.group.wrapping_sub(1))
                 .ok()
@@ -200,6 +211,19 @@ impl StreamGroups {
                 s.blocked_max_ns
                     .map_or(m.blocked_ns, |v| v.max(m.blocked_ns)),
             );
+            if let Some(leaked) = m.leaked {
+                s.leak_analysed += 1;
+                if leaked {
+                    s.leaked += 1;
+                    if m.sampled && s.leaked_goids.len() < SAMPLE_GOIDS {
+                        s.leaked_goids.push(m.goid);
+                    } else if let Some(u) = leaked_unsampled.get_mut(m.group as usize - 1) {
+                        if u.len() < SAMPLE_GOIDS {
+                            u.push(m.goid);
+                        }
+                    }
+                }
+            }
             // Goroutines with a `blocked` record first: those a reader can look up.
             if m.sampled && s.sample_goids.len() < SAMPLE_GOIDS {
                 s.sample_goids.push(m.goid);
@@ -210,7 +234,23 @@ impl StreamGroups {
             }
         }
         let threshold = self.settings.threshold_ns;
-        for ((g, mut s), extra) in self.groups.iter_mut().zip(stats).zip(unsampled) {
+        for (((g, mut s), extra), leaked_extra) in self
+            .groups
+            .iter_mut()
+            .zip(stats)
+            .zip(unsampled)
+            .zip(leaked_unsampled)
+        {
+            s.leaked_goids.sort_unstable();
+            let mut leaked_extra = leaked_extra;
+            leaked_extra.sort_unstable();
+            let room = SAMPLE_GOIDS.saturating_sub(s.leaked_goids.len());
+            s.leaked_goids.extend(leaked_extra.into_iter().take(room));
+            // A group whose members are found leaked says so at once (the first time): that is
+            // a stronger signal than growth.
+            if s.leaked > 0 && g.stats.leaked == 0 && g.reported {
+                g.urgent = true;
+            }
             s.sample_goids.sort_unstable();
             let mut extra = extra;
             extra.sort_unstable();
@@ -299,7 +339,12 @@ impl StreamGroups {
     fn rank(&self, order: &mut [usize]) {
         let key = |i: &usize| {
             let g = &self.groups[*i];
-            (g.suspect.is_none(), std::cmp::Reverse(g.stats.count), g.id)
+            (
+                g.stats.leaked == 0,
+                g.suspect.is_none(),
+                std::cmp::Reverse(g.stats.count),
+                g.id,
+            )
         };
         order.sort_by_key(key);
     }
@@ -308,10 +353,17 @@ impl StreamGroups {
         self.sent_in_interval += 1;
         let threshold_ns = self.settings.threshold_ns;
         let g = &mut self.groups[i];
-        let (_, joined0, left0, _) = g.at_record;
+        let (_, joined0, left0, _, _) = g.at_record;
         g.reported = true;
         g.urgent = false;
-        g.at_record = (g.stats.count, g.joined, g.left, g.suspect.is_some());
+        g.at_record = (
+            g.stats.count,
+            g.joined,
+            g.left,
+            g.suspect.is_some(),
+            g.stats.leaked,
+        );
+        let leaks = self.settings.leaks;
         GroupRecord {
             group_id: u64::from(g.id),
             goroutines: g.stats.count,
@@ -335,7 +387,9 @@ impl StreamGroups {
             contexts_analysed: g.verdicts.analysed(),
             context_verdicts: g.verdicts.verdicts(),
             context_chain: g.verdicts.common_chain(),
-            leaked: None,
+            leaked: leaks.then_some(g.stats.leaked),
+            leak_analysed: leaks.then_some(g.stats.leak_analysed),
+            leaked_goids: leaks.then(|| g.stats.leaked_goids.clone()),
         }
     }
 
@@ -350,6 +404,11 @@ impl StreamGroups {
 
     pub fn leak_suspects(&self) -> u64 {
         self.groups.iter().filter(|g| g.suspect.is_some()).count() as u64
+    }
+
+    /// `--leaks`: groups with members called leaked now.
+    pub fn leaked_groups(&self) -> u64 {
+        self.groups.iter().filter(|g| g.stats.leaked > 0).count() as u64
     }
 }
 
@@ -393,6 +452,7 @@ mod tests {
             stack_bytes: 8192,
             blocked_ns,
             sampled: i == 7,
+            leaked: None,
         })
     }
 
@@ -401,7 +461,46 @@ mod tests {
             threshold_ns: 2 * S as u64,
             max_groups,
             samples_per_group: 3,
+            leaks: true,
         }
+    }
+
+    #[test]
+    fn leaked_members_are_counted_and_said_at_once_the_first_time() {
+        let mut g = StreamGroups::new(settings(50), 0);
+        let id = g.create(key(1), label());
+        g.update(0, members(id, 10, 3 * S as u64));
+        let first = g.due_now(0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].leaked, first[0].leak_analysed),
+            (Some(0), Some(0))
+        );
+        // The analysis calls 4 of them leaked (member 7 has a `blocked` record).
+        let verdicts = |i: u64| match i {
+            0..=4 => Some(false),
+            5 | 6 | 7 | 9 => Some(true),
+            _ => None,
+        };
+        let with_verdicts = members(id, 10, 4 * S as u64).map(|mut m| {
+            m.leaked = verdicts(m.goid - 100);
+            m
+        });
+        g.update(S, with_verdicts);
+        let now = g.due_now(S);
+        assert_eq!(now.len(), 1, "a group found leaked is said at once");
+        let r = &now[0];
+        assert_eq!((r.leaked, r.leak_analysed), (Some(4), Some(9)));
+        assert_eq!(r.leaked_goids.as_deref(), Some(&[107, 105, 106, 109][..]));
+        assert_eq!(g.leaked_groups(), 1);
+        // Unchanged: nothing more until the count changes.
+        let same = members(id, 10, 5 * S as u64).map(|mut m| {
+            m.leaked = verdicts(m.goid - 100);
+            m
+        });
+        g.update(2 * S, same);
+        assert!(g.due_now(2 * S).is_empty());
+        assert!(g.due_at_summary(2 * S).0.is_empty());
     }
 
     #[test]
