@@ -626,11 +626,29 @@ impl<'a> Session<'a> {
         self.leaked_now = (self.leak_epoch > 0).then_some(leaked);
     }
 
-    /// Streaming `--leaks`: a leak analysis finished; its verdicts apply to the parks it saw
-    /// (from the end of the scan under way) and to `blocked` records from now on.
+    /// Streaming `--leaks`: a leak analysis finished. Its verdicts apply to the parks it saw,
+    /// now: groups count them (their records and the summary say so from the next summary,
+    /// without waiting for a scan, which a large process paces to tens of seconds), and
+    /// `blocked` records carry them from now on.
     pub fn install_leaks(&mut self, analysis: crate::leaks::LeakAnalysis) {
         self.leaks = Some(analysis);
         self.leak_epoch = self.leak_epoch.wrapping_add(1).max(1);
+        self.look_up_leak_verdicts();
+        let mut leaked = 0;
+        let members = self.tracker.parks().filter_map(|p| {
+            let group = p.group?;
+            leaked += u64::from(p.leaked == Some(true));
+            Some(Member {
+                group,
+                goid: p.goid,
+                stack_bytes: 0,
+                blocked_ns: 0,
+                sampled: p.flagged,
+                leaked: p.leaked,
+            })
+        });
+        self.groups.update_leaks(members);
+        self.leaked_now = Some(leaked);
     }
 
     /// Each park's verdict, looked up once per analysis by its position in `allgs` (a million

@@ -68,10 +68,45 @@ struct Stats {
     blocked_min_ns: Option<u64>,
     blocked_max_ns: Option<u64>,
     sample_goids: Vec<u64>,
-    /// `--leaks`: members called leaked, members with a verdict, and some leaked goids.
+    leaks: LeakTally,
+}
+
+/// `--leaks`, per group: members called leaked, members with a verdict, and up to
+/// [`SAMPLE_GOIDS`] leaked goids, those with a `blocked` record first.
+#[derive(Default, Clone)]
+struct LeakTally {
     leaked: u64,
-    leak_analysed: u64,
-    leaked_goids: Vec<u64>,
+    analysed: u64,
+    goids: Vec<u64>,
+    /// Leaked members without a `blocked` record, while counting.
+    unsampled: Vec<u64>,
+}
+
+impl LeakTally {
+    fn add(&mut self, m: &Member) {
+        let Some(leaked) = m.leaked else { return };
+        self.analysed += 1;
+        if !leaked {
+            return;
+        }
+        self.leaked += 1;
+        let list = if m.sampled {
+            &mut self.goids
+        } else {
+            &mut self.unsampled
+        };
+        if list.len() < SAMPLE_GOIDS {
+            list.push(m.goid);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.goids.sort_unstable();
+        let mut rest = std::mem::take(&mut self.unsampled);
+        rest.sort_unstable();
+        let room = SAMPLE_GOIDS.saturating_sub(self.goids.len());
+        self.goids.extend(rest.into_iter().take(room));
+    }
 }
 
 struct Group {
@@ -96,6 +131,14 @@ struct Group {
 }
 
 impl Group {
+    /// A group whose members are found leaked says so at once (the first time): that is a
+    /// stronger signal than growth.
+    fn note_leaks(&mut self, now: &LeakTally) {
+        if now.leaked > 0 && self.stats.leaks.leaked == 0 && self.reported {
+            self.urgent = true;
+        }
+    }
+
     fn changed_since_record(&self) -> bool {
         self.reported
             && self.at_record
@@ -104,7 +147,7 @@ impl Group {
                     self.joined,
                     self.left,
                     self.suspect.is_some(),
-                    self.stats.leaked,
+                    self.stats.leaks.leaked,
                 )
     }
 }
@@ -193,7 +236,6 @@ impl StreamGroups {
         let mut stats: Vec<Stats> = Vec::new();
         stats.resize_with(self.groups.len(), Stats::default);
         let mut unsampled: Vec<Vec<u64>> = vec![Vec::new(); self.groups.len()];
-        let mut leaked_unsampled: Vec<Vec<u64>> = vec![Vec::new(); self.groups.len()];
         for m in members {
             let Some(s) = usize::try_from(m.group.wrapping_sub(1))
                 .ok()
@@ -211,19 +253,7 @@ impl StreamGroups {
                 s.blocked_max_ns
                     .map_or(m.blocked_ns, |v| v.max(m.blocked_ns)),
             );
-            if let Some(leaked) = m.leaked {
-                s.leak_analysed += 1;
-                if leaked {
-                    s.leaked += 1;
-                    if m.sampled && s.leaked_goids.len() < SAMPLE_GOIDS {
-                        s.leaked_goids.push(m.goid);
-                    } else if let Some(u) = leaked_unsampled.get_mut(m.group as usize - 1) {
-                        if u.len() < SAMPLE_GOIDS {
-                            u.push(m.goid);
-                        }
-                    }
-                }
-            }
+            s.leaks.add(&m);
             // Goroutines with a `blocked` record first: those a reader can look up.
             if m.sampled && s.sample_goids.len() < SAMPLE_GOIDS {
                 s.sample_goids.push(m.goid);
@@ -234,23 +264,9 @@ impl StreamGroups {
             }
         }
         let threshold = self.settings.threshold_ns;
-        for (((g, mut s), extra), leaked_extra) in self
-            .groups
-            .iter_mut()
-            .zip(stats)
-            .zip(unsampled)
-            .zip(leaked_unsampled)
-        {
-            s.leaked_goids.sort_unstable();
-            let mut leaked_extra = leaked_extra;
-            leaked_extra.sort_unstable();
-            let room = SAMPLE_GOIDS.saturating_sub(s.leaked_goids.len());
-            s.leaked_goids.extend(leaked_extra.into_iter().take(room));
-            // A group whose members are found leaked says so at once (the first time): that is
-            // a stronger signal than growth.
-            if s.leaked > 0 && g.stats.leaked == 0 && g.reported {
-                g.urgent = true;
-            }
+        for ((g, mut s), extra) in self.groups.iter_mut().zip(stats).zip(unsampled) {
+            s.leaks.finish();
+            g.note_leaks(&s.leaks);
             s.sample_goids.sort_unstable();
             let mut extra = extra;
             extra.sort_unstable();
@@ -340,7 +356,7 @@ impl StreamGroups {
         let key = |i: &usize| {
             let g = &self.groups[*i];
             (
-                g.stats.leaked == 0,
+                g.stats.leaks.leaked == 0,
                 g.suspect.is_none(),
                 std::cmp::Reverse(g.stats.count),
                 g.id,
@@ -361,7 +377,7 @@ impl StreamGroups {
             g.joined,
             g.left,
             g.suspect.is_some(),
-            g.stats.leaked,
+            g.stats.leaks.leaked,
         );
         let leaks = self.settings.leaks;
         GroupRecord {
@@ -387,9 +403,9 @@ impl StreamGroups {
             contexts_analysed: g.verdicts.analysed(),
             context_verdicts: g.verdicts.verdicts(),
             context_chain: g.verdicts.common_chain(),
-            leaked: leaks.then_some(g.stats.leaked),
-            leak_analysed: leaks.then_some(g.stats.leak_analysed),
-            leaked_goids: leaks.then(|| g.stats.leaked_goids.clone()),
+            leaked: leaks.then_some(g.stats.leaks.leaked),
+            leak_analysed: leaks.then_some(g.stats.leaks.analysed),
+            leaked_goids: leaks.then(|| g.stats.leaks.goids.clone()),
         }
     }
 
@@ -408,7 +424,29 @@ impl StreamGroups {
 
     /// `--leaks`: groups with members called leaked now.
     pub fn leaked_groups(&self) -> u64 {
-        self.groups.iter().filter(|g| g.stats.leaked > 0).count() as u64
+        self.groups
+            .iter()
+            .filter(|g| g.stats.leaks.leaked > 0)
+            .count() as u64
+    }
+
+    /// `--leaks`: new verdicts for the members (every grouped park), between snapshots: only
+    /// the leak counts change (sizes, growth and suspects wait for the next snapshot).
+    pub fn update_leaks(&mut self, members: impl Iterator<Item = Member>) {
+        let mut tallies = vec![LeakTally::default(); self.groups.len()];
+        for m in members {
+            if let Some(t) = usize::try_from(m.group.wrapping_sub(1))
+                .ok()
+                .and_then(|i| tallies.get_mut(i))
+            {
+                t.add(&m);
+            }
+        }
+        for (g, mut t) in self.groups.iter_mut().zip(tallies) {
+            t.finish();
+            g.note_leaks(&t);
+            g.stats.leaks = t;
+        }
     }
 }
 

@@ -325,7 +325,7 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
             k += 1;
         }
         let classes = classify_chunk(mem, bin, bias, &sym, &gs)?;
-        let firsts = first_sudogs(mem, heap_layout, &gs, &classes)?;
+        let mut firsts = first_sudogs(mem, heap_layout, &gs, &classes)?;
         for (((g, waiting), class), pos) in gs.iter().zip(classes).zip(positions) {
             take_goroutine(
                 mem,
@@ -336,7 +336,7 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
                 waiting.unwrap_or(0),
                 class,
                 pos,
-                &firsts,
+                &mut firsts,
             )?;
         }
     }
@@ -512,12 +512,12 @@ fn take_goroutine(
     waiting: u64,
     class: WaitClass,
     pos: usize,
-    firsts: &HashMap<u64, Vec<u8>>,
+    firsts: &mut HashMap<u64, Vec<u8>>,
 ) -> Result<()> {
     let (Some(h), Some(o)) = (bin.heap.as_ref(), bin.objects.as_ref()) else {
         return Ok(());
     };
-    let first = || firsts.get(&waiting).cloned();
+    let mut first = || firsts.remove(&waiting);
     if class == WaitClass::Sync && waiting == 0 && st.semtable.is_none() {
         if let Ok(Some(addr)) = bin.heap_vars.as_ref().map(|v| v.semtable) {
             st.semtable = Some(
