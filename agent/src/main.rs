@@ -127,7 +127,12 @@ fn run(args: Args) -> Result<()> {
         // For the life of the process: the streaming leak analysis' thread borrows it and is
         // never waited for (see leaks::worker).
         Some(bin) => run_go(&args, &target, Box::leak(Box::new(bin)), &mut reporter),
-        None => run_threads_only(&args, &target, &mut reporter),
+        None => {
+            if args.leaks {
+                eprintln!("ctxprobe: --leaks: not a Go program, so no leak analysis");
+            }
+            run_threads_only(&args, &target, &mut reporter)
+        }
     }
 }
 
