@@ -121,16 +121,30 @@ struct Group {
     verdicts: VerdictTally,
     /// Since when (RFC 3339) it has been growing, while it is a leak suspect.
     suspect: Option<String>,
-    /// It has had a record; then: members, joined, left, suspect and leaked members at its
-    /// last record.
+    /// It has had a record; then what it said (see [`Group::now`]).
     reported: bool,
-    at_record: (u64, u64, u64, bool, u64),
+    at_record: RecordState,
     /// A record is owed (first past the threshold, a suspect change) and goes out as soon
     /// as the interval's allowance permits.
     urgent: bool,
 }
 
+/// What a record says that makes a later one due when it changes: members, joined, left,
+/// suspect, and (`--leaks`) members called leaked and members with a verdict.
+type RecordState = (u64, u64, u64, bool, u64, u64);
+
 impl Group {
+    fn now(&self) -> RecordState {
+        (
+            self.stats.count,
+            self.joined,
+            self.left,
+            self.suspect.is_some(),
+            self.stats.leaks.leaked,
+            self.stats.leaks.analysed,
+        )
+    }
+
     /// A group whose members are found leaked says so at once (the first time): that is a
     /// stronger signal than growth.
     fn note_leaks(&mut self, now: &LeakTally) {
@@ -140,15 +154,7 @@ impl Group {
     }
 
     fn changed_since_record(&self) -> bool {
-        self.reported
-            && self.at_record
-                != (
-                    self.stats.count,
-                    self.joined,
-                    self.left,
-                    self.suspect.is_some(),
-                    self.stats.leaks.leaked,
-                )
+        self.reported && self.at_record != self.now()
     }
 }
 
@@ -191,7 +197,7 @@ impl StreamGroups {
             verdicts: VerdictTally::default(),
             suspect: None,
             reported: false,
-            at_record: (0, 0, 0, false, 0),
+            at_record: (0, 0, 0, false, 0, 0),
             urgent: false,
         });
         id
@@ -369,16 +375,10 @@ impl StreamGroups {
         self.sent_in_interval += 1;
         let threshold_ns = self.settings.threshold_ns;
         let g = &mut self.groups[i];
-        let (_, joined0, left0, _, _) = g.at_record;
+        let (_, joined0, left0, ..) = g.at_record;
         g.reported = true;
         g.urgent = false;
-        g.at_record = (
-            g.stats.count,
-            g.joined,
-            g.left,
-            g.suspect.is_some(),
-            g.stats.leaks.leaked,
-        );
+        g.at_record = g.now();
         let leaks = self.settings.leaks;
         GroupRecord {
             group_id: u64::from(g.id),
