@@ -87,13 +87,17 @@ impl<'s, 'a> Watch<'s, 'a> {
 
     /// Streaming `--leaks`: a finished analysis' record, and the next one started when due
     /// (never waits for the analysis thread).
-    fn tick_leaks(&mut self, out: &mut Reporter) -> Result<()> {
+    fn tick_leaks(&mut self, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
         let (Some(leaks), Some(session)) = (&mut self.leaks, &mut self.session) else {
             return Ok(());
         };
         let stopped = self.stopped_since.is_some();
         if let Some(record) = leaks.tick(monotonic_ns(), stopped, session) {
-            out.emit(&record)?;
+            // An analysis that ran across an exec read the new program: say nothing of it (the
+            // stream ends at the next check).
+            if target.state() != TargetState::Execed {
+                out.emit(&record)?;
+            }
         }
         Ok(())
     }
@@ -368,7 +372,7 @@ impl<'s, 'a> Watch<'s, 'a> {
                         if let Some(end) = end {
                             return Ok(end);
                         }
-                        self.tick_leaks(out)?;
+                        self.tick_leaks(target, out)?;
                     }
                     _ = summary.tick() => self.summary(out)?,
                 }
