@@ -62,6 +62,11 @@ impl RawG {
         self.status == STATUS_SYSCALL
     }
 
+    /// Exited (or kept for cgo callbacks): its stack holds nothing live.
+    pub fn is_dead(&self) -> bool {
+        self.status == STATUS_DEAD || self.status == STATUS_DEAD_EXTRA
+    }
+
     /// Nothing that locates its stack changed: same goroutine, status and saved registers, and
     /// it has not run in between.
     pub fn same_state_as(&self, other: &RawG) -> bool {

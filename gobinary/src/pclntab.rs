@@ -110,6 +110,51 @@ impl StackLiveness {
         i < u64::from(self.args_words) && Self::bit(&self.args, i)
     }
 }
+/// `abi.FUNCDATA_StackObjects` (unchanged since Go 1.12) and `abi.ArgsSizeUnknown`.
+const FUNCDATA_STACK_OBJECTS: u32 = 2;
+const ARGS_SIZE_UNKNOWN: i32 = i32::MIN;
+/// Bytes of one `runtime.stackObjectRecord`; more records than this in one frame are malformed.
+const STACK_OBJECT_RECORD: usize = 16;
+const MAX_STACK_OBJECTS: u64 = 1 << 16;
+
+/// One bitmap of a stack map: bit i says whether word i holds a live pointer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackBits {
+    pub words: u32,
+    pub bits: Vec<u8>,
+}
+
+impl StackBits {
+    pub fn live(&self, i: u64) -> bool {
+        i < u64::from(self.words) && StackLiveness::bit(&self.bits, i)
+    }
+}
+
+/// An address-taken stack variable that may hold pointers (`runtime.stackObjectRecord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackObject {
+    /// Negative: from the frame's `varp` (locals); else from its `argp` (arguments).
+    pub off: i32,
+    pub size: u32,
+    /// The leading bytes that may hold pointers (`ptrdata`).
+    pub ptr_bytes: u32,
+}
+
+/// The GC's view of one frame at one pc (the runtime's `getStackMap` plus the frame size).
+/// A `None` map is one the frame would need but that could not be found or read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameMaps {
+    /// The pcsp table's value: bytes between the frame's `sp` and its return address (amd64).
+    pub sp_delta: u64,
+    /// Live locals: word i is at `varp - 8 * words + 8 * i`.
+    pub locals: Option<StackBits>,
+    /// Live arguments (incl. register arguments' spill slots): word i at `argp + 8 * i`.
+    pub args: Option<StackBits>,
+    /// `_func.args`; None for reflect's stubs, whose size the runtime learns elsewhere.
+    pub args_bytes: Option<u64>,
+    pub objects: Option<Vec<StackObject>>,
+}
+
 /// Deeper inline chains than this are malformed (the compiler's own budget is far lower).
 const MAX_INLINE_DEPTH: usize = 256;
 /// moduledata offsets stable in every supported version (reference §1.5).
@@ -919,6 +964,94 @@ impl Pclntab {
             args_words,
             args,
         })
+    }
+
+    /// What the GC needs to scan the frame of the function at `pc` precisely, as the runtime's
+    /// `getStackMap` finds it: `pc` is the frame's link-time pc (a return address, or the saved
+    /// pc of a parked goroutine, also a return address). The frame size comes from the pcsp
+    /// table at `pc` itself and the stack map index from the instruction before it (the call),
+    /// except at the function's entry. None when `pc` is in no function or has no frame size.
+    pub fn frame_maps(&self, pc: u64) -> Option<FrameMaps> {
+        let f = self.raw_func(self.index_at(pc)?)?;
+        let sp_delta = u64::try_from(self.pc_value(&f, f.pcsp, pc)?).ok()?;
+        let index = if pc == f.entry {
+            -1
+        } else {
+            self.pcdata_value(&f, PCDATA_STACK_MAP_INDEX, pc - 1)
+        };
+        // No index: the runtime assumes a prologue and takes map 0.
+        let index = if index == -1 { 0 } else { index };
+        let locals = self
+            .funcdata(&f, FUNCDATA_LOCALS_POINTER_MAPS)
+            .and_then(|off| self.stack_map_bits(off, index));
+        let (args_bytes, args) = if f.args == ARGS_SIZE_UNKNOWN {
+            // Reflect's call stubs: their argument maps come from the calls they made. Unknown.
+            (None, None)
+        } else {
+            let bytes = u64::try_from(f.args).unwrap_or(0);
+            let args = if bytes < 8 {
+                Some(StackBits::default())
+            } else {
+                self.funcdata(&f, FUNCDATA_ARGS_POINTER_MAPS)
+                    .and_then(|off| self.stack_map_bits(off, index))
+            };
+            (Some(bytes), args)
+        };
+        let objects = match self.funcdata(&f, FUNCDATA_STACK_OBJECTS) {
+            None => Some(Vec::new()),
+            Some(off) => self.stack_objects(off),
+        };
+        Some(FrameMaps {
+            sp_delta,
+            locals,
+            args,
+            args_bytes,
+            objects,
+        })
+    }
+
+    /// Bitmap `index` of the `runtime.stackmap` at `gofunc + off`, as `getStackMap` takes it:
+    /// a map without bits is empty at every index. None when malformed or out of range.
+    fn stack_map_bits(&self, off: usize, index: i32) -> Option<StackBits> {
+        let head = self.gofunc.get(off..off.checked_add(8)?)?;
+        let n = rd_u32(head, 0)? as i32;
+        let nbit = rd_u32(head, 4)? as i32;
+        if n <= 0 || !(0..=MAX_STACK_MAP_BITS).contains(&nbit) {
+            return None;
+        }
+        if nbit == 0 {
+            return Some(StackBits::default());
+        }
+        let (words, bits) = self.stack_map(off, index)?;
+        Some(StackBits { words, bits })
+    }
+
+    /// The `runtime.stackObjectRecord`s at `gofunc + off`: a word count, then
+    /// `{off int32, size int32, ptrdata int32, gcdataoff uint32}` each (the same in every
+    /// supported release; a negative ptrdata, before 1.24, means a GC program: its absolute value
+    /// is still the bytes that may hold pointers).
+    fn stack_objects(&self, off: usize) -> Option<Vec<StackObject>> {
+        let n = rd_u64(&self.gofunc, off)?;
+        if n > MAX_STACK_OBJECTS {
+            return None;
+        }
+        let n = usize::try_from(n).ok()?;
+        let start = off.checked_add(8)?;
+        let recs = self
+            .gofunc
+            .get(start..start.checked_add(n.checked_mul(STACK_OBJECT_RECORD)?)?)?;
+        recs.chunks_exact(STACK_OBJECT_RECORD)
+            .map(|r| {
+                let size = rd_u32(r, 4)? as i32;
+                let ptr_bytes = (rd_u32(r, 8)? as i32).unsigned_abs();
+                let size = u32::try_from(size).ok()?;
+                Some(StackObject {
+                    off: rd_u32(r, 0)? as i32,
+                    size,
+                    ptr_bytes: ptr_bytes.min(size),
+                })
+            })
+            .collect()
     }
 
     fn inlined_call(&self, tree: usize, ix: usize) -> Option<InlinedCall> {

@@ -162,6 +162,7 @@ fn fuzz(minor: u32, label: &str, iterations: usize, seed: u64) {
             let _ = mtab.frames_at(pc);
             let _ = mtab.line_at(pc);
             let _ = mtab.sp_delta_at(pc);
+            let _ = mtab.frame_maps(pc);
             if let Some(f) = mtab.func_at(pc) {
                 let _ = after_stack_check(&melf, &f);
             }
@@ -217,6 +218,8 @@ fn garbage_tables_never_panic() {
             for f in t.funcs().take(64) {
                 let _ = t.frames_at(f.entry);
                 let _ = t.sp_delta_at(f.end.saturating_sub(1));
+                let _ = t.frame_maps(f.entry);
+                let _ = t.frame_maps(f.end.saturating_sub(1));
                 let _ = after_stack_check(&melf, &f);
             }
             let _ = t.func_by_name("main.main");

@@ -123,6 +123,19 @@ fn check(minor: u32, label: &str, flags: &[&str]) {
                     "{label}: sp delta at {pc:#x} = {sp:?}"
                 );
             }
+            // The GC scans this frame with its maps (it would throw without them): they are
+            // found, at the return address itself (the map index from the call before it).
+            let ret = stack[k].pc.wrapping_sub(bias);
+            if f.name != "runtime.goexit" {
+                let maps = tab.frame_maps(ret);
+                let ok = maps.as_ref().is_some_and(|m| {
+                    Some(m.sp_delta as i64) == tab.sp_delta_at(ret)
+                        && (m.sp_delta <= 8 || m.locals.is_some())
+                        && m.args.is_some()
+                        && m.objects.is_some()
+                });
+                assert!(ok, "{label}: frame maps at {ret:#x} ({}): {maps:?}", f.name);
+            }
             k += ours.len();
             checked += 1;
             deepest = deepest.max(all.len());

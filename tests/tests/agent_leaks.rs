@@ -1,6 +1,6 @@
 //! Leak verdicts (issue 10): `ctxprobe --once --leaks` against
 //! - the leaks fixture, which knows which of its goroutines are leaked, on Go 1.19, 1.21 and the
-//!   newest release, plain and stripped (and stripped PIE): exactly its truth;
+//!   newest release, plain and stripped (and stripped PIE), and 1.25: exactly its truth;
 //! - the GoKer programs Go 1.27 ships for its own goroutine leak profile
 //!   (`src/runtime/testdata/testgoroutineleakprofile`), each analysed by ctxprobe first and then
 //!   made to take its own profile: recall ≥ 0.95 and precision ≥ 0.99 against the runtime's
@@ -32,6 +32,8 @@ fn leak_verdicts_match_fixture_truth() {
         }
     }
     cells.push((LATEST_GO, "stripped-pie"));
+    // The last release whose Cond waits are found from the waiter's stack (1.26 records them).
+    cells.push(("1.25", "default"));
     for (v, m) in cells {
         let r = preconditions().and_then(|()| {
             let tc = Toolchain::find(v)?;
@@ -60,6 +62,12 @@ fn check_fixture(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
         analysis["error"].is_null(),
         "analysis failed: {}",
         analysis["error"]
+    );
+    // Every frame of the fixture's idle goroutines has stack maps, stripped and PIE too.
+    ensure!(
+        analysis["stack_frames_precise"].as_u64().unwrap_or(0) > 20
+            && analysis["stack_frames_conservative"] == 0,
+        "stacks not scanned precisely: {analysis}"
     );
     let cases = fixture.ready["cases"]
         .as_array()

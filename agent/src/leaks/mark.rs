@@ -59,8 +59,17 @@ impl<'a> Marker<'a> {
         }
     }
 
+    /// Marks the object one word known to hold a live pointer points to (a stack slot the
+    /// function's stack map says is live).
+    pub fn mark_word(&mut self, word: u64) {
+        self.scanned_bytes += 8;
+        if let Some(r) = self.heap.find(word) {
+            self.shade(r);
+        }
+    }
+
     /// Marks what the words of `buf` (read from `addr`) point to.
-    fn scan_words(&mut self, addr: u64, buf: &[u8]) {
+    pub fn scan_words(&mut self, addr: u64, buf: &[u8]) {
         self.scanned_bytes += buf.len() as u64;
         // Hidden ranges from the first that ends after `addr`, in order.
         let mut hidden = self.hidden.partition_point(|h| h.1 <= addr);

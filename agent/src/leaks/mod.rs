@@ -15,9 +15,11 @@
 //! only when both runs say so and it stayed in the same park (same goid, status, wait reason,
 //! `trackingSeq`) across both.
 
+pub mod condwait;
 pub mod heap;
 pub mod mark;
 pub mod schedule;
+pub mod stackscan;
 pub mod stream;
 pub mod table;
 pub mod waits;
@@ -34,8 +36,10 @@ use crate::procmem::MemError;
 use crate::procmem::ProcessMemory;
 use crate::stack::{self, Symbolizer};
 
+use condwait::{CondFinder, SudogFields};
 use heap::Heap;
 use mark::Marker;
+use stackscan::{StackRoot, StackScanStats, StackScanner};
 use table::{Entry, Said, VerdictTable};
 use waits::{WaitClass, WaitTargets};
 
@@ -88,6 +92,9 @@ pub struct LeakStats {
     /// Objects reached and bytes scanned (second pass).
     pub marked_objects: u64,
     pub scanned_bytes: u64,
+    /// How goroutine stacks were scanned (second pass; see [`stackscan`]).
+    #[serde(flatten)]
+    pub stacks: StackScanStats,
     pub wall_ms: f64,
 }
 
@@ -241,22 +248,6 @@ fn g_stack_words(l: &gobinary::layout::RuntimeLayout) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// The part of a goroutine's stack that holds its live frames.
-fn stack_range(g: &RawG) -> (u64, u64) {
-    let (lo, hi) = (g.stack_lo, g.stack_hi);
-    let inside = |sp: u64| sp >= lo && sp < hi;
-    let sp = if g.is_running() {
-        lo
-    } else if g.is_syscall() && inside(g.syscallsp) {
-        g.syscallsp
-    } else if inside(g.sched_sp) {
-        g.sched_sp
-    } else {
-        lo
-    };
-    (sp, hi)
-}
-
 /// A goroutine blocked on a channel, select or sync object, while a pass decides on it: 32
 /// bytes, so a million of them stay small.
 struct Blocked {
@@ -267,23 +258,25 @@ struct Blocked {
     /// The main goroutine in `select {}`: Go leaves it out of its profile (a server's main
     /// often ends that way), though it counts as leaked during the analysis.
     main_select: bool,
-    stack: (u64, u64),
+    stack: StackRoot,
 }
 
 /// One pass's per-goroutine state, appended chunk by chunk (no per-goroutine allocation).
-#[derive(Default)]
-struct PassState {
+struct PassState<'a> {
     /// By position in `allgs`.
     entries: Vec<Entry>,
     blocked: Vec<Blocked>,
     objects: Vec<u64>,
     hidden: Vec<(u64, u64)>,
     /// Stacks of goroutines that may run: roots.
-    roots: Vec<(u64, u64)>,
+    roots: Vec<StackRoot>,
     unresolved: u64,
     /// `runtime.semtable`'s waiters, read at the first sync wait that needs them (before Go
     /// 1.26 sync waits leave `g.waiting` unset).
     semtable: Option<HashMap<u64, (u64, u64)>>,
+    /// Stack walks with the functions' stack maps, and `sync.Cond` waits found from them.
+    scanner: StackScanner<'a>,
+    conds: CondFinder<'a>,
 }
 
 fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry>, LeakStats)> {
@@ -309,7 +302,20 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
     let mut addrs = reader.g_addresses()?;
     let mut st = PassState {
         entries: vec![Entry::default(); addrs.len()],
-        ..PassState::default()
+        blocked: Vec::new(),
+        objects: Vec::new(),
+        hidden: Vec::new(),
+        roots: Vec::new(),
+        unresolved: 0,
+        semtable: None,
+        scanner: StackScanner::new(&bin.pclntab, bias),
+        conds: CondFinder::new(
+            mem,
+            SudogFields {
+                g: heap_layout.sudog_g,
+                next: objects.sudog_next,
+            },
+        ),
     };
     let sym = Symbolizer::new(&bin.pclntab, bias);
     for (c, chunk) in addrs.chunks(SUDOG_BATCH).enumerate() {
@@ -353,6 +359,8 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
         roots,
         unresolved,
         semtable: _,
+        mut scanner,
+        conds: _,
     } = st;
     let mut marker = Marker::new(mem, heap, hidden, addrs, g_stack_words(&bin.layout));
     let globals = precise_globals(mem, bin, bias);
@@ -381,7 +389,7 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
         SPECIAL_READ_BYTES.max(heap_layout.special_size),
         image_range(bin, bias),
     )?;
-    marker.scan_ranges(&roots)?;
+    scanner.scan_roots(mem, &mut marker, &roots)?;
     drop(roots);
     marker.drain()?;
     // To a fixed point: a goroutine whose waited-on object is reachable may be woken. Blocked
@@ -407,7 +415,7 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
         if woke.is_empty() {
             break;
         }
-        marker.scan_ranges(&woke)?;
+        scanner.scan_roots(mem, &mut marker, &woke)?;
         marker.drain()?;
     }
     for &b in &pending {
@@ -423,6 +431,7 @@ fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry
         precise_globals: precise,
         marked_objects: marker.marked_objects,
         scanned_bytes: marker.scanned_bytes,
+        stacks: scanner.stats,
         unresolved,
         ..LeakStats::default()
     };
@@ -507,7 +516,7 @@ fn take_goroutine(
     mem: &ProcessMemory,
     bin: &GoBinary,
     bias: u64,
-    st: &mut PassState,
+    st: &mut PassState<'_>,
     g: &RawG,
     waiting: u64,
     class: WaitClass,
@@ -542,7 +551,8 @@ fn take_goroutine(
             .map(|&(s, elem)| WaitTargets {
                 objects: vec![elem],
                 hidden: vec![(s + h.sudog_elem, s + h.sudog_elem + h.sudog_elem_len)],
-            }),
+            })
+            .or_else(|| st.conds.targets(&mut st.scanner, g, reason(bin, g))),
         WaitClass::Never => Some(WaitTargets::default()),
         WaitClass::MayRun | WaitClass::Chan => None,
     };
@@ -576,14 +586,14 @@ fn take_goroutine(
                 main_select: class == WaitClass::Never
                     && g.goid == 1
                     && reason(bin, g) == "select (no cases)",
-                stack: stack_range(g),
+                stack: StackRoot::of(g),
             });
         }
         (Said::Unresolved, _) => {
             st.unresolved += 1;
-            st.roots.push(stack_range(g));
+            st.roots.push(StackRoot::of(g));
         }
-        _ => st.roots.push(stack_range(g)),
+        _ => st.roots.push(StackRoot::of(g)),
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask bench --only leaks`: what `--once --leaks` costs on heaps of 100 MiB and 1 GiB
-//! (fixtures/leakheap: pointer-linked 80-byte objects and 1,000 leaked goroutines): the
+//! `cargo xtask bench --only leaks`: what `--once --leaks` costs on heaps of about 80 MiB,
+//! 800 MiB and 4 GiB (Go's HeapAlloc: fixtures/leakheap's `-mib` counts 80 bytes an object, which
+//! take 64; pointer-linked objects and 1,000 leaked goroutines): the
 //! analysis's wall time (its own record), ctxprobe's CPU time and peak RSS (wait4's rusage),
 //! and whether it found the leaks. The target is never stopped. Then the same at a million
 //! goroutines parked on one channel (fixtures/many), with
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 
 use super::{scale, start_fixture, Options};
 
-const HEAPS_MIB: [u64; 2] = [100, 1024];
+const HEAPS_MIB: [u64; 3] = [100, 1024, 5120];
 
 /// Goroutines of the scale rows.
 const MANY: u64 = 1_000_000;
@@ -121,7 +122,7 @@ pub(super) fn bench_leaks_at_scale(many: &Path, ctxprobe: &Path) -> Result<Strin
 
 pub(super) fn bench_leaks(bin: &Path, ctxprobe: &Path, _opts: &Options) -> Result<String> {
     let mut s = String::from(
-        "Leak analysis (--once --leaks; fixtures/leakheap: 80-byte linked objects, 1,000 leaked \
+        "Leak analysis (--once --leaks; fixtures/leakheap: 64-byte linked objects, 1,000 leaked \
          goroutines)\n\n| heap (Go's HeapAlloc) | objects | analysis wall (2 passes) | ctxprobe CPU | ctxprobe peak RSS | leaked found |\n|---|---|---|---|---|---|\n",
     );
     for mib in HEAPS_MIB {
