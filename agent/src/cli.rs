@@ -37,10 +37,16 @@ pub struct Args {
     #[arg(long, requires = "once")]
     pub grouped: bool,
 
-    /// With --once: tell leaked goroutines from merely blocked ones by reachability (Go's
-    /// goroutine leak profile, from outside): `leaked` on each record.
-    #[arg(long, requires = "once")]
+    /// Tell leaked goroutines from merely blocked ones by reachability (Go's goroutine leak
+    /// profile, from outside): `leaked` on each record. Streaming: an analysis at most every
+    /// --leak-interval, within 5% of one core, on a thread of its own.
+    #[arg(long)]
     pub leaks: bool,
+
+    /// Streaming --leaks: analyse at most this often (e.g. 30s, 1m, 5m).
+    #[arg(long, default_value = "1m", value_parser = parse_duration, allow_hyphen_values = true,
+          requires = "leaks", conflicts_with = "once")]
+    pub leak_interval: Duration,
 
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]

@@ -123,16 +123,28 @@ fn run(args: Args) -> Result<()> {
         Reporter::queued(out, args.format, target.pid)
             .context("cannot start the output writer thread")?
     };
-    match &bin {
-        Some(bin) => run_go(&args, &target, bin, &mut reporter),
-        None => run_threads_only(&args, &target, &mut reporter),
+    match bin {
+        // For the life of the process: the streaming leak analysis' thread borrows it and is
+        // never waited for (see leaks::worker).
+        Some(bin) => run_go(&args, &target, Box::leak(Box::new(bin)), &mut reporter),
+        None => {
+            if args.leaks {
+                eprintln!("ctxprobe: --leaks: not a Go program, so no leak analysis");
+            }
+            run_threads_only(&args, &target, &mut reporter)
+        }
     }
 }
 
 /// Bytes of `--once` output buffered before a write.
 const ONCE_OUTPUT_BUFFER: usize = 256 * 1024;
 
-fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporter) -> Result<()> {
+fn run_go(
+    args: &Args,
+    target: &TargetProcess,
+    bin: &'static GoBinary,
+    out: &mut Reporter,
+) -> Result<()> {
     let bias = target.load_bias(&bin.elf)?;
     let mem = ProcessMemory::new(target.pid);
     let settings = Settings {
@@ -141,6 +153,7 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
         max_groups: args.max_groups,
         samples_per_group: args.samples_per_group,
         every_goroutine: args.every_goroutine,
+        leaks: args.leaks && !args.once,
     };
     let mut session = Session::new(target, bin, &mem, bias, settings);
 
@@ -200,12 +213,25 @@ fn run_go(args: &Args, target: &TargetProcess, bin: &GoBinary, out: &mut Reporte
     }
     let threads = start_threads(args, target)?;
     let signals = Signals::install()?;
+    let leak_stream = if args.leaks {
+        Some(leaks::stream::LeakStream::start(
+            target.pid,
+            bin,
+            bias,
+            args.leak_interval.as_nanos() as i64,
+            monotonic_ns(),
+        )?)
+    } else {
+        None
+    };
     // The budgeted cancel probe goes in last, just before the loop that keeps it within budget.
     if let Some(p) = &mut session.probes {
         p.begin(monotonic_ns());
     }
     out.emit(&attach)?;
-    Watch::new(Some(&mut session), Some(threads)).run(args, target, out, signals)
+    Watch::new(Some(&mut session), Some(threads))
+        .with_leaks(leak_stream)
+        .run(args, target, out, signals)
 }
 
 fn run_threads_only(args: &Args, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
@@ -376,19 +402,18 @@ fn run_leak_analysis(
                 leaked: Some(analysis.stats.leaked),
                 stats: analysis.stats.clone(),
                 error: None,
+                run: None,
             };
             session.leaks = Some(analysis);
             record
         }
         Err(e) => {
-            session.leaks = Some(leaks::LeakAnalysis {
-                verdicts: Default::default(),
-                stats: Default::default(),
-            });
+            session.leaks = Some(leaks::LeakAnalysis::empty());
             Event::LeakAnalysis {
                 leaked: None,
                 stats: Default::default(),
                 error: Some(format!("{e:#}")),
+                run: None,
             }
         }
     }

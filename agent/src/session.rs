@@ -38,6 +38,8 @@ pub struct Settings {
     pub samples_per_group: u32,
     /// Streaming: a `blocked` record for every goroutine past the threshold.
     pub every_goroutine: bool,
+    /// Streaming `--leaks`: records carry the leak analysis' verdicts.
+    pub leaks: bool,
 }
 
 pub struct Session<'a> {
@@ -65,8 +67,12 @@ pub struct Session<'a> {
     prev_site_counts: HashMap<u64, u64>,
     /// Context diagnosis (None when the binary lacks what it needs), and its read budget.
     contexts: Option<ContextAnalyzer>,
-    /// `--leaks`: the verdicts records carry (set before a dump).
+    /// `--leaks`: the verdicts records carry (set before a dump; while streaming, the latest
+    /// analysis, numbered `leak_epoch` from 1).
     pub leaks: Option<crate::leaks::LeakAnalysis>,
+    leak_epoch: u32,
+    /// At the end of the last scan: grouped parks called leaked, when an analysis has said.
+    leaked_now: Option<u64>,
     context_mem: BudgetedMemory<'a>,
     /// Streaming: groups of parked goroutines.
     groups: StreamGroups,
@@ -131,9 +137,11 @@ impl<'a> Session<'a> {
                 threshold_ns: settings.threshold.as_nanos() as u64,
                 max_groups: settings.max_groups,
                 samples_per_group: settings.samples_per_group,
+                leaks: settings.leaks,
             },
             monotonic_ns(),
         );
+        let leaks = settings.leaks.then(crate::leaks::LeakAnalysis::empty);
         Session {
             groups,
             target,
@@ -154,7 +162,9 @@ impl<'a> Session<'a> {
             last_snapshot_ns: 0,
             prev_site_counts: HashMap::new(),
             contexts: ContextAnalyzer::new(bin, bias),
-            leaks: None,
+            leaks,
+            leak_epoch: 0,
+            leaked_now: None,
             context_mem: BudgetedMemory::new(mem, GOROUTINE_READ_BUDGET),
         }
     }
@@ -601,16 +611,70 @@ impl<'a> Session<'a> {
     }
 
     fn update_groups(&mut self, now: i64, target_now: i64) {
+        self.look_up_leak_verdicts();
+        let mut leaked = 0;
         let members = self.tracker.parks().filter_map(|p| {
+            let group = p.group?;
+            leaked += u64::from(p.leaked == Some(true));
             Some(Member {
-                group: p.group?,
+                group,
                 goid: p.goid,
                 stack_bytes: u64::from(p.stack_bytes),
                 blocked_ns: p.blocked(now, target_now).0,
                 sampled: p.flagged,
+                leaked: p.leaked,
             })
         });
         self.groups.update(now, members);
+        self.leaked_now = (self.leak_epoch > 0).then_some(leaked);
+    }
+
+    /// Streaming `--leaks`: a leak analysis finished. Its verdicts apply to the parks it saw,
+    /// now: groups count them (their records and the summary say so from the next summary,
+    /// without waiting for a scan, which a large process paces to tens of seconds), and
+    /// `blocked` records carry them from now on.
+    pub fn install_leaks(&mut self, analysis: crate::leaks::LeakAnalysis) {
+        self.leaks = Some(analysis);
+        self.leak_epoch = self.leak_epoch.wrapping_add(1).max(1);
+        self.look_up_leak_verdicts();
+        let mut leaked = 0;
+        let members = self.tracker.parks().filter_map(|p| {
+            let group = p.group?;
+            leaked += u64::from(p.leaked == Some(true));
+            Some(Member {
+                group,
+                goid: p.goid,
+                stack_bytes: 0,
+                blocked_ns: 0,
+                sampled: p.flagged,
+                leaked: p.leaked,
+            })
+        });
+        self.groups.update_leaks(members);
+        self.leaked_now = Some(leaked);
+    }
+
+    /// Each park's verdict, looked up once per analysis by its position in `allgs` (a million
+    /// parks cost a million array reads, once per analysis): only a park the analysis saw
+    /// has one.
+    fn look_up_leak_verdicts(&mut self) {
+        let epoch = self.leak_epoch;
+        let Some(analysis) = self.leaks.as_ref().filter(|_| epoch > 0) else {
+            return;
+        };
+        for (pos, p) in self.tracker.parks_mut_by_position() {
+            if p.leak_epoch == epoch {
+                continue;
+            }
+            p.leak_epoch = epoch;
+            let key = crate::leaks::ParkKey {
+                goid: p.goid,
+                status: crate::goroutines::STATUS_WAITING,
+                wait_reason: p.wait_reason,
+                tracking_seq: p.tracking_seq,
+            };
+            p.leaked = analysis.table.for_park(pos, &key);
+        }
     }
 
     /// `group` records owed at a summary (see [`StreamGroups::due_at_summary`]); returns how
@@ -732,6 +796,11 @@ impl<'a> Session<'a> {
             groups: self.groups.past_threshold(),
             groups_omitted,
             leak_suspects: self.groups.leak_suspects(),
+            leaked: self.settings.leaks.then_some(self.leaked_now),
+            leaked_groups: self
+                .settings
+                .leaks
+                .then(|| self.leaked_now.map(|_| self.groups.leaked_groups())),
             system_goroutines: system,
             top_creation_sites: top_sites,
             probe,

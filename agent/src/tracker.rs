@@ -54,6 +54,10 @@ pub struct Park {
     pub counted: bool,
     /// The last scan that saw it.
     pub seen_in_scan: u32,
+    /// `--leaks`: the verdict on this park of the leak analysis numbered `leak_epoch` (0:
+    /// none looked up yet); looked up once per analysis (see `Session::update_groups`).
+    pub leaked: Option<bool>,
+    pub leak_epoch: u32,
 }
 
 /// Snapshots that must agree before a park without a probe timestamp is reported. A busy
@@ -85,6 +89,8 @@ impl Park {
             group: None,
             counted: false,
             seen_in_scan: scan,
+            leaked: None,
+            leak_epoch: 0,
         }
     }
 
@@ -286,6 +292,14 @@ impl ParkTracker {
 
     pub fn parks(&self) -> impl Iterator<Item = &Park> {
         self.slots.iter().flatten()
+    }
+
+    /// Every park with its position in `allgs`.
+    pub fn parks_mut_by_position(&mut self) -> impl Iterator<Item = (usize, &mut Park)> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(pos, slot)| Some((pos, slot.as_mut()?)))
     }
 
     /// The target was stopped (SIGSTOP, a debugger) for `ns`: nothing in it could run, so that

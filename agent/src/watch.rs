@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::cli::Args;
+use crate::leaks::stream::LeakStream;
 use crate::report::{Event, Reporter};
 use crate::scan_budget::ScanBudget;
 use crate::session::{End, Session, Step};
@@ -61,6 +62,8 @@ pub struct Watch<'s, 'a> {
     started_ns: i64,
     /// Since when (our clock) the target has been stopped, while it is.
     stopped_since: Option<i64>,
+    /// Streaming `--leaks`.
+    leaks: Option<LeakStream>,
 }
 
 impl<'s, 'a> Watch<'s, 'a> {
@@ -73,7 +76,30 @@ impl<'s, 'a> Watch<'s, 'a> {
             futex_calls_at: None,
             started_ns: monotonic_ns(),
             stopped_since: None,
+            leaks: None,
         }
+    }
+
+    pub fn with_leaks(mut self, leaks: Option<LeakStream>) -> Self {
+        self.leaks = leaks;
+        self
+    }
+
+    /// Streaming `--leaks`: a finished analysis' record, and the next one started when due
+    /// (never waits for the analysis thread).
+    fn tick_leaks(&mut self, target: &TargetProcess, out: &mut Reporter) -> Result<()> {
+        let (Some(leaks), Some(session)) = (&mut self.leaks, &mut self.session) else {
+            return Ok(());
+        };
+        let stopped = self.stopped_since.is_some();
+        if let Some(record) = leaks.tick(monotonic_ns(), stopped, session) {
+            // An analysis that ran across an exec read the new program: say nothing of it (the
+            // stream ends at the next check).
+            if target.state() != TargetState::Execed {
+                out.emit(&record)?;
+            }
+        }
+        Ok(())
     }
 
     /// Streams until the end, detaches every probe, then says so.
@@ -346,6 +372,7 @@ impl<'s, 'a> Watch<'s, 'a> {
                         if let Some(end) = end {
                             return Ok(end);
                         }
+                        self.tick_leaks(target, out)?;
                     }
                     _ = summary.tick() => self.summary(out)?,
                 }

@@ -105,6 +105,15 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
                 u64_field(v, "groups")?;
                 u64_field(v, "groups_omitted")?;
                 u64_field(v, "leak_suspects")?;
+                // Streaming `--leaks` only: counts, null until the first analysis.
+                for k in ["leaked", "leaked_groups"] {
+                    if v.get(k).is_some() {
+                        null_or(v, k, Value::is_u64)?;
+                    }
+                }
+                if v["leaked"].is_null() != v["leaked_groups"].is_null() {
+                    bail!("leaked and leaked_groups are null together or not at all");
+                }
                 if !v["probe"].is_null() {
                     check_probe_status(&v["probe"]).context("probe")?;
                 }
@@ -135,6 +144,18 @@ fn check_inner(v: &Value, pid: u32) -> Result<()> {
             }
             for k in ["analysed", "unresolved", "heap_objects", "heap_bytes"] {
                 u64_field(v, k)?;
+            }
+            // Streaming: which analysis, what is new, its cost and lateness.
+            if v.get("analysis").is_some() {
+                for k in ["analysis", "newly_leaked", "skipped", "interval_ns"] {
+                    u64_field(v, k)?;
+                }
+                for k in ["cpu_ms", "delayed_ms"] {
+                    if !v[k].is_number() {
+                        bail!("{k} is not a number");
+                    }
+                }
+                null_or(v, "delay_reason", Value::is_string)?;
             }
         }
         _ => {} // record types added after version 1

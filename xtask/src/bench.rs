@@ -17,7 +17,8 @@
 //!    100k and 1M goroutines, `--once` and streaming resources beside the target's own dumps.
 //!
 //! 7. Leaks (only with `--only leaks`; see bench/leaks.rs): `--once --leaks` on heaps of 100 MiB
-//!    and 1 GiB: analysis wall time, ctxprobe's CPU and peak RSS.
+//!    and 1 GiB: analysis wall time, ctxprobe's CPU and peak RSS; then a million goroutines
+//!    (fixtures/many) with `--once --leaks` and 90 s of streaming `--leaks`.
 //!
 //! Needs root, wrk, a Go toolchain (scripts/setup.sh) and a release build of ctxprobe
 //! (`cargo build --release -p ctxprobe`).
@@ -101,6 +102,8 @@ pub fn run(args: &[String]) -> Result<()> {
     if want("leaks") {
         let bin = build_fixture(&root, &go, &opts.go, "leakheap")?;
         report.push(leaks::bench_leaks(&bin, &ctxprobe, &opts)?);
+        let many = build_fixture(&root, &go, &opts.go, "many")?;
+        report.push(leaks::bench_leaks_at_scale(&many, &ctxprobe)?);
     }
     if want("soak") {
         let bin = build_fixture(&root, &go, &opts.go, "httpserver")?;

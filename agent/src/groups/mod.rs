@@ -53,6 +53,14 @@ pub struct GroupRecord {
     /// `--leaks`: members whose leak verdict is true; absent without `--leaks`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leaked: Option<u64>,
+    /// Streaming `--leaks`: members with a verdict (true or false) from the latest analysis
+    /// that saw them in their current park; the others' verdict is still null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leak_analysed: Option<u64>,
+    /// Streaming `--leaks`: up to 5 members with `leaked: true`, those with a `blocked` record
+    /// first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked_goids: Option<Vec<u64>>,
 }
 
 impl GroupRecord {
@@ -111,6 +119,8 @@ impl Grouper {
                     context_verdicts: BTreeMap::new(),
                     context_chain: None,
                     leaked: None,
+                    leak_analysed: None,
+                    leaked_goids: None,
                 },
                 VerdictTally::default(),
             )

@@ -49,12 +49,16 @@ pub struct Member {
     pub blocked_ns: u64,
     /// Has a `blocked` record.
     pub sampled: bool,
+    /// `--leaks`: its park's verdict (None: none yet).
+    pub leaked: Option<bool>,
 }
 
 pub struct StreamSettings {
     pub threshold_ns: u64,
     pub max_groups: usize,
     pub samples_per_group: u32,
+    /// Streaming `--leaks`: records carry leak verdicts.
+    pub leaks: bool,
 }
 
 #[derive(Default)]
@@ -64,6 +68,45 @@ struct Stats {
     blocked_min_ns: Option<u64>,
     blocked_max_ns: Option<u64>,
     sample_goids: Vec<u64>,
+    leaks: LeakTally,
+}
+
+/// `--leaks`, per group: members called leaked, members with a verdict, and up to
+/// [`SAMPLE_GOIDS`] leaked goids, those with a `blocked` record first.
+#[derive(Default, Clone)]
+struct LeakTally {
+    leaked: u64,
+    analysed: u64,
+    goids: Vec<u64>,
+    /// Leaked members without a `blocked` record, while counting.
+    unsampled: Vec<u64>,
+}
+
+impl LeakTally {
+    fn add(&mut self, m: &Member) {
+        let Some(leaked) = m.leaked else { return };
+        self.analysed += 1;
+        if !leaked {
+            return;
+        }
+        self.leaked += 1;
+        let list = if m.sampled {
+            &mut self.goids
+        } else {
+            &mut self.unsampled
+        };
+        if list.len() < SAMPLE_GOIDS {
+            list.push(m.goid);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.goids.sort_unstable();
+        let mut rest = std::mem::take(&mut self.unsampled);
+        rest.sort_unstable();
+        let room = SAMPLE_GOIDS.saturating_sub(self.goids.len());
+        self.goids.extend(rest.into_iter().take(room));
+    }
 }
 
 struct Group {
@@ -78,24 +121,40 @@ struct Group {
     verdicts: VerdictTally,
     /// Since when (RFC 3339) it has been growing, while it is a leak suspect.
     suspect: Option<String>,
-    /// It has had a record; then: members, joined, left and suspect at its last record.
+    /// It has had a record; then what it said (see [`Group::now`]).
     reported: bool,
-    at_record: (u64, u64, u64, bool),
+    at_record: RecordState,
     /// A record is owed (first past the threshold, a suspect change) and goes out as soon
     /// as the interval's allowance permits.
     urgent: bool,
 }
 
+/// What a record says that makes a later one due when it changes: members, joined, left,
+/// suspect, and (`--leaks`) members called leaked and members with a verdict.
+type RecordState = (u64, u64, u64, bool, u64, u64);
+
 impl Group {
+    fn now(&self) -> RecordState {
+        (
+            self.stats.count,
+            self.joined,
+            self.left,
+            self.suspect.is_some(),
+            self.stats.leaks.leaked,
+            self.stats.leaks.analysed,
+        )
+    }
+
+    /// A group whose members are found leaked says so at once (the first time): that is a
+    /// stronger signal than growth.
+    fn note_leaks(&mut self, now: &LeakTally) {
+        if now.leaked > 0 && self.stats.leaks.leaked == 0 && self.reported {
+            self.urgent = true;
+        }
+    }
+
     fn changed_since_record(&self) -> bool {
-        self.reported
-            && self.at_record
-                != (
-                    self.stats.count,
-                    self.joined,
-                    self.left,
-                    self.suspect.is_some(),
-                )
+        self.reported && self.at_record != self.now()
     }
 }
 
@@ -138,7 +197,7 @@ impl StreamGroups {
             verdicts: VerdictTally::default(),
             suspect: None,
             reported: false,
-            at_record: (0, 0, 0, false),
+            at_record: (0, 0, 0, false, 0, 0),
             urgent: false,
         });
         id
@@ -200,6 +259,7 @@ impl StreamGroups {
                 s.blocked_max_ns
                     .map_or(m.blocked_ns, |v| v.max(m.blocked_ns)),
             );
+            s.leaks.add(&m);
             // Goroutines with a `blocked` record first: those a reader can look up.
             if m.sampled && s.sample_goids.len() < SAMPLE_GOIDS {
                 s.sample_goids.push(m.goid);
@@ -211,6 +271,8 @@ impl StreamGroups {
         }
         let threshold = self.settings.threshold_ns;
         for ((g, mut s), extra) in self.groups.iter_mut().zip(stats).zip(unsampled) {
+            s.leaks.finish();
+            g.note_leaks(&s.leaks);
             s.sample_goids.sort_unstable();
             let mut extra = extra;
             extra.sort_unstable();
@@ -299,7 +361,12 @@ impl StreamGroups {
     fn rank(&self, order: &mut [usize]) {
         let key = |i: &usize| {
             let g = &self.groups[*i];
-            (g.suspect.is_none(), std::cmp::Reverse(g.stats.count), g.id)
+            (
+                g.stats.leaks.leaked == 0,
+                g.suspect.is_none(),
+                std::cmp::Reverse(g.stats.count),
+                g.id,
+            )
         };
         order.sort_by_key(key);
     }
@@ -308,10 +375,11 @@ impl StreamGroups {
         self.sent_in_interval += 1;
         let threshold_ns = self.settings.threshold_ns;
         let g = &mut self.groups[i];
-        let (_, joined0, left0, _) = g.at_record;
+        let (_, joined0, left0, ..) = g.at_record;
         g.reported = true;
         g.urgent = false;
-        g.at_record = (g.stats.count, g.joined, g.left, g.suspect.is_some());
+        g.at_record = g.now();
+        let leaks = self.settings.leaks;
         GroupRecord {
             group_id: u64::from(g.id),
             goroutines: g.stats.count,
@@ -335,7 +403,9 @@ impl StreamGroups {
             contexts_analysed: g.verdicts.analysed(),
             context_verdicts: g.verdicts.verdicts(),
             context_chain: g.verdicts.common_chain(),
-            leaked: None,
+            leaked: leaks.then_some(g.stats.leaks.leaked),
+            leak_analysed: leaks.then_some(g.stats.leaks.analysed),
+            leaked_goids: leaks.then(|| g.stats.leaks.goids.clone()),
         }
     }
 
@@ -350,6 +420,33 @@ impl StreamGroups {
 
     pub fn leak_suspects(&self) -> u64 {
         self.groups.iter().filter(|g| g.suspect.is_some()).count() as u64
+    }
+
+    /// `--leaks`: groups with members called leaked now.
+    pub fn leaked_groups(&self) -> u64 {
+        self.groups
+            .iter()
+            .filter(|g| g.stats.leaks.leaked > 0)
+            .count() as u64
+    }
+
+    /// `--leaks`: new verdicts for the members (every grouped park), between snapshots: only
+    /// the leak counts change (sizes, growth and suspects wait for the next snapshot).
+    pub fn update_leaks(&mut self, members: impl Iterator<Item = Member>) {
+        let mut tallies = vec![LeakTally::default(); self.groups.len()];
+        for m in members {
+            if let Some(t) = usize::try_from(m.group.wrapping_sub(1))
+                .ok()
+                .and_then(|i| tallies.get_mut(i))
+            {
+                t.add(&m);
+            }
+        }
+        for (g, mut t) in self.groups.iter_mut().zip(tallies) {
+            t.finish();
+            g.note_leaks(&t);
+            g.stats.leaks = t;
+        }
     }
 }
 
@@ -393,6 +490,7 @@ mod tests {
             stack_bytes: 8192,
             blocked_ns,
             sampled: i == 7,
+            leaked: None,
         })
     }
 
@@ -401,7 +499,46 @@ mod tests {
             threshold_ns: 2 * S as u64,
             max_groups,
             samples_per_group: 3,
+            leaks: true,
         }
+    }
+
+    #[test]
+    fn leaked_members_are_counted_and_said_at_once_the_first_time() {
+        let mut g = StreamGroups::new(settings(50), 0);
+        let id = g.create(key(1), label());
+        g.update(0, members(id, 10, 3 * S as u64));
+        let first = g.due_now(0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].leaked, first[0].leak_analysed),
+            (Some(0), Some(0))
+        );
+        // The analysis calls 4 of them leaked (member 7 has a `blocked` record).
+        let verdicts = |i: u64| match i {
+            0..=4 => Some(false),
+            5 | 6 | 7 | 9 => Some(true),
+            _ => None,
+        };
+        let with_verdicts = members(id, 10, 4 * S as u64).map(|mut m| {
+            m.leaked = verdicts(m.goid - 100);
+            m
+        });
+        g.update(S, with_verdicts);
+        let now = g.due_now(S);
+        assert_eq!(now.len(), 1, "a group found leaked is said at once");
+        let r = &now[0];
+        assert_eq!((r.leaked, r.leak_analysed), (Some(4), Some(9)));
+        assert_eq!(r.leaked_goids.as_deref(), Some(&[107, 105, 106, 109][..]));
+        assert_eq!(g.leaked_groups(), 1);
+        // Unchanged: nothing more until the count changes.
+        let same = members(id, 10, 5 * S as u64).map(|mut m| {
+            m.leaked = verdicts(m.goid - 100);
+            m
+        });
+        g.update(2 * S, same);
+        assert!(g.due_now(2 * S).is_empty());
+        assert!(g.due_at_summary(2 * S).0.is_empty());
     }
 
     #[test]

@@ -51,6 +51,56 @@ pub struct Heap {
     /// Lowest and highest heap addresses: most words are rejected by one comparison.
     lo: u64,
     hi: u64,
+    /// The span of each page, per arena (like the runtime's `heapArena.spans`): a word is
+    /// found in two array reads instead of a binary search over every span (a million
+    /// goroutines' heap has ~100,000 spans, and the scan looks up every word).
+    pages: PageIndex,
+}
+
+/// Bytes per arena of the page index (the runtime's `heapArenaBytes` on 64-bit Linux).
+const ARENA_SHIFT: u32 = 26;
+const PAGES_PER_ARENA: u64 = (1 << ARENA_SHIFT) / PAGE_SIZE;
+
+/// Page → span, for the arenas that have spans: 32 KiB per 64 MiB of heap address space.
+#[derive(Default)]
+struct PageIndex {
+    /// Sorted by arena number (address >> ARENA_SHIFT); each entry per page: span index + 1,
+    /// or 0.
+    arenas: Vec<(u64, Box<[u32]>)>,
+}
+
+impl PageIndex {
+    /// `spans` sorted by base and disjoint.
+    fn new(spans: &[Span]) -> PageIndex {
+        let mut arenas: Vec<(u64, Box<[u32]>)> = Vec::new();
+        for (i, s) in spans.iter().enumerate() {
+            let Ok(id) = u32::try_from(i + 1) else { break };
+            let mut page = s.base & !(PAGE_SIZE - 1);
+            while page < s.limit {
+                let arena = page >> ARENA_SHIFT;
+                if arenas.last().is_none_or(|a| a.0 != arena) {
+                    arenas.push((arena, vec![0; PAGES_PER_ARENA as usize].into_boxed_slice()));
+                }
+                if let Some(a) = arenas.last_mut() {
+                    a.1[((page / PAGE_SIZE) % PAGES_PER_ARENA) as usize] = id;
+                }
+                page += PAGE_SIZE;
+            }
+        }
+        PageIndex { arenas }
+    }
+
+    /// The index of the span that holds the page of `addr`, if any.
+    #[inline]
+    fn span_of(&self, addr: u64) -> Option<usize> {
+        let arena = addr >> ARENA_SHIFT;
+        let a = match self.arenas.as_slice() {
+            [only] if only.0 == arena => only,
+            all => &all[all.binary_search_by_key(&arena, |a| a.0).ok()?],
+        };
+        let id = a.1[((addr / PAGE_SIZE) % PAGES_PER_ARENA) as usize];
+        (id as usize).checked_sub(1)
+    }
 }
 
 fn le(buf: &[u8], off: u64, width: u64) -> u64 {
@@ -220,14 +270,21 @@ impl Heap {
             }
             kept.push(s);
         }
-        let lo = kept.first().map_or(0, |s| s.base);
-        let hi = kept.last().map_or(0, |s| s.limit);
-        Ok(Heap {
-            spans: kept,
-            specials: span_specials,
+        Ok(Heap::new(kept, span_specials))
+    }
+
+    /// `spans` sorted by base and disjoint.
+    fn new(spans: Vec<Span>, specials: Vec<(u64, u64)>) -> Heap {
+        let lo = spans.first().map_or(0, |s| s.base);
+        let hi = spans.last().map_or(0, |s| s.limit);
+        let pages = PageIndex::new(&spans);
+        Heap {
+            spans,
+            specials,
             lo,
             hi,
-        })
+            pages,
+        }
     }
 
     /// The allocated object containing `addr` (interior pointers included), if any.
@@ -236,12 +293,9 @@ impl Heap {
         if addr < self.lo || addr >= self.hi {
             return None;
         }
-        let i = self
-            .spans
-            .partition_point(|s| s.base <= addr)
-            .checked_sub(1)?;
-        let s = &self.spans[i];
-        if addr >= s.limit {
+        let i = self.pages.span_of(addr)?;
+        let s = self.spans.get(i)?;
+        if addr < s.base || addr >= s.limit {
             return None;
         }
         let index = (addr - s.base) / s.elemsize;
@@ -322,12 +376,7 @@ mod tests {
 
     #[test]
     fn find_takes_interior_pointers_of_allocated_objects_only() {
-        let heap = Heap {
-            spans: vec![span(0x10000, 48, 170, &[0, 1, 100])],
-            specials: Vec::new(),
-            lo: 0x10000,
-            hi: 0x10000 + PAGE_SIZE,
-        };
+        let heap = Heap::new(vec![span(0x10000, 48, 170, &[0, 1, 100])], Vec::new());
         assert_eq!(heap.find(0x10000), Some(ObjectRef { span: 0, index: 0 }));
         assert_eq!(
             heap.find(0x10000 + 48 + 47),
@@ -337,6 +386,40 @@ mod tests {
         assert_eq!(heap.find(0x10000 + 170 * 48), None, "past the last object");
         assert_eq!(heap.find(0xffff), None);
         assert_eq!(heap.find(0x10000 + PAGE_SIZE), None);
+    }
+
+    #[test]
+    fn find_looks_pages_up_across_arenas() {
+        let arena = 1u64 << ARENA_SHIFT;
+        // Spans in two arenas far apart, one of them two pages long and not page-aligned at
+        // its end; a gap between them.
+        let a = 0xc000_000000u64;
+        let b = a + 5 * arena + 3 * PAGE_SIZE;
+        let mut two_pages = span(a + PAGE_SIZE, 1024, 12, &[11]);
+        two_pages.limit = two_pages.base + 12 * 1024;
+        let heap = Heap::new(
+            vec![span(a, 8192, 1, &[0]), two_pages, span(b, 16, 512, &[511])],
+            Vec::new(),
+        );
+        assert_eq!(heap.find(a + 100), Some(ObjectRef { span: 0, index: 0 }));
+        assert_eq!(
+            heap.find(a + PAGE_SIZE + 11 * 1024 + 5),
+            Some(ObjectRef { span: 1, index: 11 })
+        );
+        assert_eq!(
+            heap.find(a + PAGE_SIZE + 12 * 1024),
+            None,
+            "past the span's limit"
+        );
+        assert_eq!(heap.find(a + 3 * PAGE_SIZE), None, "a page of no span");
+        assert_eq!(heap.find(a + 2 * arena), None, "an arena of no span");
+        assert_eq!(
+            heap.find(b + 511 * 16),
+            Some(ObjectRef {
+                span: 2,
+                index: 511
+            })
+        );
     }
 
     #[test]
@@ -355,12 +438,7 @@ mod tests {
 
     #[test]
     fn marking_is_once() {
-        let mut heap = Heap {
-            spans: vec![span(0x10000, 48, 170, &[5])],
-            specials: Vec::new(),
-            lo: 0x10000,
-            hi: 0x10000 + PAGE_SIZE,
-        };
+        let mut heap = Heap::new(vec![span(0x10000, 48, 170, &[5])], Vec::new());
         let r = heap.find(0x10000 + 5 * 48 + 8).expect("object 5");
         assert!(!heap.is_marked(r));
         assert!(heap.mark(r));

@@ -18,16 +18,21 @@
 pub mod condwait;
 pub mod heap;
 pub mod mark;
+pub mod schedule;
 pub mod stackscan;
+pub mod stream;
+pub mod table;
 pub mod waits;
+pub mod worker;
 
 use std::collections::HashMap;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use gobinary::GoBinary;
 use serde::Serialize;
 
 use crate::goroutines::{GoroutineReader, RawG, STATUS_LEAKED, STATUS_WAITING};
+use crate::procmem::MemError;
 use crate::procmem::ProcessMemory;
 use crate::stack::{self, Symbolizer};
 
@@ -35,6 +40,7 @@ use condwait::{CondFinder, SudogFields};
 use heap::Heap;
 use mark::Marker;
 use stackscan::{StackRoot, StackScanStats, StackScanner};
+use table::{Entry, Said, VerdictTable};
 use waits::{WaitClass, WaitTargets};
 
 /// The identity of a park: a goroutine that still has it did not run in between. Not its saved
@@ -65,18 +71,6 @@ impl ParkKey {
     }
 }
 
-/// The verdict on one goroutine.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    /// true: leaked; false: blocked on a channel, select or sync object some goroutine that can
-    /// run may still reach; None: not analysed (not blocked on one of those, or its wait could
-    /// not be resolved).
-    pub leaked: Option<bool>,
-    /// The park the verdict is about: a record of the same goroutine in another park gets no
-    /// verdict.
-    pub key: ParkKey,
-}
-
 /// What the analysis did, for its record.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LeakStats {
@@ -105,69 +99,56 @@ pub struct LeakStats {
 }
 
 pub struct LeakAnalysis {
-    /// By goroutine id.
-    pub verdicts: HashMap<u64, Verdict>,
+    pub table: VerdictTable,
     pub stats: LeakStats,
 }
 
 impl LeakAnalysis {
+    /// No verdicts (yet): every record says `leaked: null`.
+    pub fn empty() -> LeakAnalysis {
+        LeakAnalysis {
+            table: VerdictTable::default(),
+            stats: LeakStats::default(),
+        }
+    }
+
     /// The verdict for a goroutine as read now: only if it is still in the analysed park.
     pub fn verdict_for(&self, g: &RawG) -> Option<bool> {
-        let v = self.verdicts.get(&g.goid)?;
-        if v.key != ParkKey::of(g) {
-            return None;
-        }
-        v.leaked
+        self.table.for_goroutine(g)
     }
 }
 
-/// One goroutine as one pass saw it.
-struct Seen {
-    key: ParkKey,
-    class: WaitClass,
-    /// Some: analysed; the value says leaked.
-    leaked: Option<bool>,
-}
-
-/// Runs the analysis twice and combines the passes.
+/// Runs the analysis twice and combines the passes, position by position in `allgs` (a
+/// goroutine keeps its `g`, so its position, for its whole life).
 pub fn analyse(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<LeakAnalysis> {
     let start = std::time::Instant::now();
-    let first = one_pass(mem, bin, bias).context("leak analysis")?;
-    let (second, mut stats) = one_pass(mem, bin, bias).context("leak analysis")?;
-    let first: HashMap<u64, Seen> = first.0;
-    let mut verdicts = HashMap::new();
-    for (goid, now) in second {
-        let before = first.get(&goid);
-        let leaked = match (now.leaked, before) {
-            (None, _) => None,
-            (Some(true), Some(b)) if b.key == now.key && b.leaked == Some(true) => Some(true),
-            (Some(true), _) => {
+    let (first, _) = one_pass(mem, bin, bias).context("leak analysis")?;
+    let (mut second, mut stats) = one_pass(mem, bin, bias).context("leak analysis")?;
+    for (i, now) in second.iter_mut().enumerate() {
+        let before = first.get(i).filter(|b| b.goid == now.goid);
+        match (now.said, before) {
+            (Said::Leaked, Some(b)) if b.said == Said::Leaked && b.same_park_as(now) => {}
+            (Said::Leaked, _) => {
                 stats.unstable += 1;
-                Some(false)
+                now.said = Said::NotLeaked;
             }
-            (Some(false), Some(b)) if b.leaked == Some(true) => {
-                stats.unstable += 1;
-                Some(false)
-            }
-            (Some(_), _) => Some(false),
-        };
-        if now.class != WaitClass::MayRun {
+            (Said::NotLeaked, Some(b)) if b.said == Said::Leaked => stats.unstable += 1,
+            _ => {}
+        }
+        if now.said != Said::NotAnalysed {
             stats.analysed += 1;
         }
-        if leaked == Some(true) {
+        if now.said == Said::Leaked {
             stats.leaked += 1;
         }
-        verdicts.insert(
-            goid,
-            Verdict {
-                leaked,
-                key: now.key,
-            },
-        );
     }
+    drop(first);
     stats.passes = 2;
     stats.wall_ms = start.elapsed().as_secs_f64() * 1e3;
-    Ok(LeakAnalysis { verdicts, stats })
+    Ok(LeakAnalysis {
+        table: VerdictTable::new(second),
+        stats,
+    })
 }
 
 /// Goroutines whose first sudogs are read together.
@@ -267,11 +248,38 @@ fn g_stack_words(l: &gobinary::layout::RuntimeLayout) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn one_pass(
-    mem: &ProcessMemory,
-    bin: &GoBinary,
-    bias: u64,
-) -> Result<(HashMap<u64, Seen>, LeakStats)> {
+/// A goroutine blocked on a channel, select or sync object, while a pass decides on it: 32
+/// bytes, so a million of them stay small.
+struct Blocked {
+    pos: u32,
+    /// What it waits on: `objects[first..first + count]` of the pass.
+    first: u32,
+    count: u32,
+    /// The main goroutine in `select {}`: Go leaves it out of its profile (a server's main
+    /// often ends that way), though it counts as leaked during the analysis.
+    main_select: bool,
+    stack: StackRoot,
+}
+
+/// One pass's per-goroutine state, appended chunk by chunk (no per-goroutine allocation).
+struct PassState<'a> {
+    /// By position in `allgs`.
+    entries: Vec<Entry>,
+    blocked: Vec<Blocked>,
+    objects: Vec<u64>,
+    hidden: Vec<(u64, u64)>,
+    /// Stacks of goroutines that may run: roots.
+    roots: Vec<StackRoot>,
+    unresolved: u64,
+    /// `runtime.semtable`'s waiters, read at the first sync wait that needs them (before Go
+    /// 1.26 sync waits leave `g.waiting` unset).
+    semtable: Option<HashMap<u64, (u64, u64)>>,
+    /// Stack walks with the functions' stack maps, and `sync.Cond` waits found from them.
+    scanner: StackScanner<'a>,
+    conds: CondFinder<'a>,
+}
+
+fn one_pass(mem: &ProcessMemory, bin: &GoBinary, bias: u64) -> Result<(Vec<Entry>, LeakStats)> {
     let heap_layout = bin.heap.as_ref().ok_or_else(|| {
         anyhow!("no heap layout for this Go release (no DWARF and no generated table)")
     })?;
@@ -284,144 +292,77 @@ fn one_pass(
         .as_ref()
         .map_err(|e| anyhow!("cannot locate the heap in the binary: {e}"))?;
 
-    // Goroutines, with g.waiting.
+    // Goroutines, with g.waiting, a chunk at a time: only their compact state is kept.
     let reader = GoroutineReader::new(
         mem,
         &bin.layout,
         bin.vars.allgs.wrapping_add(bias),
         bin.vars.allglen.wrapping_add(bias),
     );
-    let addrs = reader.g_addresses()?;
-    let mut gs = Vec::with_capacity(addrs.len());
-    for chunk in addrs.chunks(4096) {
-        gs.extend(reader.read_gs_with_word(chunk, objects.g_waiting)?);
-    }
-
-    // Classes; `semacquire` needs the stack to tell a Mutex from an fd lock.
-    let reason = |g: &RawG| -> &str {
-        if !g.is_waiting() {
-            return "";
-        }
-        bin.wait_reasons
-            .get(usize::from(g.wait_reason))
-            .map_or("", String::as_str)
+    let mut addrs = reader.g_addresses()?;
+    let mut st = PassState {
+        entries: vec![Entry::default(); addrs.len()],
+        blocked: Vec::new(),
+        objects: Vec::new(),
+        hidden: Vec::new(),
+        roots: Vec::new(),
+        unresolved: 0,
+        semtable: None,
+        scanner: StackScanner::new(&bin.pclntab, bias),
+        conds: CondFinder::new(
+            mem,
+            SudogFields {
+                g: heap_layout.sudog_g,
+                next: objects.sudog_next,
+            },
+        ),
     };
     let sym = Symbolizer::new(&bin.pclntab, bias);
-    let semacquire: Vec<RawG> = gs
-        .iter()
-        .filter(|(g, _)| reason(g) == "semacquire")
-        .map(|(g, _)| g.clone())
-        .collect();
-    let mut sema_stacks: HashMap<u64, Vec<String>> = HashMap::new();
-    if !semacquire.is_empty() {
-        let unwound = stack::unwind_many(mem, &bin.pclntab, bias, &semacquire)?;
-        for (g, u) in semacquire.iter().zip(unwound) {
-            if let Ok(u) = u {
-                let names = stack::symbolize(&sym, &u.pcs)
-                    .into_iter()
-                    .map(|f| f.func)
-                    .collect();
-                sema_stacks.insert(g.addr, names);
+    for (c, chunk) in addrs.chunks(SUDOG_BATCH).enumerate() {
+        let gs = reader.read_gs_with_word(chunk, objects.g_waiting)?;
+        // Dead goroutines are left out of `gs`: find each one's position again.
+        let mut k = 0;
+        let mut positions = Vec::with_capacity(gs.len());
+        for (g, _) in &gs {
+            while chunk.get(k).is_some_and(|&a| a != g.addr) {
+                k += 1;
             }
+            positions.push(c * SUDOG_BATCH + k);
+            k += 1;
         }
-    }
-    let classes: Vec<WaitClass> = gs
-        .iter()
-        .map(|(g, _)| {
-            waits::classify(reason(g), || {
-                sema_stacks.get(&g.addr).cloned().unwrap_or_default()
-            })
-        })
-        .collect();
-
-    // What each blocked goroutine waits on. Before 1.26 sync waits leave g.waiting unset: the
-    // semaphore table says.
-    let needs_semtable = gs
-        .iter()
-        .zip(&classes)
-        .any(|((_, w), c)| *c == WaitClass::Sync && w.unwrap_or(0) == 0);
-    let semtable = match (needs_semtable, vars.semtable) {
-        (true, Some(addr)) => Some(
-            waits::semtable_waiters(mem, heap_layout, objects, addr.wrapping_add(bias))
-                .context("cannot read runtime.semtable")?,
-        ),
-        _ => None,
-    };
-    let mut targets: Vec<Option<WaitTargets>> = Vec::with_capacity(gs.len());
-    let mut hidden = Vec::new();
-    // The first sudog of every g.waiting list, read many per syscall (most lists have one).
-    let first_of = |from: usize| -> Result<HashMap<u64, Vec<u8>>> {
-        let addrs: Vec<u64> = gs[from..(from + SUDOG_BATCH).min(gs.len())]
-            .iter()
-            .zip(&classes[from..])
-            .filter(|(_, c)| matches!(c, WaitClass::Chan | WaitClass::Sync))
-            .filter_map(|((_, w), _)| w.filter(|&w| w != 0))
-            .collect();
-        let size = heap_layout.sudog_size as usize;
-        let (buf, ok) = mem.read_many(&addrs, size)?;
-        Ok(addrs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| ok[*i])
-            .map(|(i, &a)| (a, buf[i * size..(i + 1) * size].to_vec()))
-            .collect())
-    };
-    let mut firsts = HashMap::new();
-    let mut stack_scanner = StackScanner::new(&bin.pclntab, bias);
-    let mut conds = CondFinder::new(
-        mem,
-        SudogFields {
-            g: heap_layout.sudog_g,
-            next: objects.sudog_next,
-        },
-    );
-    for (i, ((g, waiting), class)) in gs.iter().zip(&classes).enumerate() {
-        if i % SUDOG_BATCH == 0 {
-            firsts = first_of(i)?;
-        }
-        let waiting = waiting.unwrap_or(0);
-        let first = firsts.remove(&waiting);
-        let t = match class {
-            WaitClass::Chan if waiting != 0 => Some(waits::chan_targets(
+        let classes = classify_chunk(mem, bin, bias, &sym, &gs)?;
+        let mut firsts = first_sudogs(mem, heap_layout, &gs, &classes)?;
+        for (((g, waiting), class), pos) in gs.iter().zip(classes).zip(positions) {
+            take_goroutine(
                 mem,
-                heap_layout,
-                objects,
-                waiting,
-                first,
-            )),
-            WaitClass::Sync if waiting != 0 => Some(waits::sync_targets_from_waiting(
-                mem,
-                heap_layout,
-                objects,
-                waiting,
-                first,
-            )),
-            WaitClass::Sync => semtable
-                .as_ref()
-                .and_then(|t| t.get(&g.addr))
-                .map(|&(s, elem)| WaitTargets {
-                    objects: vec![elem],
-                    hidden: vec![(
-                        s + heap_layout.sudog_elem,
-                        s + heap_layout.sudog_elem + heap_layout.sudog_elem_len,
-                    )],
-                })
-                .or_else(|| conds.targets(&mut stack_scanner, g, reason(g))),
-            WaitClass::Never => Some(WaitTargets::default()),
-            _ => None,
-        };
-        if let Some(t) = &t {
-            hidden.extend_from_slice(&t.hidden);
+                bin,
+                bias,
+                &mut st,
+                g,
+                waiting.unwrap_or(0),
+                class,
+                pos,
+                &mut firsts,
+            )?;
         }
-        targets.push(t);
     }
 
     // The heap, then the roots.
     let heap = Heap::read(mem, heap_layout, vars.mheap.wrapping_add(bias))?;
     let (heap_spans, heap_objects, heap_bytes) = heap.totals();
-    let mut g_addrs = addrs.clone();
-    g_addrs.sort_unstable();
-    let mut marker = Marker::new(mem, heap, hidden, g_addrs, g_stack_words(&bin.layout));
+    addrs.sort_unstable();
+    let PassState {
+        mut entries,
+        blocked,
+        objects: waited,
+        hidden,
+        roots,
+        unresolved,
+        semtable: _,
+        mut scanner,
+        conds: _,
+    } = st;
+    let mut marker = Marker::new(mem, heap, hidden, addrs, g_stack_words(&bin.layout));
     let globals = precise_globals(mem, bin, bias);
     let precise = globals.is_some();
     match globals {
@@ -448,90 +389,211 @@ fn one_pass(
         SPECIAL_READ_BYTES.max(heap_layout.special_size),
         image_range(bin, bias),
     )?;
-    // Blocked goroutines not yet known to be able to run (index into gs).
-    let mut pending: Vec<usize> = Vec::new();
-    let mut stacks = Vec::new();
-    for (i, ((g, _), t)) in gs.iter().zip(&targets).enumerate() {
-        let blocked = match t {
-            Some(t) => classes[i] == WaitClass::Never || !t.objects.is_empty(),
-            None => false,
-        };
-        if blocked {
-            pending.push(i);
-        } else {
-            stacks.extend(StackRoot::of(g));
-        }
-    }
-    stack_scanner.scan(mem, &mut marker, &stacks)?;
+    scanner.scan_roots(mem, &mut marker, &roots)?;
+    drop(roots);
     marker.drain()?;
-    // To a fixed point: a goroutine whose waited-on object is reachable may be woken.
+    // To a fixed point: a goroutine whose waited-on object is reachable may be woken. Blocked
+    // goroutines not yet known to be able to run, by index into `blocked`:
+    let mut pending: Vec<u32> = (0..blocked.len())
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect();
     loop {
         let mut woke = Vec::new();
-        pending.retain(|&i| {
-            let t = targets[i].as_ref();
-            let may_run = t.is_some_and(|t| {
-                t.objects
-                    .iter()
-                    .any(|&o| marker.is_marked_or_not_in_heap(o))
-            });
+        pending.retain(|&b| {
+            let b = &blocked[b as usize];
+            let (lo, n) = (b.first as usize, b.count as usize);
+            let may_run = waited
+                .get(lo..lo + n)
+                .unwrap_or_default()
+                .iter()
+                .any(|&o| marker.is_marked_or_not_in_heap(o));
             if may_run {
-                woke.push(i);
+                woke.push(b.stack);
             }
             !may_run
         });
         if woke.is_empty() {
             break;
         }
-        let stacks: Vec<StackRoot> = woke
-            .iter()
-            .filter_map(|&i| StackRoot::of(&gs[i].0))
-            .collect();
-        stack_scanner.scan(mem, &mut marker, &stacks)?;
+        scanner.scan_roots(mem, &mut marker, &woke)?;
         marker.drain()?;
     }
-
-    let mut seen = HashMap::with_capacity(gs.len());
-    let mut stats = LeakStats {
+    for &b in &pending {
+        let b = &blocked[b as usize];
+        if let Some(e) = entries.get_mut(b.pos as usize).filter(|_| !b.main_select) {
+            e.said = Said::Leaked;
+        }
+    }
+    let stats = LeakStats {
         heap_spans,
         heap_objects,
         heap_bytes,
         precise_globals: precise,
         marked_objects: marker.marked_objects,
         scanned_bytes: marker.scanned_bytes,
-        stacks: stack_scanner.stats,
+        stacks: scanner.stats,
+        unresolved,
         ..LeakStats::default()
     };
-    let mut left = vec![false; gs.len()];
-    for &i in &pending {
-        left[i] = true;
+    Ok((entries, stats))
+}
+
+/// The wait class of each goroutine of a chunk; `semacquire` needs the stack to tell a Mutex
+/// from an fd lock.
+fn classify_chunk(
+    mem: &ProcessMemory,
+    bin: &GoBinary,
+    bias: u64,
+    sym: &Symbolizer<'_>,
+    gs: &[(RawG, Option<u64>)],
+) -> Result<Vec<WaitClass>> {
+    let semacquire: Vec<RawG> = gs
+        .iter()
+        .filter(|(g, _)| reason(bin, g) == "semacquire")
+        .map(|(g, _)| g.clone())
+        .collect();
+    let mut sema_stacks: HashMap<u64, Vec<String>> = HashMap::new();
+    if !semacquire.is_empty() {
+        let unwound = stack::unwind_many(mem, &bin.pclntab, bias, &semacquire)?;
+        for (g, u) in semacquire.iter().zip(unwound) {
+            if let Ok(u) = u {
+                let names = stack::symbolize(sym, &u.pcs)
+                    .into_iter()
+                    .map(|f| f.func)
+                    .collect();
+                sema_stacks.insert(g.addr, names);
+            }
+        }
     }
-    for (i, ((g, _), t)) in gs.iter().zip(&targets).enumerate() {
-        let class = classes[i];
-        let leaked = match (class, t) {
-            (WaitClass::MayRun, _) => None,
-            (_, None) => {
-                stats.unresolved += 1;
-                None
-            }
-            (WaitClass::Chan | WaitClass::Sync, Some(t)) if t.objects.is_empty() => {
-                stats.unresolved += 1;
-                None
-            }
-            // Go leaves the main goroutine in `select {}` out of its profile (a server's
-            // main often ends that way), though it counts as leaked during the analysis.
-            (WaitClass::Never, Some(_)) if g.goid == 1 && reason(g) == "select (no cases)" => {
-                Some(false)
-            }
-            (_, Some(_)) => Some(left[i]),
-        };
-        seen.insert(
-            g.goid,
-            Seen {
-                key: ParkKey::of(g),
-                class,
-                leaked,
-            },
-        );
+    Ok(gs
+        .iter()
+        .map(|(g, _)| {
+            waits::classify(reason(bin, g), || {
+                sema_stacks.get(&g.addr).cloned().unwrap_or_default()
+            })
+        })
+        .collect())
+}
+
+/// The runtime's name of a waiting goroutine's wait reason ("" when it is not waiting).
+fn reason<'b>(bin: &'b GoBinary, g: &RawG) -> &'b str {
+    if !g.is_waiting() {
+        return "";
     }
-    Ok((seen, stats))
+    bin.wait_reasons
+        .get(usize::from(g.wait_reason))
+        .map_or("", String::as_str)
+}
+
+/// The first sudog of every `g.waiting` list of a chunk, read many per syscall (most lists
+/// have one).
+fn first_sudogs(
+    mem: &ProcessMemory,
+    heap_layout: &gobinary::heaplayout::HeapLayout,
+    gs: &[(RawG, Option<u64>)],
+    classes: &[WaitClass],
+) -> Result<HashMap<u64, Vec<u8>>, MemError> {
+    let addrs: Vec<u64> = gs
+        .iter()
+        .zip(classes)
+        .filter(|(_, c)| matches!(c, WaitClass::Chan | WaitClass::Sync))
+        .filter_map(|((_, w), _)| w.filter(|&w| w != 0))
+        .collect();
+    let size = heap_layout.sudog_size as usize;
+    let (buf, ok) = mem.read_many(&addrs, size)?;
+    Ok(addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ok[*i])
+        .map(|(i, &a)| (a, buf[i * size..(i + 1) * size].to_vec()))
+        .collect())
+}
+
+/// Takes in one goroutine of a pass: what it waits on (if it is blocked on a channel, select or
+/// sync object), or its stack as a root (if it may run).
+#[allow(clippy::too_many_arguments)]
+fn take_goroutine(
+    mem: &ProcessMemory,
+    bin: &GoBinary,
+    bias: u64,
+    st: &mut PassState<'_>,
+    g: &RawG,
+    waiting: u64,
+    class: WaitClass,
+    pos: usize,
+    firsts: &mut HashMap<u64, Vec<u8>>,
+) -> Result<()> {
+    let (Some(h), Some(o)) = (bin.heap.as_ref(), bin.objects.as_ref()) else {
+        return Ok(());
+    };
+    let mut first = || firsts.remove(&waiting);
+    if class == WaitClass::Sync && waiting == 0 && st.semtable.is_none() {
+        if let Ok(Some(addr)) = bin.heap_vars.as_ref().map(|v| v.semtable) {
+            st.semtable = Some(
+                waits::semtable_waiters(mem, h, o, addr.wrapping_add(bias))
+                    .context("cannot read runtime.semtable")?,
+            );
+        }
+    }
+    let t = match class {
+        WaitClass::Chan if waiting != 0 => Some(waits::chan_targets(mem, h, o, waiting, first())),
+        WaitClass::Sync if waiting != 0 => Some(waits::sync_targets_from_waiting(
+            mem,
+            h,
+            o,
+            waiting,
+            first(),
+        )),
+        WaitClass::Sync => st
+            .semtable
+            .as_ref()
+            .and_then(|t| t.get(&g.addr))
+            .map(|&(s, elem)| WaitTargets {
+                objects: vec![elem],
+                hidden: vec![(s + h.sudog_elem, s + h.sudog_elem + h.sudog_elem_len)],
+            })
+            .or_else(|| st.conds.targets(&mut st.scanner, g, reason(bin, g))),
+        WaitClass::Never => Some(WaitTargets::default()),
+        WaitClass::MayRun | WaitClass::Chan => None,
+    };
+    if let Some(t) = &t {
+        st.hidden.extend_from_slice(&t.hidden);
+    }
+    let said = match (class, &t) {
+        (WaitClass::MayRun, _) => Said::NotAnalysed,
+        (WaitClass::Never, _) => Said::NotLeaked,
+        (_, Some(t)) if !t.objects.is_empty() => Said::NotLeaked,
+        // Counted as able to run.
+        _ => Said::Unresolved,
+    };
+    if let Some(e) = st.entries.get_mut(pos) {
+        *e = Entry::of(g, said);
+    }
+    match (said, t) {
+        (Said::NotLeaked, Some(t)) => {
+            let (Ok(pos), Ok(first), Ok(count)) = (
+                u32::try_from(pos),
+                u32::try_from(st.objects.len()),
+                u32::try_from(t.objects.len()),
+            ) else {
+                bail!("more goroutines or waited-on objects than a pass can hold");
+            };
+            st.objects.extend_from_slice(&t.objects);
+            st.blocked.push(Blocked {
+                pos,
+                first,
+                count,
+                main_select: class == WaitClass::Never
+                    && g.goid == 1
+                    && reason(bin, g) == "select (no cases)",
+                stack: StackRoot::of(g),
+            });
+        }
+        (Said::Unresolved, _) => {
+            st.unresolved += 1;
+            st.roots.push(StackRoot::of(g));
+        }
+        _ => st.roots.push(StackRoot::of(g)),
+    }
+    Ok(())
 }

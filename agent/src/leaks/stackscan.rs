@@ -79,46 +79,28 @@ pub struct StackScanner<'a> {
     pub stats: StackScanStats,
 }
 
-/// How one goroutine's stack is scanned, decided from its `g` (24 bytes, so a million of them
-/// stay small): walked frame by frame from `pc` and `sp` up to `hi`, or, when `pc` is 0,
-/// `[sp, hi)` scanned whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a goroutine's stack is scanned from, kept instead of its `g` while an analysis
+/// collects a million goroutines (32 bytes): its frames walked from a saved pc and sp, or a
+/// range scanned whole (conservatively). A dead goroutine has none.
+#[derive(Debug, Clone, Copy)]
 pub struct StackRoot {
-    pc: u64,
-    sp: u64,
-    hi: u64,
+    walk: Result<Walk, (u64, u64)>,
 }
 
 impl StackRoot {
-    /// None for a dead goroutine: its stack holds nothing live (the GC skips it too).
-    pub fn of(g: &RawG) -> Option<StackRoot> {
-        if g.is_dead() {
-            return None;
+    pub fn of(g: &RawG) -> StackRoot {
+        StackRoot {
+            walk: if g.is_dead() { Err((0, 0)) } else { walk_of(g) },
         }
-        let (lo, hi) = (g.stack_lo, g.stack_hi);
-        let inside = |sp: u64| sp >= lo && sp < hi;
-        let whole = |sp| Some(StackRoot { pc: 0, sp, hi });
-        // A running goroutine's frames are in a CPU's registers and moving.
-        if g.is_running() {
-            return whole(lo);
-        }
-        let (pc, sp) = if g.is_syscall() {
-            (g.syscallpc, g.syscallsp)
-        } else {
-            (g.sched_pc, g.sched_sp)
-        };
-        if !inside(sp) {
-            return whole(lo);
-        }
-        if pc == 0 || hi - sp > MAX_PRECISE_STACK || !sp.is_multiple_of(8) {
-            return whole(sp);
-        }
-        Some(StackRoot { pc, sp, hi })
     }
+}
 
-    fn walked(&self) -> bool {
-        self.pc != 0
-    }
+/// Where a goroutine's frames are to be walked from.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    pc: u64,
+    sp: u64,
+    hi: u64,
 }
 
 impl<'a> StackScanner<'a> {
@@ -132,18 +114,28 @@ impl<'a> StackScanner<'a> {
         }
     }
 
-    /// Scans the stacks of `gs` into `marker`. Fails only when the target has gone or cannot
-    /// be read at all; unreadable stack memory is skipped (it is gone: nothing to keep alive).
-    pub fn scan(
+    /// Scans the stacks of `roots` into `marker`. Fails only when the target has gone or
+    /// cannot be read at all; unreadable stack memory is skipped (it is gone: nothing to keep
+    /// alive).
+    pub fn scan_roots(
         &mut self,
         mem: &ProcessMemory,
         marker: &mut Marker<'_>,
         roots: &[StackRoot],
     ) -> Result<(), MemError> {
-        let (walks, whole): (Vec<StackRoot>, Vec<StackRoot>) =
-            roots.iter().partition(|r| r.walked());
-        self.stats.stacks_conservative += whole.len() as u64;
-        let whole: Vec<(u64, u64)> = whole.iter().map(|r| (r.sp, r.hi)).collect();
+        let mut whole = Vec::new();
+        let mut walks = Vec::new();
+        for r in roots {
+            match r.walk {
+                Ok(w) => walks.push(w),
+                // A dead goroutine's: nothing.
+                Err((lo, hi)) if lo >= hi => {}
+                Err(range) => {
+                    self.stats.stacks_conservative += 1;
+                    whole.push(range);
+                }
+            }
+        }
         marker.scan_ranges(&whole)?;
         let mut start = 0;
         while start < walks.len() {
@@ -369,7 +361,7 @@ impl<'a> StackScanner<'a> {
         g: &RawG,
         func: &str,
     ) -> Option<Vec<u64>> {
-        let w = StackRoot::of(g).filter(StackRoot::walked)?;
+        let w = walk_of(g).ok()?;
         let stack = mem.read_vec(w.sp, (w.hi - w.sp) as usize).ok()?;
         let (frames, _) = self.frames(w.pc, w.sp, &stack);
         let f = frames.iter().find(|f| {
@@ -414,6 +406,27 @@ fn frame_pointers(layout: FrameLayout, sp: u64, fp: u64) -> (u64, u64) {
         varp -= 8;
     }
     (varp, argp)
+}
+
+/// Where a goroutine's stack is walked from, or the range to scan whole when it cannot be.
+fn walk_of(g: &RawG) -> Result<Walk, (u64, u64)> {
+    let (lo, hi) = (g.stack_lo, g.stack_hi);
+    let inside = |sp: u64| sp >= lo && sp < hi;
+    if g.is_running() {
+        return Err((lo, hi));
+    }
+    let (pc, sp) = if g.is_syscall() {
+        (g.syscallpc, g.syscallsp)
+    } else {
+        (g.sched_pc, g.sched_sp)
+    };
+    if !inside(sp) {
+        return Err((lo, hi));
+    }
+    if pc == 0 || hi - sp > MAX_PRECISE_STACK || !sp.is_multiple_of(8) {
+        return Err((sp, hi));
+    }
+    Ok(Walk { pc, sp, hi })
 }
 
 /// Scans `[lo, hi)` of a stack copy that starts at `base`, conservatively (clamped to the copy).

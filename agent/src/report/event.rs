@@ -103,6 +103,12 @@ pub struct GoroutineSummary {
     pub groups_omitted: u64,
     /// Groups that are leak suspects now.
     pub leak_suspects: u64,
+    /// Streaming `--leaks`: grouped goroutines called leaked now, and groups with such
+    /// members (null until the first analysis; absent without `--leaks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaked_groups: Option<Option<u64>>,
     /// Context verdicts of the goroutines with a `blocked` record out now.
     pub context_verdicts: BTreeMap<String, u64>,
     pub system_goroutines: u64,
@@ -181,5 +187,8 @@ pub enum Event {
         stats: crate::leaks::LeakStats,
         /// Why the analysis could not run, or null.
         error: Option<String>,
+        /// Streaming: which analysis, what is new, what it cost and whether it was late.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        run: Option<crate::leaks::stream::LeakRun>,
     },
 }

@@ -73,6 +73,10 @@ fn render_goroutine(out: &mut String, g: &GoroutineReport) {
 /// `LEAK SUSPECT 254,900 goroutines [chan send, 5s–1m40s] +15,000/min, 1.9 GiB of stack`,
 /// then the stack once.
 fn render_group(out: &mut String, g: &GroupRecord) {
+    // Found leaked by reachability: a stronger signal than growth, so it comes first.
+    if g.leaked.is_some_and(|n| n > 0) {
+        out.push_str("LEAKED ");
+    }
     if g.leak_suspect {
         out.push_str("LEAK SUSPECT ");
     }
@@ -89,9 +93,9 @@ fn render_group(out: &mut String, g: &GroupRecord) {
     }
     let _ = write!(out, ", {} of stack", human_bytes(g.stack_bytes));
     match g.leaked {
-        Some(n) if n == g.goroutines => out.push_str(", LEAKED"),
+        Some(n) if n == g.goroutines => out.push_str(", all leaked"),
         Some(n) if n > 0 => {
-            let _ = write!(out, ", {} LEAKED", thousands(n));
+            let _ = write!(out, ", {} of them leaked", thousands(n));
         }
         _ => {}
     }
@@ -316,6 +320,7 @@ pub fn render(event: &Event, pid: u32) -> String {
                     groups,
                     groups_omitted,
                     leak_suspects,
+                    leaked,
                     top_creation_sites,
                     probe,
                     ..
@@ -345,6 +350,9 @@ pub fn render(event: &Event, pid: u32) -> String {
                     0 => String::new(),
                     1 => ", 1 LEAK SUSPECT".into(),
                     n => format!(", {n} LEAK SUSPECTS"),
+                } + &match leaked {
+                    Some(Some(n)) if *n > 0 => format!(", {} LEAKED", thousands(*n)),
+                    _ => String::new(),
                 },
                 match groups_omitted {
                     0 => String::new(),
@@ -396,26 +404,47 @@ pub fn render(event: &Event, pid: u32) -> String {
             leaked,
             stats,
             error,
-        } => match (leaked, error) {
-            (Some(n), _) => {
-                let _ = writeln!(
-                    out,
-                    "leak analysis: {n} LEAKED of {} goroutines blocked on channels, select or \
-                     sync ({} objects, {} of heap; {:.0} ms)",
-                    stats.analysed,
-                    thousands(stats.heap_objects),
-                    human_bytes(stats.heap_bytes),
-                    stats.wall_ms
-                );
+            run,
+        } => {
+            let which = run
+                .as_ref()
+                .map(|r| format!(" #{}", r.analysis))
+                .unwrap_or_default();
+            match (leaked, error) {
+                (Some(n), _) => {
+                    let _ = write!(
+                        out,
+                        "leak analysis{which}: {n} LEAKED of {} goroutines blocked on channels, \
+                         select or sync ({} objects, {} of heap; {:.0} ms)",
+                        stats.analysed,
+                        thousands(stats.heap_objects),
+                        human_bytes(stats.heap_bytes),
+                        stats.wall_ms
+                    );
+                }
+                (None, e) => {
+                    let _ = write!(
+                        out,
+                        "leak analysis{which} not done: {}",
+                        e.as_deref().unwrap_or("unknown reason")
+                    );
+                }
             }
-            (None, e) => {
-                let _ = writeln!(
-                    out,
-                    "leak analysis not done: {}",
-                    e.as_deref().unwrap_or("unknown reason")
-                );
+            if let Some(r) = run {
+                let _ = write!(out, "; {} newly leaked", thousands(r.newly_leaked));
+                if let Some(why) = &r.delay_reason {
+                    let _ = write!(
+                        out,
+                        "; started {} late: {why}",
+                        human_duration(r.delayed_ms as u64 * 1_000_000)
+                    );
+                }
+                if r.skipped > 0 {
+                    let _ = write!(out, "; {} intervals skipped so far", r.skipped);
+                }
             }
-        },
+            out.push('\n');
+        }
     }
     out
 }
