@@ -50,6 +50,36 @@ impl FrameLayout {
             FrameLayout::Arm64 => Some((sp, sp.checked_add(frame_size)?)),
         }
     }
+
+    /// Each frame's `fp` (its caller's sp, as the runtime's traceback names it), from where
+    /// the return addresses were found: `slots[k]` holds the return address into frame `k + 1`.
+    /// amd64: just above frame k's return address. arm64: frame k saved its LR at its own sp,
+    /// so its fp is where frame k + 1 saved its own (the outermost frame's is not known).
+    pub fn frame_fps(self, slots: &[u64]) -> Vec<u64> {
+        match self {
+            FrameLayout::Amd64 => slots.iter().map(|s| s.saturating_add(8)).collect(),
+            FrameLayout::Arm64 => slots.iter().skip(1).copied().collect(),
+        }
+    }
+
+    /// Where a frame's locals end (`frame.varp`), below the word saved for the frame pointer:
+    /// amd64 saves rbp just below the return address; arm64's callees save theirs at sp - 8,
+    /// the top word of their caller's frame.
+    pub fn varp(self, fp: u64) -> Option<u64> {
+        match self {
+            FrameLayout::Amd64 => fp.checked_sub(16),
+            FrameLayout::Arm64 => fp.checked_sub(8),
+        }
+    }
+
+    /// Where a frame's arguments start (`frame.argp`): at fp on amd64, above the caller's saved
+    /// LR on arm64.
+    pub fn argp(self, fp: u64) -> Option<u64> {
+        match self {
+            FrameLayout::Amd64 => Some(fp),
+            FrameLayout::Arm64 => fp.checked_add(8),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +96,24 @@ mod tests {
             FrameLayout::of(Arch::X86_64).read_base(0x1000, 0x800),
             0x1000
         );
+    }
+
+    #[test]
+    fn frame_boundaries_as_the_runtime_names_them() {
+        // amd64: return addresses at 0x1020 and 0x1058; fp just above each.
+        let amd64 = FrameLayout::Amd64;
+        assert_eq!(amd64.frame_fps(&[0x1020, 0x1058]), vec![0x1028, 0x1060]);
+        assert_eq!(amd64.varp(0x1028), Some(0x1018));
+        assert_eq!(amd64.argp(0x1028), Some(0x1028));
+        // arm64: frame k's LR at its own sp; its fp is the next frame's sp.
+        let arm64 = FrameLayout::Arm64;
+        assert_eq!(
+            arm64.frame_fps(&[0x1000, 0x1030, 0x1080]),
+            vec![0x1030, 0x1080]
+        );
+        assert_eq!(arm64.varp(0x1030), Some(0x1028));
+        assert_eq!(arm64.argp(0x1030), Some(0x1038));
+        assert_eq!(arm64.varp(4), None);
     }
 
     #[test]

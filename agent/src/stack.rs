@@ -67,6 +67,11 @@ impl<'a> Symbolizer<'a> {
         }
     }
 
+    /// The target's frame layout.
+    pub fn layout(&self) -> FrameLayout {
+        FrameLayout::of(self.pclntab.arch())
+    }
+
     /// Logical frames for a return address (the call instruction is at `pc - 1`).
     pub fn frames_for_return_pc(&self, pc: u64) -> Rc<[Frame]> {
         if let Some(f) = self.cache.borrow().get(&pc) {

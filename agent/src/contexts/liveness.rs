@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use gobinary::pclntab::StackLiveness;
 
+use crate::frame_layout::FrameLayout;
 use crate::stack::Symbolizer;
 
 /// Stack maps by pc: goroutines parked at the same places share them.
@@ -23,27 +24,24 @@ impl StackMapCache {
 }
 
 pub struct FrameLiveness {
-    /// `slots[k]` holds the return address into frame `k + 1`; frame `k` lies below it.
-    slots: Vec<u64>,
+    layout: FrameLayout,
+    /// `fps[k]`: frame k's fp (its caller's sp, [`FrameLayout::frame_fps`]); frame k lies below.
+    fps: Vec<u64>,
     /// Stack maps of frame `k` at its pc (None: unknown).
     maps: Vec<Option<Rc<StackLiveness>>>,
 }
 
 impl FrameLiveness {
-    /// `pcs[k]` is frame k's pc (the saved pc, then return addresses).
-    pub fn new(
-        cache: &mut StackMapCache,
-        sym: &Symbolizer<'_>,
-        pcs: &[u64],
-        slots: &[u64],
-    ) -> Self {
+    /// `pcs[k]` is frame k's pc (the saved pc, then return addresses); `fps` as above.
+    pub fn new(cache: &mut StackMapCache, sym: &Symbolizer<'_>, pcs: &[u64], fps: &[u64]) -> Self {
         let maps = pcs
             .iter()
-            .take(slots.len())
+            .take(fps.len())
             .map(|&pc| cache.get(sym, pc))
             .collect();
         FrameLiveness {
-            slots: slots.to_vec(),
+            layout: sym.layout(),
+            fps: fps.to_vec(),
             maps,
         }
     }
@@ -51,22 +49,22 @@ impl FrameLiveness {
     /// Some(false) when the stack maps say the word at `addr` holds no live pointer; None when
     /// they do not cover it (then it is not ruled out).
     pub fn is_live(&self, addr: u64) -> Option<bool> {
-        let k = self.slots.iter().position(|&s| addr < s)?;
-        // Frame k's locals end at its saved frame pointer, just below its return address.
+        let k = self.fps.iter().position(|&fp| addr < fp)?;
+        // Frame k's locals end at its varp.
         if let Some(m) = self.maps.get(k).and_then(Option::as_ref) {
-            let varp = self.slots[k].checked_sub(8)?;
+            let varp = self.layout.varp(self.fps[k])?;
             let start = varp.checked_sub(8 * u64::from(m.locals_words))?;
             if addr >= start && addr < varp {
                 return Some(m.local_live((addr - start) / 8));
             }
         }
-        // The arguments of frame k-1 start just above its return address.
+        // The arguments of frame k-1 start at its argp, in frame k.
         if k > 0 {
             if let Some(m) = self.maps.get(k - 1).and_then(Option::as_ref) {
-                let fp = self.slots[k - 1].checked_add(8)?;
-                let end = fp.checked_add(8 * u64::from(m.args_words))?;
-                if addr >= fp && addr < end {
-                    return Some(m.arg_live((addr - fp) / 8));
+                let argp = self.layout.argp(self.fps[k - 1])?;
+                let end = argp.checked_add(8 * u64::from(m.args_words))?;
+                if addr >= argp && addr < end {
+                    return Some(m.arg_live((addr - argp) / 8));
                 }
             }
         }

@@ -26,6 +26,7 @@ use gobinary::objlayout::ObjectLayout;
 use gobinary::rtype::TypeReader;
 use serde::Serialize;
 
+use crate::frame_layout::FrameLayout;
 use crate::goroutines::RawG;
 use crate::stack::{SourceFrame, Symbolizer, Unwound};
 use chain::{Decoder, Iface, Link, Own};
@@ -349,8 +350,9 @@ impl ContextAnalyzer {
         if candidates.is_empty() {
             return Vec::new();
         }
-        let slots = u.return_slots();
-        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &slots);
+        let layout = sym.layout();
+        let fps = layout.frame_fps(&u.return_slots());
+        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &fps);
         let func_of = |pc: u64| {
             sym.func_name(pc.wrapping_sub(1))
                 .unwrap_or_else(|| "?".to_string())
@@ -362,7 +364,8 @@ impl ContextAnalyzer {
             if live.is_live(addr + 8) == Some(false) {
                 continue;
             }
-            out.push(((itab, data), frame_of(addr, &u.pcs, &slots, sym, &func_of)));
+            let frame = frame_of(addr, layout, &u.pcs, &fps, sym, &func_of);
+            out.push(((itab, data), frame));
         }
         out
     }
@@ -479,29 +482,32 @@ impl ContextAnalyzer {
 }
 
 /// The function a stack word belongs to, as Go's traceback attributes arguments: the words
-/// right above a return address, up to the callee's argument size, are the callee's spilled
-/// arguments; the rest of a frame is the caller's. `slots[k]` holds `pcs[k + 1]`.
+/// from a callee's argp, up to its argument size, are the callee's spilled arguments although
+/// they lie in its caller's frame; the rest of a frame is its own. `fps[k]` is frame k's fp
+/// ([`FrameLayout::frame_fps`]).
 fn frame_of(
     addr: u64,
+    layout: FrameLayout,
     pcs: &[u64],
-    slots: &[u64],
+    fps: &[u64],
     sym: &Symbolizer<'_>,
     func_of: &dyn Fn(u64) -> String,
 ) -> String {
-    // The innermost frame is the one whose return slot is the first at or above addr.
-    let k = slots.iter().position(|&s| addr < s);
+    // The innermost frame whose fp is above addr.
+    let k = fps.iter().position(|&fp| addr < fp);
     let Some(k) = k else {
         return pcs.last().map(|&pc| func_of(pc)).unwrap_or_default();
     };
     if k > 0 {
-        // addr is above slot k-1, which returns into pcs[k]; the callee is pcs[k-1]'s function.
         let callee_pc = pcs[k - 1];
         let args = sym.func_args(callee_pc.wrapping_sub(1)).unwrap_or(0);
-        if addr < slots[k - 1].saturating_add(8).saturating_add(args) {
-            return func_of(callee_pc);
+        if let Some(argp) = layout.argp(fps[k - 1]) {
+            if addr >= argp && addr < argp.saturating_add(args) {
+                return func_of(callee_pc);
+            }
         }
     }
-    func_of(pcs[k])
+    pcs.get(k).map(|&pc| func_of(pc)).unwrap_or_default()
 }
 
 /// RFC 3339 of a Unix-nanosecond instant (what humantime prints, UTC).
