@@ -20,6 +20,9 @@ pub enum FrameLayout {
     Arm64,
 }
 
+/// A frame's fp that its walk did not establish ([`FrameLayout::frame_fps`]).
+pub const UNKNOWN_FP: u64 = u64::MAX;
+
 impl FrameLayout {
     pub fn of(arch: Arch) -> FrameLayout {
         match arch {
@@ -54,18 +57,28 @@ impl FrameLayout {
     /// Each frame's `fp` (its caller's sp, as the runtime's traceback names it), from where
     /// the return addresses were found: `slots[k]` holds the return address into frame `k + 1`.
     /// amd64: just above frame k's return address. arm64: frame k saved its LR at its own sp,
-    /// so its fp is where frame k + 1 saved its own (the outermost frame's is not known).
+    /// so its fp is where frame k + 1 saved its own; the last frame that saved one (below the
+    /// outermost, `runtime.goexit`, which saves none) gets [`UNKNOWN_FP`]: it reaches up to
+    /// the stack's top.
     pub fn frame_fps(self, slots: &[u64]) -> Vec<u64> {
         match self {
             FrameLayout::Amd64 => slots.iter().map(|s| s.saturating_add(8)).collect(),
-            FrameLayout::Arm64 => slots.iter().skip(1).copied().collect(),
+            FrameLayout::Arm64 => slots
+                .iter()
+                .skip(1)
+                .copied()
+                .chain(slots.last().map(|_| UNKNOWN_FP))
+                .collect(),
         }
     }
 
-    /// Where a frame's locals end (`frame.varp`), below the word saved for the frame pointer:
+    /// Where a frame's locals end (`frame.varp`; None for [`UNKNOWN_FP`]), below the word saved for the frame pointer:
     /// amd64 saves rbp just below the return address; arm64's callees save theirs at sp - 8,
     /// the top word of their caller's frame.
     pub fn varp(self, fp: u64) -> Option<u64> {
+        if fp == UNKNOWN_FP {
+            return None;
+        }
         match self {
             FrameLayout::Amd64 => fp.checked_sub(16),
             FrameLayout::Arm64 => fp.checked_sub(8),
@@ -109,8 +122,10 @@ mod tests {
         let arm64 = FrameLayout::Arm64;
         assert_eq!(
             arm64.frame_fps(&[0x1000, 0x1030, 0x1080]),
-            vec![0x1030, 0x1080]
+            vec![0x1030, 0x1080, UNKNOWN_FP]
         );
+        assert_eq!(arm64.frame_fps(&[]), Vec::<u64>::new());
+        assert_eq!(arm64.varp(UNKNOWN_FP), None);
         assert_eq!(arm64.varp(0x1030), Some(0x1028));
         assert_eq!(arm64.argp(0x1030), Some(0x1038));
         assert_eq!(arm64.varp(4), None);

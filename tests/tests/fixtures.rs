@@ -172,24 +172,32 @@ fn prebuild_matrix_fixtures() {
     // The threads tests' C fixture (the deadlock test) and cgo fixture (a cgo call blocked in C,
     // built by the newest Go as that test does), which VMs run.
     ctxprobe_tests::cbuild::build_c_fixture("deadlock").unwrap_or_else(|e| panic!("{e:#}"));
-    let latest = ctxprobe_tests::toolchain::Toolchain::find(ctxprobe_tests::toolchain::LATEST_GO)
+    let newest = ctxprobe_tests::toolchain::Toolchain::find(ctxprobe_tests::toolchain::LATEST_GO)
         .expect("newest Go");
-    latest.record_version().expect("newest Go's version");
+    newest.record_version().expect("newest Go's version");
     let cgo = ctxprobe_tests::toolchain::BuildMode::named("cgo").expect("cgo build mode");
-    ctxprobe_tests::gobuild::build_fixture("cgoblock", &latest, &cgo)
+    ctxprobe_tests::gobuild::build_fixture("cgoblock", &newest, &cgo)
         .unwrap_or_else(|e| panic!("cgoblock: {e:#}"));
     // Context diagnosis and leak verdicts against their fixtures' truth (agent_contexts,
     // agent_leaks), in the cells those tests name themselves.
-    for v in ["1.19", "1.21", "1.25", ctxprobe_tests::toolchain::LATEST_GO] {
+    let latest = ctxprobe_tests::toolchain::LATEST_GO;
+    let mut cells = vec![(latest, "stripped-pie")];
+    for v in ["1.19", "1.21", latest] {
+        cells.push((v, "stripped"));
+    }
+    for v in [
+        "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", latest,
+    ] {
+        cells.push((v, "default"));
+    }
+    for (v, m) in cells {
         let tc = ctxprobe_tests::toolchain::Toolchain::find(v).expect("toolchain");
         tc.record_version()
             .unwrap_or_else(|e| panic!("Go {v}: {e:#}"));
-        for m in ["default", "stripped", "stripped-pie"] {
-            let mode = ctxprobe_tests::toolchain::BuildMode::named(m).expect("build mode");
-            for fixture in ["contexts", "leaks"] {
-                ctxprobe_tests::gobuild::build_fixture(fixture, &tc, &mode)
-                    .unwrap_or_else(|e| panic!("{fixture} for Go {v} {m}: {e:#}"));
-            }
+        let mode = ctxprobe_tests::toolchain::BuildMode::named(m).expect("build mode");
+        for fixture in ["contexts", "leaks"] {
+            ctxprobe_tests::gobuild::build_fixture(fixture, &tc, &mode)
+                .unwrap_or_else(|e| panic!("{fixture} for Go {v} {m}: {e:#}"));
         }
     }
 }

@@ -51,8 +51,8 @@ impl FrameLiveness {
     pub fn is_live(&self, addr: u64) -> Option<bool> {
         let k = self.fps.iter().position(|&fp| addr < fp)?;
         // Frame k's locals end at its varp.
-        if let Some(m) = self.maps.get(k).and_then(Option::as_ref) {
-            let varp = self.layout.varp(self.fps[k])?;
+        let map = self.maps.get(k).and_then(Option::as_ref);
+        if let Some((m, varp)) = map.zip(self.layout.varp(self.fps[k])) {
             let start = varp.checked_sub(8 * u64::from(m.locals_words))?;
             if addr >= start && addr < varp {
                 return Some(m.local_live((addr - start) / 8));
