@@ -443,7 +443,7 @@ mod garbage_tests {
             0x7f00_0000_2000,
             0x7f00_0000_0ff8,
             0x7f00_0000_3008,
-            0xc000_0100_00,
+            0x00c0_0001_0000,
         ] {
             assert_eq!(dec.context_type(&types, other), None, "{other:#x}");
         }
