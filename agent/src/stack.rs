@@ -232,7 +232,8 @@ struct StackPlan {
     len: usize,
 }
 
-fn plan(g: &RawG, layout: FrameLayout) -> Result<StackPlan, StackError> {
+fn plan(g: &RawG, pclntab: &Pclntab) -> Result<StackPlan, StackError> {
+    let layout = FrameLayout::of(pclntab.arch());
     if g.is_running() {
         return Err(StackError::Running);
     }
@@ -242,7 +243,8 @@ fn plan(g: &RawG, layout: FrameLayout) -> Result<StackPlan, StackError> {
             _ => (g.syscallpc, g.syscallsp, 0, false),
         }
     } else {
-        (g.sched_pc, g.sched_sp, g.sched_bp, true)
+        let use_fp = pclntab.frame_pointers_follow_copies();
+        (g.sched_pc, g.sched_sp, g.sched_bp, use_fp)
     };
     if pc == 0 || sp < g.stack_lo || sp >= g.stack_hi {
         return Err(StackError::Unreadable(format!(
@@ -266,7 +268,7 @@ fn plan(g: &RawG, layout: FrameLayout) -> Result<StackPlan, StackError> {
 
 /// Bytes [`unwind_many`] reads for `g` (0 when it reads nothing).
 pub fn read_len(g: &RawG, pclntab: &Pclntab) -> usize {
-    plan(g, FrameLayout::of(pclntab.arch())).map_or(0, |p| p.len)
+    plan(g, pclntab).map_or(0, |p| p.len)
 }
 
 /// Return addresses of a non-running goroutine, innermost first (runtime addresses), with the
@@ -277,7 +279,7 @@ pub fn unwind_with_stack(
     bias: u64,
     g: &RawG,
 ) -> Result<Unwound, StackError> {
-    let plan = plan(g, FrameLayout::of(pclntab.arch()))?;
+    let plan = plan(g, pclntab)?;
     let stack = mem
         .read_vec(plan.base, plan.len)
         .map_err(|e| StackError::Unreadable(e.to_string()))?;
@@ -293,8 +295,7 @@ pub fn unwind_many(
     bias: u64,
     gs: &[RawG],
 ) -> Result<Vec<Result<Unwound, StackError>>, MemError> {
-    let layout = FrameLayout::of(pclntab.arch());
-    let plans: Vec<Result<StackPlan, StackError>> = gs.iter().map(|g| plan(g, layout)).collect();
+    let plans: Vec<Result<StackPlan, StackError>> = gs.iter().map(|g| plan(g, pclntab)).collect();
     // One buffer for the whole batch, each stack a slice of it: one allocation, not one per
     // goroutine (a dump reads a million stacks).
     let total = plans.iter().flatten().map(|p| p.len).sum();

@@ -272,6 +272,9 @@ pub struct Pclntab {
     /// `pcHeader.minLC`, the instruction size quantum pc deltas are counted in (1 on amd64,
     /// 4 on arm64).
     pc_quantum: u8,
+    /// Whether the runtime fixes saved frame pointers when it copies a goroutine's stack:
+    /// always on amd64, on arm64 only from Go 1.21 (`adjustframe` in runtime/stack.go).
+    frame_pointers_follow_copies: bool,
 }
 
 fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
@@ -497,6 +500,9 @@ impl Pclntab {
             moduledata,
             arch: elf.arch(),
             pc_quantum: min_lc,
+            frame_pointers_follow_copies: elf.arch() != crate::elf::Arch::Aarch64
+                || version.major > 1
+                || version.minor >= 21,
         };
         // moduledata.gofunc at this version's offset first; the other known offsets and the
         // symbol in case the version is new or wrong. Take the first whose inline trees make
@@ -614,6 +620,13 @@ impl Pclntab {
     /// stripped binaries have it too).
     pub fn moduledata_addr(&self) -> Option<u64> {
         self.moduledata
+    }
+
+    /// Whether a parked goroutine's saved frame-pointer chain can be trusted: Go before 1.21
+    /// on arm64 leaves the saved frame pointers pointing into the old stack when it copies
+    /// one (growth, or the GC shrinking a parked goroutine's stack).
+    pub fn frame_pointers_follow_copies(&self) -> bool {
+        self.frame_pointers_follow_copies
     }
 
     /// The architecture of the binary this table came from.
