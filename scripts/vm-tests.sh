@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Kernel compatibility: the goroutine integration tests (agent_once, agent_stream) and the thread
-# tests (agent_threads) run inside a QEMU VM booted with one of Debian's x86_64 kernels, against
-# the host-built ctxprobe. The test binaries are built here and run in the guest, which sees the
-# host's root filesystem read-only and this checkout (and the Go build cache) read-write.
+# Kernel compatibility: the goroutine integration tests (agent_once, agent_stream), the thread
+# tests (agent_threads), the target's faults (agent_faults: exec, stop, freeze, death), refusals
+# (agent_failures) and the probes' own checks (agent_probes: a lost breakpoint, sustained load)
+# run inside a QEMU VM booted with one of Debian's x86_64 kernels, against the host-built
+# ctxprobe. The test binaries are built here and run in the guest, which sees the host's root
+# filesystem read-only and this checkout (and the Go build cache) read-write.
 #
 #   sudo scripts/vm-tests.sh [KERNEL]     KERNEL: a Debian kernel series, default 6.1
+#   VM_TESTS (default: the tests above; NAME or NAME:FILTER,FILTER) narrows or widens the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kernel=${1:-6.1}
@@ -16,7 +19,20 @@ fi
 scripts/setup.sh --vm
 export CARGO_TERM_COLOR=never
 cargo build --release --locked -p ctxprobe
-tests=(agent_once agent_stream agent_threads)
+# agent_probes' cancel storm is left out: it compares the target's cancel rate with and without
+# ctxprobe, a speed claim; under emulation (arm64 VM) the rate fell to 38 % with ctxprobe attached
+# even while its cancel probe was detached, which this machine does not show (not diagnosed).
+# agent_failures' user-namespace refusal is left out here: the guest runs the host's root in a
+# chroot, where the kernel refuses new user namespaces (the arm64 guest runs it).
+default_tests="agent_once agent_stream agent_threads agent_faults"
+default_tests+=" agent_failures:refuses_,root_without_cap,watches_only,main_thread_exits"
+default_tests+=" agent_probes:park_probe_keeps_firing,lost_breakpoint_is_restored"
+read -r -a specs <<<"${VM_TESTS:-$default_tests}"
+tests=() filters=()
+for spec in "${specs[@]}"; do
+  tests+=("${spec%%:*}")
+  if [[ $spec == *:* ]]; then filters+=("${spec#*:}"); else filters+=(""); fi
+done
 test_args=()
 for t in "${tests[@]}"; do test_args+=(--test "$t"); done
 # The test executables, from cargo's JSON messages.
@@ -28,12 +44,19 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])')
 ((${#bins[@]} == ${#tests[@]})) || { echo "vm-tests.sh: found test binaries: ${bins[*]}" >&2; exit 1; }
+# Each test's libtest filters, by test binary (cargo lists binaries in its own order).
+bin_filters() {
+  local bin=$1 i
+  for i in "${!tests[@]}"; do
+    if [[ $(basename "$bin") == "${tests[$i]}"-* ]]; then echo "${filters[$i]//,/ }"; return; fi
+  done
+}
 
 gocache=$(readlink -f .tools)/gocache
 mkdir -p "$gocache"
 script="set -e; export CTXPROBE_BIN=$PWD/target/release/ctxprobe CTXPROBE_TEST_EMULATED=1; status=0"
 for b in "${bins[@]}"; do
-  script+="; echo \"== \$(basename $b)\"; $b --test-threads=1 --color never || status=1"
+  script+="; echo \"== \$(basename $b)\"; $b --test-threads=1 --color never $(bin_filters "$b") || status=1"
 done
 script+="; exit \$status"
 start=$(date +%s)

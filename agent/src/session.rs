@@ -3,6 +3,7 @@
 
 mod once;
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -612,21 +613,10 @@ impl<'a> Session<'a> {
 
     fn update_groups(&mut self, now: i64, target_now: i64) {
         self.look_up_leak_verdicts();
-        let mut leaked = 0;
-        let members = self.tracker.parks().filter_map(|p| {
-            let group = p.group?;
-            leaked += u64::from(p.leaked == Some(true));
-            Some(Member {
-                group,
-                goid: p.goid,
-                stack_bytes: u64::from(p.stack_bytes),
-                blocked_ns: p.blocked(now, target_now).0,
-                sampled: p.flagged,
-                leaked: p.leaked,
-            })
-        });
+        let leaked = Cell::new(0);
+        let members = group_members(self.tracker.parks(), Some((now, target_now)), &leaked);
         self.groups.update(now, members);
-        self.leaked_now = (self.leak_epoch > 0).then_some(leaked);
+        self.leaked_now = (self.leak_epoch > 0).then_some(leaked.get());
     }
 
     /// Streaming `--leaks`: a leak analysis finished. Its verdicts apply to the parks it saw,
@@ -637,21 +627,10 @@ impl<'a> Session<'a> {
         self.leaks = Some(analysis);
         self.leak_epoch = self.leak_epoch.wrapping_add(1).max(1);
         self.look_up_leak_verdicts();
-        let mut leaked = 0;
-        let members = self.tracker.parks().filter_map(|p| {
-            let group = p.group?;
-            leaked += u64::from(p.leaked == Some(true));
-            Some(Member {
-                group,
-                goid: p.goid,
-                stack_bytes: 0,
-                blocked_ns: 0,
-                sampled: p.flagged,
-                leaked: p.leaked,
-            })
-        });
+        let leaked = Cell::new(0);
+        let members = group_members(self.tracker.parks(), None, &leaked);
         self.groups.update_leaks(members);
-        self.leaked_now = Some(leaked);
+        self.leaked_now = Some(leaked.get());
     }
 
     /// Each park's verdict, looked up once per analysis by its position in `allgs` (a million
@@ -914,4 +893,30 @@ impl Session<'_> {
     pub fn has_scanned(&self) -> bool {
         self.scans_finished > 0
     }
+}
+
+/// The grouped parks as group members, counting the leaked ones into `leaked` as they are
+/// consumed (a million parks are streamed into the groups, not collected). `times` (now, the
+/// target's now) gives blocked times and stack sizes; without it (a leak analysis' verdicts
+/// only) they are zero.
+fn group_members<'a>(
+    parks: impl Iterator<Item = &'a Park> + 'a,
+    times: Option<(i64, i64)>,
+    leaked: &'a Cell<u64>,
+) -> impl Iterator<Item = Member> + 'a {
+    parks.filter_map(move |p| {
+        let group = p.group?;
+        leaked.set(leaked.get() + u64::from(p.leaked == Some(true)));
+        let (stack_bytes, blocked_ns) = times.map_or((0, 0), |(now, target_now)| {
+            (u64::from(p.stack_bytes), p.blocked(now, target_now).0)
+        });
+        Some(Member {
+            group,
+            goid: p.goid,
+            stack_bytes,
+            blocked_ns,
+            sampled: p.flagged,
+            leaked: p.leaked,
+        })
+    })
 }

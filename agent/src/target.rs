@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -23,7 +24,13 @@ pub struct TargetProcess {
     image: ImageIdentity,
     /// Where a frozen cgroup shows.
     freezer: Freezer,
+    /// Its main thread exited while other threads run on (see [`TargetProcess::state`]).
+    main_thread_exited: AtomicBool,
 }
+
+/// How long a main thread that is a zombie while other threads live is looked at before the
+/// process is taken to run on without it (an exec by another thread takes far less).
+const MAIN_THREAD_SETTLE_NS: i64 = 300_000_000;
 
 /// The program image a process runs: the executable file (device, inode) and where its initial
 /// stack was placed (randomised at every `exec`, so an exec of the same file shows too).
@@ -71,6 +78,12 @@ impl TargetProcess {
                     crate::denied::cause(pid)
                 )
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && has_live_thread(pid) => {
+                bail!(
+                    "process {pid} has no executable: its main thread has exited while other \
+                     threads run on, and its memory cannot be read through it"
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("process {pid} has no executable (a kernel thread or a zombie)")
             }
@@ -90,6 +103,7 @@ impl TargetProcess {
             monotonic_offset_ns,
             image,
             freezer: Freezer::find(),
+            main_thread_exited: AtomicBool::new(false),
         })
     }
 
@@ -100,22 +114,52 @@ impl TargetProcess {
 
     /// Running, stopped, gone, or running another program than the one we attached to.
     pub fn state(&self) -> TargetState {
-        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
-            return TargetState::Exited;
-        };
-        if parse_start_ticks(&stat) != Some(self.start_ticks) || is_zombie(&stat) {
-            return TargetState::Exited;
+        // The main thread is a zombie while another thread lives: a thread other than the main
+        // one is in exec (the kernel waits for the main thread to become a zombie before the
+        // exec'ing thread takes its pid and the new image shows), or the main thread alone
+        // exited (a C program's `pthread_exit`). Looked at again for a moment: an exec ends
+        // within it, a lone exited main thread does not (then the process runs on, and later
+        // looks do not wait again).
+        let settle_until = monotonic_ns().saturating_add(MAIN_THREAD_SETTLE_NS);
+        loop {
+            match self.look() {
+                Some(state) => return state,
+                None if self.main_thread_exited.load(Ordering::Relaxed)
+                    || monotonic_ns() > settle_until =>
+                {
+                    self.main_thread_exited.store(true, Ordering::Relaxed);
+                    return TargetState::Running;
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
         }
-        match image_identity(self.pid, &stat) {
-            Ok(image) if image != self.image => return TargetState::Execed,
-            Ok(_) => {}
+    }
+
+    /// The state as /proc shows it now; None while the main thread is a zombie (or its exe
+    /// link is gone) and another thread lives (see [`TargetProcess::state`]).
+    fn look(&self) -> Option<TargetState> {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return Some(TargetState::Exited);
+        };
+        if parse_start_ticks(&stat) != Some(self.start_ticks) {
+            return Some(TargetState::Exited);
+        }
+        let image = if is_zombie(&stat) {
+            None
+        } else {
             // The exe link vanishes as the process exits.
-            Err(_) => return TargetState::Exited,
+            image_identity(self.pid, &stat).ok()
+        };
+        match image {
+            Some(image) if image != self.image => return Some(TargetState::Execed),
+            Some(_) => {}
+            None if has_live_thread(self.pid) => return None,
+            None => return Some(TargetState::Exited),
         }
         if is_stopped(&stat) || self.freezer.is_frozen(self.pid) {
-            TargetState::Stopped
+            Some(TargetState::Stopped)
         } else {
-            TargetState::Running
+            Some(TargetState::Running)
         }
     }
 
@@ -210,6 +254,18 @@ fn image_identity(pid: u32, stat: &str) -> std::io::Result<ImageIdentity> {
         start_stack: stat_field(stat, 28)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
+    })
+}
+
+/// Whether a thread of `pid` other than its main thread is alive (not a zombie).
+fn has_live_thread(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let name = t.file_name();
+        name.to_str() != Some(&pid.to_string())
+            && fs::read_to_string(t.path().join("stat")).is_ok_and(|st| !is_zombie(&st))
     })
 }
 

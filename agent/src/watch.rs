@@ -331,6 +331,10 @@ impl<'s, 'a> Watch<'s, 'a> {
                         match step {
                             Ok(Step::More) => continue,
                             Ok(Step::Done) => {}
+                            // Reads fail in an exec too (the old image is torn down).
+                            Ok(Step::Gone) if target.state() == TargetState::Execed => {
+                                return Ok(End::TargetExec);
+                            }
                             Ok(Step::Gone) => {
                                 self.poll_threads(target, out)?;
                                 return Ok(End::TargetExited);

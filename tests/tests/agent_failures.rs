@@ -6,8 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ctxprobe_tests::cbuild::build_c_fixture;
 use ctxprobe_tests::leaky::Leaky;
-use ctxprobe_tests::probe::{args, ctxprobe_bin, run_ctxprobe, ProbeOutput};
+use ctxprobe_tests::probe::{args, ctxprobe_bin, run_ctxprobe, ProbeOutput, RunningProbe};
 use ctxprobe_tests::process::Process;
 use ctxprobe_tests::scenario::{
     check_all_records, ensure_clean_refusal, ensure_success, preconditions,
@@ -76,6 +77,49 @@ fn watches_only_threads_of_a_process_that_is_not_go() {
             bail!("expected detach(duration) last: {}", out.describe());
         }
         Ok(())
+    });
+}
+
+/// A process whose main thread exits while another thread lives on is still there: watched to
+/// the end of `--duration`, never said to have exited (its zombie main thread is also what
+/// another thread's exec looks like for a moment, which must not end the stream either). One
+/// whose main thread had already exited is refused in one line that says so.
+#[test]
+fn a_process_whose_main_thread_exits_is_watched_on() {
+    check(|| {
+        let exe = build_c_fixture("mainexit")?;
+        let mut cmd = Command::new(&exe);
+        cmd.stdin(std::process::Stdio::piped());
+        let mut p = Process::spawn("mainexit", cmd)?;
+        p.wait_json("ready", Duration::from_secs(10), |v| v["ready"] == true)?;
+        let mut probe = RunningProbe::spawn(&args(
+            p.pid,
+            &["--duration", "3s", "--summary-interval", "500ms"],
+        ))?;
+        probe.wait_record("attach", Duration::from_secs(20))?;
+        p.send_line("exit")?;
+        p.wait_json("main thread exit", Duration::from_secs(10), |v| {
+            v["main_exits"] == true
+        })?;
+        let out = probe.finish(Duration::from_secs(30))?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, p.pid)?;
+        let last = records.last().context("no records")?;
+        if last["type"] != "detach" || last["reason"] != "duration" {
+            bail!("expected detach(duration) last: {}", out.describe());
+        }
+        // Now its main thread is a zombie: attaching is refused, and says why.
+        let out = run_ctxprobe(&args(p.pid, &[]), Duration::from_secs(20))?;
+        ensure_refusal_line(
+            &out,
+            "main thread exited",
+            &format!(
+                "ctxprobe: process {} has no executable: its main thread has exited while other \
+                 threads run on, and its memory cannot be read through it",
+                p.pid
+            ),
+            1,
+        )
     });
 }
 

@@ -14,12 +14,16 @@ use ctxprobe_tests::fixture::Fixture;
 use ctxprobe_tests::gobuild::build_fixture;
 use ctxprobe_tests::leaky::Leaky;
 use ctxprobe_tests::probe::{args, run_ctxprobe, ProbeOutput, RunningProbe};
+use ctxprobe_tests::scaled;
 use ctxprobe_tests::scenario::{check_all_records, for_each_cell, preconditions};
 use ctxprobe_tests::serial::bpf_serial;
 use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
 
-/// How long after an exec, a stop or a resume ctxprobe may take to notice it.
-const NOTICE: Duration = Duration::from_secs(2);
+/// How long after an exec, a stop or a resume ctxprobe may take to notice it (stretched under
+/// emulation, where its every look at the target takes longer).
+fn notice() -> Duration {
+    scaled(Duration::from_secs(2))
+}
 
 /// Goroutines the execer parks before it execs, and those the Go program it execs into parks
 /// (different, so that a summary tells the two images apart).
@@ -45,7 +49,7 @@ fn stack_has(v: &Value, func: &str) -> bool {
 }
 
 /// Starts the execer, streams it with ctxprobe until every parked goroutine has been reported,
-/// makes it exec `argv`, and checks that ctxprobe detaches with `target_exec` within [`NOTICE`]
+/// makes it exec `argv`, and checks that ctxprobe detaches with `target_exec` within [`notice`]
 /// and reports nothing about the new image. `new_is_go`: the new image prints a ready line.
 fn exec_case(tc: &Toolchain, mode: &BuildMode, argv: &[String], new_is_go: bool) -> Result<()> {
     let n = OLD_PARKED.to_string();
@@ -96,7 +100,7 @@ fn exec_case(tc: &Toolchain, mode: &BuildMode, argv: &[String], new_is_go: bool)
     {
         bail!("the execer could not exec {argv:?}: {err}");
     }
-    let detach = probe.wait_record("detach", NOTICE + Duration::from_secs(3));
+    let detach = probe.wait_record("detach", notice() + Duration::from_secs(3));
     if detach.is_err() {
         // Still attached to the new image: end it so that the output can be shown.
         probe.process.signal(libc::SIGTERM)?;
@@ -105,7 +109,7 @@ fn exec_case(tc: &Toolchain, mode: &BuildMode, argv: &[String], new_is_go: bool)
     let detach = detach.with_context(|| describe_tail(&out))?;
     let mut problems = Vec::new();
     let late = detach.at.saturating_duration_since(exec_at);
-    if late > NOTICE {
+    if late > notice() {
         problems.push(format!("detach {late:?} after the exec"));
     }
     let detach = detach.json.unwrap_or(Value::Null);
@@ -283,7 +287,7 @@ fn death_case(bin: &Path, kill_after: Duration) -> Result<()> {
             exit_gone[0]
         ));
     }
-    if let Some(t) = last_at.filter(|t| t.saturating_duration_since(killed_at) > NOTICE) {
+    if let Some(t) = last_at.filter(|t| t.saturating_duration_since(killed_at) > notice()) {
         problems.push(format!(
             "ctxprobe ended {:?} after the kill",
             t.saturating_duration_since(killed_at)
@@ -323,7 +327,7 @@ fn a_stopped_target_is_said_to_be_stopped_not_blocked() {
         sleep((stop_at + STOPPED_FOR).saturating_duration_since(Instant::now()));
         leaky.fixture.process.signal(libc::SIGCONT)?;
         let cont_at = Instant::now();
-        let resumed = probe.wait_record("target_resumed", NOTICE + Duration::from_secs(3));
+        let resumed = probe.wait_record("target_resumed", notice() + Duration::from_secs(3));
         // A busy goroutine's own wait measure spans the stop; once every busy goroutine has
         // run again, start it afresh so it shows real stalls after the resume only.
         sleep(Duration::from_millis(500));
@@ -339,7 +343,7 @@ fn a_stopped_target_is_said_to_be_stopped_not_blocked() {
             Ok(l) => {
                 let late = l.at.saturating_duration_since(stop_at);
                 eprintln!("target_stopped {late:?} after SIGSTOP");
-                if late > NOTICE {
+                if late > notice() {
                     problems.push(format!("target_stopped {late:?} after SIGSTOP"));
                 }
                 Some(l.at)
@@ -352,7 +356,7 @@ fn a_stopped_target_is_said_to_be_stopped_not_blocked() {
         let resumed_at = match resumed {
             Ok(l) => {
                 let late = l.at.saturating_duration_since(cont_at);
-                if late > NOTICE {
+                if late > notice() {
                     problems.push(format!("target_resumed {late:?} after SIGCONT"));
                 }
                 let v = l.json.unwrap_or(Value::Null);
@@ -550,11 +554,11 @@ fn a_frozen_cgroup_is_said_to_be_stopped() {
         sleep(Duration::from_secs(4));
         cgroup.set(true)?;
         let frozen_at = Instant::now();
-        let stopped = probe.wait_record("target_stopped", NOTICE + Duration::from_secs(1));
+        let stopped = probe.wait_record("target_stopped", notice() + Duration::from_secs(1));
         sleep((frozen_at + Duration::from_secs(5)).saturating_duration_since(Instant::now()));
         cgroup.set(false)?;
         let thawed_at = Instant::now();
-        let resumed = probe.wait_record("target_resumed", NOTICE + Duration::from_secs(3));
+        let resumed = probe.wait_record("target_resumed", notice() + Duration::from_secs(3));
         sleep(Duration::from_secs(1));
         probe.process.signal(libc::SIGTERM)?;
         let out = probe.finish(Duration::from_secs(10))?;
@@ -562,12 +566,12 @@ fn a_frozen_cgroup_is_said_to_be_stopped() {
         let stopped = stopped.context("no target_stopped while the cgroup was frozen")?;
         let resumed = resumed.context("no target_resumed after the cgroup was thawed")?;
         ensure!(
-            stopped.at.saturating_duration_since(frozen_at) <= NOTICE,
+            stopped.at.saturating_duration_since(frozen_at) <= notice(),
             "target_stopped {:?} after the freeze",
             stopped.at.saturating_duration_since(frozen_at)
         );
         ensure!(
-            resumed.at.saturating_duration_since(thawed_at) <= NOTICE,
+            resumed.at.saturating_duration_since(thawed_at) <= notice(),
             "target_resumed {:?} after the thaw",
             resumed.at.saturating_duration_since(thawed_at)
         );

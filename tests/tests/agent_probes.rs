@@ -167,9 +167,10 @@ fn lost_breakpoint_is_restored_and_reported() {
     });
 }
 
-/// The code address of `symbol`'s uprobe breakpoint in a running (non-PIE) fixture: the first
-/// byte where its memory differs from the file.
-fn breakpoint_site(pid: u32, exe: &Path, symbol: &str) -> Result<(u64, u8)> {
+/// Where `symbol`'s uprobe breakpoint is in a running (non-PIE) fixture, and the file's bytes
+/// there: the bytes where its memory differs from the file (x86's one-byte `int3`; arm64's
+/// four-byte `brk`, of which only some bytes may differ).
+fn breakpoint_site(pid: u32, exe: &Path, symbol: &str) -> Result<(u64, Vec<u8>)> {
     let elf = gobinary::elf::ElfFile::open(exe)?;
     let sym = elf
         .symbol(symbol)
@@ -182,28 +183,30 @@ fn breakpoint_site(pid: u32, exe: &Path, symbol: &str) -> Result<(u64, u8)> {
         .read(true)
         .open(format!("/proc/{pid}/mem"))?;
     f.read_exact_at(&mut mem, sym.addr)?;
-    match (0..32).find(|&i| mem[i] != file[i]) {
-        Some(i) => Ok((sym.addr + i as u64, file[i])),
-        None => bail!("no breakpoint in the first 32 bytes of {symbol}"),
-    }
+    let differ = |i: &usize| mem[*i] != file[*i];
+    let (Some(first), Some(last)) = ((0..32).find(differ), (0..32).rev().find(differ)) else {
+        bail!("no breakpoint in the first 32 bytes of {symbol}");
+    };
+    Ok((sym.addr + first as u64, file[first..=last].to_vec()))
 }
 
-/// Writes the original byte back over the breakpoint in `symbol`; returns its address.
+/// Writes the original bytes back over the breakpoint in `symbol`; returns its address.
 fn remove_breakpoint(pid: u32, exe: &Path, symbol: &str) -> Result<u64> {
     let (addr, original) = breakpoint_site(pid, exe, symbol)?;
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(format!("/proc/{pid}/mem"))?;
-    f.write_all_at(&[original], addr)
+    f.write_all_at(&original, addr)
         .context("write the target's code through /proc/PID/mem")?;
-    ensure!(
-        !breakpoint_in(pid, exe, addr)?,
-        "the breakpoint is still there"
-    );
+    // Not checked here by reading it back: ctxprobe notices within a tick and puts the
+    // breakpoint back, which under emulation can be sooner than a check here. Its error record,
+    // which the caller waits for, says the removal took.
     Ok(addr)
 }
 
+/// Whether the target's code at `addr` (the first byte a breakpoint changes) differs from the
+/// file.
 fn breakpoint_in(pid: u32, exe: &Path, addr: u64) -> Result<bool> {
     let elf = gobinary::elf::ElfFile::open(exe)?;
     let file = elf.read_vaddr(addr, 1).context("address not in the file")?;

@@ -171,13 +171,35 @@ fn prebuild_matrix_fixtures() {
     }
     // The threads tests' C fixture (the deadlock test) and cgo fixture (a cgo call blocked in C,
     // built by the newest Go as that test does), which VMs run.
-    ctxprobe_tests::cbuild::build_c_fixture("deadlock").unwrap_or_else(|e| panic!("{e:#}"));
+    for c in ["deadlock", "mainexit"] {
+        ctxprobe_tests::cbuild::build_c_fixture(c).unwrap_or_else(|e| panic!("{e:#}"));
+    }
     let newest = ctxprobe_tests::toolchain::Toolchain::find(ctxprobe_tests::toolchain::LATEST_GO)
         .expect("newest Go");
     newest.record_version().expect("newest Go's version");
     let cgo = ctxprobe_tests::toolchain::BuildMode::named("cgo").expect("cgo build mode");
     ctxprobe_tests::gobuild::build_fixture("cgoblock", &newest, &cgo)
         .unwrap_or_else(|e| panic!("cgoblock: {e:#}"));
+    // The fault tests' fixtures (agent_faults: exec into the same fixture built by the other end
+    // of the Go range, a target killed during --once) and the probe tests' (agent_probes).
+    for (tc, mode) in &cells {
+        let other = if tc.version == ctxprobe_tests::toolchain::LATEST_GO {
+            "1.21"
+        } else {
+            ctxprobe_tests::toolchain::LATEST_GO
+        };
+        let other = ctxprobe_tests::toolchain::Toolchain::find(other).expect("toolchain");
+        other.record_version().expect("Go version");
+        for tc in [tc, &other] {
+            ctxprobe_tests::gobuild::build_fixture("execer", tc, mode)
+                .unwrap_or_else(|e| panic!("execer for Go {} {}: {e:#}", tc.version, mode.name));
+        }
+    }
+    let default = ctxprobe_tests::toolchain::BuildMode::default_build();
+    for fixture in ["many", "pingpong"] {
+        ctxprobe_tests::gobuild::build_fixture(fixture, &newest, &default)
+            .unwrap_or_else(|e| panic!("{fixture}: {e:#}"));
+    }
     // Context diagnosis and leak verdicts against their fixtures' truth (agent_contexts,
     // agent_leaks), in the cells those tests name themselves.
     let latest = ctxprobe_tests::toolchain::LATEST_GO;

@@ -139,14 +139,23 @@ impl Flags {
     fn stack(&mut self, tid: u32, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
         self.space.begin_batch();
         let mut unwound = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, st.sp, st.pc);
-        // The thread runs on while its stack is read: a walk that failed may have read a stack
-        // that had already changed (it woke and waited again elsewhere). Walk the new one.
-        if matches!(unwound.end, StackEnd::Cut(_)) {
-            if let Some(now) = procfs::syscall_state(self.pid, tid) {
-                if (now.nr, now.sp, now.pc) != (st.nr, st.sp, st.pc) {
-                    unwound =
-                        unwind::unwind(&mut self.space, &self.mem, self.arch.arch, now.sp, now.pc);
-                }
+        // The thread runs on while its stack is read: a walk may have read a stack that had
+        // already changed (it woke and waited again, elsewhere or at the same place), which
+        // either fails or, worse, ends early at a plausible-looking frame. Walk again when the
+        // walk failed or the thread is no longer where /proc said when the walk began.
+        for _ in 0..2 {
+            let Some(now) = procfs::syscall_state(self.pid, tid) else {
+                break;
+            };
+            let moved = (now.nr, now.sp, now.pc) != (st.nr, st.sp, st.pc);
+            if !moved && !matches!(unwound.end, StackEnd::Cut(_)) {
+                break;
+            }
+            let again = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, now.sp, now.pc);
+            let settled = again == unwound;
+            unwound = again;
+            if settled {
+                break;
             }
         }
         (

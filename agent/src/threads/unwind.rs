@@ -233,7 +233,14 @@ pub fn unwind(
             }
         };
         if next_pc == 0 {
-            // A zero return address is how thread and process entry code ends the chain.
+            // A zero return address is how thread and process entry code ends the chain. Go's
+            // threads end at the runtime's top frames instead (above), so a zero read from a Go
+            // frame is a stack that changed while it was read (the thread woke), not an end.
+            if module.go_func(svma).is_some() {
+                break StackEnd::Cut(format!(
+                    "return address 0 above {pc:#x} (the stack changed while it was read)"
+                ));
+            }
             break StackEnd::Outermost;
         }
         // The stack grows down: a caller's frame is above. Go switches to the g0 stack in cgo
