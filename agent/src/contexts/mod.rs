@@ -335,16 +335,13 @@ impl ContextAnalyzer {
         };
         let nwords = stack.len() / 8;
         // Candidate (itab, data) pairs first: most stacks hold none, and then their frames
-        // and stack maps need not be looked at.
-        let mut seen = HashSet::new();
+        // and stack maps need not be looked at. Every copy of a pair is one: a dead copy lower
+        // on the stack must not hide a live one above it.
         let mut candidates = Vec::new();
         for i in 0..nwords.saturating_sub(1) {
             let (itab, data) = (word(i), word(i + 1));
             // A context never has a nil data word (even Background points at zerobase).
-            if data == 0
-                || self.decoder.context_type(types, itab).is_none()
-                || !seen.insert((itab, data))
-            {
+            if data == 0 || self.decoder.context_type(types, itab).is_none() {
                 continue;
             }
             candidates.push((i, itab, data));
@@ -367,11 +364,12 @@ impl ContextAnalyzer {
             sym.func_name(pc.wrapping_sub(1))
                 .unwrap_or_else(|| "?".to_string())
         };
+        let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, itab, data) in candidates {
             let addr = u.base + 8 * i as u64;
             // Stack maps mark only an interface's data word (its itab is never in the heap).
-            if live.is_live(addr + 8) == Some(false) {
+            if live.is_live(addr + 8) == Some(false) || !seen.insert((itab, data)) {
                 continue;
             }
             let frame = frame_of(addr, layout, &u.pcs, &fps, sym, &func_of);
