@@ -553,8 +553,7 @@ mod tests {
             assert!(pcs.len() <= MAX_FRAMES);
             let delta = next() % 64;
             for layout in [FrameLayout::Amd64, FrameLayout::Arm64] {
-                let pcs =
-                    walk_sp_deltas(layout, &stack, sp, (sp, next()), |_| Some(delta), |_| {});
+                let pcs = walk_sp_deltas(layout, &stack, sp, (sp, next()), |_| Some(delta), |_| {});
                 assert!(pcs.len() <= MAX_FRAMES);
             }
         }
@@ -578,10 +577,7 @@ mod tests {
         );
         // Where the walk read them, not where the value first occurs.
         assert_eq!(slots, vec![0x1018, 0x1028]);
-        assert_eq!(
-            FrameLayout::Amd64.frame_fps(&slots),
-            vec![0x1020, 0x1030]
-        );
+        assert_eq!(FrameLayout::Amd64.frame_fps(&slots), vec![0x1020, 0x1030]);
     }
 
     /// arm64: a parked goroutine's `bp` is one word below its `sp` (the prologue stores the
