@@ -313,6 +313,40 @@ pub(crate) mod tests {
         Pclntab::from_elf(&elf, v).ok()
     }
 
+    /// A small Go 1.19 program built for arm64 (the release whose arm64 stacks the unwinder
+    /// walks by pcsp tables), if the toolchain is installed.
+    pub(crate) fn arm64_binary() -> Option<Pclntab> {
+        let go = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/go1.19/bin/go");
+        let dir = std::env::temp_dir().join(format!(
+            "ctxprobe-gcframes-arm64-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        let src = "package main\n\nfunc main() {\n\tch := make(chan int)\n\tgo func() { ch <- 1 }()\n\t<-ch\n}\n";
+        std::fs::write(dir.join("main.go"), src).ok()?;
+        let built = std::process::Command::new(go)
+            .args(["build", "-o", "prog", "main.go"])
+            .current_dir(&dir)
+            .env("GOARCH", "arm64")
+            .env("GOOS", "linux")
+            .env("CGO_ENABLED", "0")
+            .env("GO111MODULE", "off")
+            .status()
+            .is_ok_and(|s| s.success());
+        let tab = built.then(|| {
+            let elf = gobinary::elf::ElfFile::open(&dir.join("prog")).ok()?;
+            let v = gobinary::GoVersion {
+                major: 1,
+                minor: 19,
+                patch: 0,
+            };
+            Pclntab::from_elf(&elf, v).ok()
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        tab.flatten()
+    }
+
     pub(crate) fn put(stack: &mut [u8], base: u64, addr: u64, v: u64) {
         let off = (addr - base) as usize;
         stack[off..off + 8].copy_from_slice(&v.to_le_bytes());

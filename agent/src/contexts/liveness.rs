@@ -75,7 +75,8 @@ impl FrameLiveness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcframes::tests::{go_binary, put};
+    use crate::frame_layout::FrameLayout;
+    use crate::gcframes::tests::{arm64_binary, go_binary, put};
     use gobinary::pclntab::Pclntab;
 
     const BASE: u64 = 0x10000;
@@ -88,60 +89,98 @@ mod tests {
             .expect(name)
     }
 
-    /// An amd64 stack at [`BASE`] of frames at `pcs` (innermost first), called from
-    /// `runtime.goexit`: the copy and each frame's fp (its caller's sp).
-    fn stack_of(tab: &Pclntab, pcs: &[u64]) -> (Vec<u8>, Vec<u64>) {
+    /// A stack whose innermost frame's sp is [`BASE`], of frames at `pcs` (innermost first)
+    /// called from `runtime.goexit`, laid out as the binary's architecture lays them out,
+    /// copied from where the unwinder reads (arm64: a word below sp): the copy, its base,
+    /// each frame's sp then the sp of the last frame's caller, and the words that are frame
+    /// bookkeeping (return addresses and saved frame pointers).
+    struct Built {
+        stack: Vec<u8>,
+        base: u64,
+        sps: Vec<u64>,
+        bookkeeping: Vec<u64>,
+    }
+
+    fn stack_of(tab: &Pclntab, pcs: &[u64]) -> Built {
+        let layout = FrameLayout::of(tab.arch());
         let sizes: Vec<u64> = pcs
             .iter()
             .map(|&pc| tab.frame_maps(pc).expect("maps").sp_delta)
             .collect();
         let goexit = tab.func_by_name("runtime.goexit").expect("goexit").entry + 1;
-        let len = sizes.iter().sum::<u64>() + 8 * pcs.len() as u64 + 64;
+        let base = layout.read_base(BASE, 0);
+        let len = BASE - base + sizes.iter().sum::<u64>() + 8 * pcs.len() as u64 + 64;
         let mut stack = vec![0u8; len as usize];
-        let (mut sp, mut fps) = (BASE, Vec::new());
+        let (mut sp, mut sps, mut bookkeeping) = (BASE, vec![BASE], Vec::new());
+        if base < BASE {
+            bookkeeping.push(base);
+        }
         for (k, d) in sizes.iter().enumerate() {
             let ret = pcs.get(k + 1).copied().unwrap_or(goexit);
-            put(&mut stack, BASE, sp + d, ret);
-            sp += d + 8;
-            fps.push(sp);
+            let (slot, fp) = layout.sp_delta_step(sp, *d).expect("step");
+            put(&mut stack, base, slot, ret);
+            let (varp, _) = layout.frame_pointers(sp, fp);
+            bookkeeping.extend([slot, varp]);
+            sp = fp;
+            sps.push(sp);
         }
-        (stack, fps)
+        Built {
+            stack,
+            base,
+            sps,
+            bookkeeping,
+        }
     }
 
     /// In frames whose maps are known, a word no map describes is dead, a word the maps (or a
     /// stack object) mark is live; the saved frame pointers and return addresses are not
-    /// pointers.
+    /// pointers. amd64 (Go 1.27) and arm64 (Go 1.19, the release whose stale context the arm64
+    /// VM once reported).
     #[test]
     fn words_outside_every_map_are_dead() {
-        let Some(tab) = go_binary() else {
-            eprintln!("skipping: .tools/go1.27 missing");
-            return;
-        };
-        let pcs = [
-            body_pc(&tab, "runtime.gopark"),
-            body_pc(&tab, "runtime.chanrecv"),
-        ];
-        let (stack, fps) = stack_of(&tab, &pcs);
-        let w = FrameWalker::new(&tab, 0);
-        let mut cache = FrameCache::default();
-        let live = FrameLiveness::new(&w, &mut cache, (pcs[0], BASE), BASE, &stack);
-        assert!(live.unknown.is_empty(), "{:?}", live.unknown);
-        // Every word the GC's scan marks, from the same walk.
-        let (frames, rest) = w.walk(&mut cache, pcs[0], BASE, BASE, &stack);
-        assert_eq!(frames.iter().map(|f| f.pc).collect::<Vec<_>>(), pcs);
-        assert_eq!(rest, BASE + stack.len() as u64);
-        let mut marked = Vec::new();
-        for f in &frames {
-            assert!(w.live_slots(f, |a| marked.push(a)), "maps of {:#x}", f.pc);
-        }
-        for addr in (BASE..fps[1]).step_by(8) {
-            let want = marked.contains(&addr)
-                || live.objects.iter().any(|&(lo, hi)| addr >= lo && addr < hi);
-            assert_eq!(live.is_live(addr), Some(want), "word at {addr:#x}");
-        }
-        for fp in fps {
-            assert_eq!(live.is_live(fp - 8), Some(false), "return address");
-            assert_eq!(live.is_live(fp - 16), Some(false), "saved frame pointer");
+        let tabs = [("amd64", go_binary()), ("arm64", arm64_binary())];
+        for (arch, tab) in tabs {
+            let Some(tab) = tab else {
+                eprintln!("skipping {arch}: its Go toolchain is missing");
+                continue;
+            };
+            let pcs = [
+                body_pc(&tab, "runtime.gopark"),
+                body_pc(&tab, "runtime.chanrecv"),
+            ];
+            let b = stack_of(&tab, &pcs);
+            let w = FrameWalker::new(&tab, 0);
+            let mut cache = FrameCache::default();
+            let live = FrameLiveness::new(&w, &mut cache, (pcs[0], BASE), b.base, &b.stack);
+            assert!(live.unknown.is_empty(), "{arch}: {:?}", live.unknown);
+            // Every word the GC's scan marks, from the same walk.
+            let (frames, rest) = w.walk(&mut cache, pcs[0], BASE, b.base, &b.stack);
+            let sps: Vec<u64> = frames.iter().map(|f| f.sp).collect();
+            assert_eq!(sps, b.sps[..2], "{arch}");
+            assert_eq!(rest, b.base + b.stack.len() as u64, "{arch}");
+            let mut marked = Vec::new();
+            for f in &frames {
+                assert!(
+                    w.live_slots(f, |a| marked.push(a)),
+                    "{arch}: maps of {:#x}",
+                    f.pc
+                );
+            }
+            let mut dead = 0;
+            for addr in (b.base..b.sps[2]).step_by(8) {
+                let want = marked.contains(&addr)
+                    || live.objects.iter().any(|&(lo, hi)| addr >= lo && addr < hi);
+                assert_eq!(live.is_live(addr), Some(want), "{arch}: word at {addr:#x}");
+                dead += usize::from(!want);
+            }
+            assert!(dead > b.bookkeeping.len(), "{arch}: {dead} dead words");
+            for addr in b.bookkeeping {
+                assert_eq!(
+                    live.is_live(addr),
+                    Some(false),
+                    "{arch}: bookkeeping {addr:#x}"
+                );
+            }
         }
     }
 
@@ -186,11 +225,15 @@ mod tests {
             body_pc(&tab, "runtime.asyncPreempt"),
             body_pc(&tab, "runtime.chanrecv"),
         ];
-        let (stack, fps) = stack_of(&tab, &pcs);
-        let live = FrameLiveness::new(&w, &mut cache, (pcs[0], BASE), BASE, &stack);
-        let frames = (BASE..fps[0] - 16).chain(fps[0]..fps[1] - 16);
-        for addr in frames.step_by(8) {
-            assert_eq!(live.is_live(addr), None, "word at {addr:#x}");
+        let b = stack_of(&tab, &pcs);
+        let live = FrameLiveness::new(&w, &mut cache, (pcs[0], BASE), b.base, &b.stack);
+        for addr in (b.base..b.sps[2]).step_by(8) {
+            let want = if b.bookkeeping.contains(&addr) {
+                Some(false)
+            } else {
+                None
+            };
+            assert_eq!(live.is_live(addr), want, "word at {addr:#x}");
         }
         // Only the conservative ranges themselves are unknown.
         let mut l = FrameLiveness {
