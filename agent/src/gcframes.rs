@@ -347,6 +347,14 @@ pub(crate) mod tests {
         tab.flatten()
     }
 
+    /// A pc in `name`'s body, past the prologue (the frame is allocated there).
+    pub(crate) fn body_pc(tab: &Pclntab, name: &str) -> u64 {
+        let f = tab.func_by_name(name).expect(name);
+        (f.entry + 1..f.end)
+            .find(|&pc| tab.frame_maps(pc).is_some_and(|m| m.sp_delta > 8))
+            .expect(name)
+    }
+
     pub(crate) fn put(stack: &mut [u8], base: u64, addr: u64, v: u64) {
         let off = (addr - base) as usize;
         stack[off..off + 8].copy_from_slice(&v.to_le_bytes());
@@ -362,14 +370,10 @@ pub(crate) mod tests {
         };
         let w = FrameWalker::new(&tab, 0);
         let mut cache = FrameCache::default();
-        let at = |name: &str| {
-            let f = tab.func_by_name(name).expect(name);
-            // A pc inside the body, past the prologue: the frame is allocated there.
-            (f.entry..f.end)
-                .find(|&pc| tab.frame_maps(pc).is_some_and(|m| m.sp_delta > 8))
-                .expect(name)
-        };
-        let (pc0, pc1) = (at("runtime.gopark"), at("runtime.chanrecv"));
+        let (pc0, pc1) = (
+            body_pc(&tab, "runtime.gopark"),
+            body_pc(&tab, "runtime.chanrecv"),
+        );
         let goexit = tab.func_by_name("runtime.goexit").expect("goexit").entry + 1;
         let (d0, d1) = (
             tab.frame_maps(pc0).unwrap().sp_delta,

@@ -76,18 +76,10 @@ impl FrameLiveness {
 mod tests {
     use super::*;
     use crate::frame_layout::FrameLayout;
-    use crate::gcframes::tests::{arm64_binary, go_binary, put};
+    use crate::gcframes::tests::{arm64_binary, body_pc, go_binary, put};
     use gobinary::pclntab::Pclntab;
 
     const BASE: u64 = 0x10000;
-
-    /// A pc in `name`'s body right after an instruction, where its frame is allocated.
-    fn body_pc(tab: &Pclntab, name: &str) -> u64 {
-        let f = tab.func_by_name(name).expect(name);
-        (f.entry + 1..f.end)
-            .find(|&pc| tab.frame_maps(pc).is_some_and(|m| m.sp_delta > 8))
-            .expect(name)
-    }
 
     /// A stack whose innermost frame's sp is [`BASE`], of frames at `pcs` (innermost first)
     /// called from `runtime.goexit`, laid out as the binary's architecture lays them out,
