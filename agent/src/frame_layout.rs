@@ -72,17 +72,20 @@ impl FrameLayout {
         }
     }
 
-    /// Where a frame's locals end (`frame.varp`; None for [`UNKNOWN_FP`]), below the word saved for the frame pointer:
-    /// amd64 saves rbp just below the return address; arm64's callees save theirs at sp - 8,
-    /// the top word of their caller's frame.
-    pub fn varp(self, fp: u64) -> Option<u64> {
-        if fp == UNKNOWN_FP {
-            return None;
+    /// A frame's `varp` (top of its locals) and `argp` (its arguments) from its `sp` and `fp`
+    /// (its caller's `sp`), as the runtime's unwinder derives them with frame pointers on:
+    /// amd64 saves rbp just below the return address, just below fp; arm64's callers saved
+    /// theirs in the top word of this frame, just below fp (their sp, where this frame saved
+    /// its LR). A frame with no room for it (amd64's frameless functions) has none.
+    pub fn frame_pointers(self, sp: u64, fp: u64) -> (u64, u64) {
+        let mut varp = match self {
+            FrameLayout::Amd64 => fp.saturating_sub(8),
+            FrameLayout::Arm64 => fp,
+        };
+        if varp > sp {
+            varp -= 8;
         }
-        match self {
-            FrameLayout::Amd64 => fp.checked_sub(16),
-            FrameLayout::Arm64 => fp.checked_sub(8),
-        }
+        (varp, self.argp(fp).unwrap_or(u64::MAX))
     }
 
     /// Where a frame's arguments start (`frame.argp`): at fp on amd64, above the caller's saved
@@ -116,7 +119,6 @@ mod tests {
         // amd64: return addresses at 0x1020 and 0x1058; fp just above each.
         let amd64 = FrameLayout::Amd64;
         assert_eq!(amd64.frame_fps(&[0x1020, 0x1058]), vec![0x1028, 0x1060]);
-        assert_eq!(amd64.varp(0x1028), Some(0x1018));
         assert_eq!(amd64.argp(0x1028), Some(0x1028));
         // arm64: frame k's LR at its own sp; its fp is the next frame's sp.
         let arm64 = FrameLayout::Arm64;
@@ -125,10 +127,26 @@ mod tests {
             vec![0x1030, 0x1080, UNKNOWN_FP]
         );
         assert_eq!(arm64.frame_fps(&[]), Vec::<u64>::new());
-        assert_eq!(arm64.varp(UNKNOWN_FP), None);
-        assert_eq!(arm64.varp(0x1030), Some(0x1028));
         assert_eq!(arm64.argp(0x1030), Some(0x1038));
-        assert_eq!(arm64.varp(4), None);
+        assert_eq!(arm64.argp(UNKNOWN_FP), None);
+    }
+
+    #[test]
+    fn frame_pointers_like_the_runtime() {
+        // amd64, a 0x28-byte frame at 0x1000: return address at 0x1028, fp 0x1030, saved bp
+        // at 0x1020 (varp), arguments from 0x1030.
+        let amd64 = FrameLayout::Amd64;
+        assert_eq!(amd64.frame_pointers(0x1000, 0x1030), (0x1020, 0x1030));
+        // A frameless function: nothing between sp and its return address.
+        assert_eq!(amd64.frame_pointers(0x1000, 0x1008), (0x1000, 0x1008));
+        // arm64: LR at sp, caller's sp is fp; locals below the saved fp slot (the top word),
+        // arguments above the caller's saved LR.
+        let arm64 = FrameLayout::Arm64;
+        assert_eq!(arm64.frame_pointers(0x1000, 0x1030), (0x1028, 0x1038));
+        assert_eq!(
+            arm64.frame_pointers(0x1000, arm64.sp_delta_step(0x1000, 0x30).unwrap().1),
+            (0x1028, 0x1038)
+        );
     }
 
     #[test]

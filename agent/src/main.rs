@@ -11,6 +11,7 @@ mod dump_writer;
 mod frame_layout;
 mod freezer;
 mod fxhash;
+mod gcframes;
 mod goroutines;
 mod groups;
 mod leaks;

@@ -83,9 +83,9 @@ impl<'a> Symbolizer<'a> {
         frames
     }
 
-    /// Live pointer words of the frame of the function at `pc` (a runtime address inside it).
-    pub fn stack_liveness(&self, pc: u64) -> Option<gobinary::pclntab::StackLiveness> {
-        self.pclntab.stack_liveness(pc.wrapping_sub(self.bias))
+    /// The binary's pclntab and its load bias (runtime address = link address + bias).
+    pub fn pclntab(&self) -> (&'a Pclntab, u64) {
+        (self.pclntab, self.bias)
     }
 
     /// Bytes of arguments (incl. spilled register arguments) of the function at `pc`.
@@ -192,28 +192,50 @@ impl std::fmt::Display for StackError {
 pub struct Unwound {
     /// Return addresses, innermost first (the first is the saved pc).
     pub pcs: Vec<u64>,
-    /// The stack copy, from `sp` up (a slice of its batch's buffer, see [`unwind_many`]).
+    /// The stack copy, from `base` up (a slice of its batch's buffer, see [`unwind_many`]).
     pub stack: Bytes,
-    pub sp: u64,
+    /// Where the copy starts: the saved `sp`, or on arm64 one word below it (the innermost
+    /// frame's saved fp, [`FrameLayout::read_base`]).
+    pub base: u64,
+    /// How the walk started, to find again where it read each return address.
+    from: WalkFrom,
+}
+
+/// The saved registers an unwind started from and how it walked (a few words: a dump keeps a
+/// million [`Unwound`]s in flight, so where each return address was read is not kept but found
+/// again, by the same walk, when asked).
+#[derive(Debug, Clone, Copy)]
+struct WalkFrom {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    use_fp: bool,
+    layout: FrameLayout,
 }
 
 impl Unwound {
-    /// Where each return address was found: `slots[i]` holds `pcs[i + 1]`.
-    pub fn return_slots(&self) -> Vec<u64> {
-        let mut slots = Vec::new();
-        let mut from = self.sp;
-        for &pc in self.pcs.iter().skip(1) {
-            let mut at = from;
-            let found = loop {
-                match stack_word(&self.stack, self.sp, at) {
-                    Some(w) if w == pc => break Some(at),
-                    Some(_) => at = at.saturating_add(8),
-                    None => break None,
-                }
-            };
-            let Some(at) = found else { break };
-            slots.push(at);
-            from = at.saturating_add(8);
+    /// The saved `sp`: the innermost frame's.
+    pub fn sp(&self) -> u64 {
+        self.from.sp
+    }
+
+    /// Where the walk read each return address: `slots[i]` holds `pcs[i + 1]` (the same walk
+    /// again, over the same copy; a stale copy of a return address elsewhere in a frame is
+    /// never taken for it). `pclntab` and `bias` as for the unwind.
+    pub fn return_slots(&self, pclntab: &Pclntab, bias: u64) -> Vec<u64> {
+        let mut slots = Vec::with_capacity(self.pcs.len().saturating_sub(1));
+        let w = self.from;
+        if w.use_fp {
+            walk_frame_pointers(&self.stack, self.base, w.pc, w.bp, |s| slots.push(s));
+        } else {
+            walk_sp_deltas(
+                w.layout,
+                &self.stack,
+                self.base,
+                (w.sp, w.pc),
+                |pc| frame_size(pclntab, bias, pc),
+                |s| slots.push(s),
+            );
         }
         slots
     }
@@ -340,27 +362,45 @@ pub fn unwind_many(
 fn unwind_copy(pclntab: &Pclntab, bias: u64, plan: &StackPlan, stack: Bytes) -> Unwound {
     let (pc, sp, base) = (plan.pc, plan.sp, plan.base);
     let pcs = if plan.use_fp {
-        walk_frame_pointers(&stack, base, pc, plan.bp)
+        walk_frame_pointers(&stack, base, pc, plan.bp, |_| {})
     } else {
-        walk_sp_deltas(plan.layout, &stack, base, sp, pc, |pc| {
-            let link = pc.wrapping_sub(bias);
-            let f = pclntab.func_at(link)?;
-            if f.name == "runtime.goexit" {
-                return None;
-            }
-            let at = if link >= f.end { link - 1 } else { link };
-            u64::try_from(pclntab.sp_delta_at(at)?).ok()
-        })
+        walk_sp_deltas(
+            plan.layout,
+            &stack,
+            base,
+            (sp, pc),
+            |pc| frame_size(pclntab, bias, pc),
+            |_| {},
+        )
     };
     Unwound {
         pcs,
         stack,
-        sp: base,
+        base,
+        from: WalkFrom {
+            pc,
+            sp,
+            bp: plan.bp,
+            use_fp: plan.use_fp,
+            layout: plan.layout,
+        },
     }
 }
 
-/// The word at `addr` of a stack copy that starts at `base`.
-fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
+/// The pcsp table's value for the frame at runtime `pc`; None at `runtime.goexit` (the bottom
+/// of the stack) or outside every function.
+fn frame_size(pclntab: &Pclntab, bias: u64, pc: u64) -> Option<u64> {
+    let link = pc.wrapping_sub(bias);
+    let f = pclntab.func_at(link)?;
+    if f.name == "runtime.goexit" {
+        return None;
+    }
+    let at = if link >= f.end { link - 1 } else { link };
+    u64::try_from(pclntab.sp_delta_at(at)?).ok()
+}
+
+/// The word at `addr` of a stack copy that starts at `base`; None outside the copy.
+pub fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
     let off = usize::try_from(addr.checked_sub(base)?).ok()?;
     let bytes = stack.get(off..off.checked_add(8)?)?;
     Some(u64::from_le_bytes(bytes.try_into().ok()?))
@@ -368,24 +408,30 @@ fn stack_word(stack: &[u8], base: u64, addr: u64) -> Option<u64> {
 
 /// Return addresses by the frame-pointer chain: `[fp]` = caller's fp, `[fp+8]` = return
 /// address; the chain ends at runtime.goexit with a zero frame pointer. `stack` is a copy of
-/// the target's stack from `sp` up.
-fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
+/// the target's stack from `sp` up. `read_at` is told where each return address was read.
+fn walk_frame_pointers(
+    stack: &[u8],
+    sp: u64,
+    pc: u64,
+    bp: u64,
+    mut read_at: impl FnMut(u64),
+) -> Vec<u64> {
     let hi = sp.saturating_add(stack.len() as u64);
     // Room for a typical stack at once: a dump unwinds a million of them.
     let mut pcs = Vec::with_capacity(TYPICAL_FRAMES);
     pcs.push(pc);
     let mut fp = bp;
     while pcs.len() < MAX_FRAMES && fp >= sp && fp < hi && fp.is_multiple_of(8) {
-        let (Some(next), Some(ret)) = (
-            stack_word(stack, sp, fp),
-            stack_word(stack, sp, fp.saturating_add(8)),
-        ) else {
+        let slot = fp.saturating_add(8);
+        let (Some(next), Some(ret)) = (stack_word(stack, sp, fp), stack_word(stack, sp, slot))
+        else {
             break;
         };
         if ret == 0 {
             break;
         }
         pcs.push(ret);
+        read_at(slot);
         if next <= fp {
             break;
         }
@@ -394,22 +440,22 @@ fn walk_frame_pointers(stack: &[u8], sp: u64, pc: u64, bp: u64) -> Vec<u64> {
     pcs
 }
 
-/// Return addresses by SP deltas (no frame pointer saved), from the frame at `sp` in a stack
-/// copy that starts at `base`: `frame_size(pc)` is the pcsp table's value, `None` to stop
-/// (unknown function, or the bottom of the stack).
+/// Return addresses by SP deltas (no frame pointer saved), from the frame at `start` = (sp,
+/// pc) in a stack copy that starts at `base`: `frame_size(pc)` is the pcsp table's value,
+/// `None` to stop (unknown function, or the bottom of the stack). `read_at` is told where
+/// each return address was read.
 fn walk_sp_deltas(
     layout: FrameLayout,
     stack: &[u8],
     base: u64,
-    sp: u64,
-    pc: u64,
+    start: (u64, u64),
     frame_size: impl Fn(u64) -> Option<u64>,
+    mut read_at: impl FnMut(u64),
 ) -> Vec<u64> {
+    let (mut cur_sp, mut cur_pc) = start;
     // Room for a typical stack at once: a dump unwinds a million of them.
     let mut pcs = Vec::with_capacity(TYPICAL_FRAMES);
-    pcs.push(pc);
-    let mut cur_pc = pc;
-    let mut cur_sp = sp;
+    pcs.push(cur_pc);
     while pcs.len() < MAX_FRAMES {
         let Some(delta) = frame_size(cur_pc) else {
             break;
@@ -425,6 +471,7 @@ fn walk_sp_deltas(
             break;
         }
         pcs.push(ret);
+        read_at(ret_slot);
         cur_pc = ret;
         cur_sp = caller_sp;
     }
@@ -467,6 +514,7 @@ pub fn symbolize_shared(sym: &Symbolizer<'_>, pcs: &[u64]) -> Arc<[SourceFrame]>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame_layout::UNKNOWN_FP;
 
     #[test]
     fn runtime_frame_filter_matches_the_runtime() {
@@ -501,11 +549,11 @@ mod tests {
                 }
             }
             let bp = if round % 3 == 0 { sp } else { next() };
-            let pcs = walk_frame_pointers(&stack, sp, next(), bp);
+            let pcs = walk_frame_pointers(&stack, sp, next(), bp, |_| {});
             assert!(pcs.len() <= MAX_FRAMES);
             let delta = next() % 64;
             for layout in [FrameLayout::Amd64, FrameLayout::Arm64] {
-                let pcs = walk_sp_deltas(layout, &stack, sp, sp, next(), |_| Some(delta));
+                let pcs = walk_sp_deltas(layout, &stack, sp, (sp, next()), |_| Some(delta), |_| {});
                 assert!(pcs.len() <= MAX_FRAMES);
             }
         }
@@ -520,10 +568,16 @@ mod tests {
         stack[24..32].copy_from_slice(&0xaaau64.to_le_bytes());
         stack[32..40].copy_from_slice(&0u64.to_le_bytes());
         stack[40..48].copy_from_slice(&0xbbbu64.to_le_bytes());
+        // A stale copy of the first return address lower in the innermost frame.
+        stack[8..16].copy_from_slice(&0xaaau64.to_le_bytes());
+        let mut slots = Vec::new();
         assert_eq!(
-            walk_frame_pointers(&stack, sp, 0x999, 0x1010),
+            walk_frame_pointers(&stack, sp, 0x999, 0x1010, |s| slots.push(s)),
             vec![0x999, 0xaaa, 0xbbb]
         );
+        // Where the walk read them, not where the value first occurs.
+        assert_eq!(slots, vec![0x1018, 0x1028]);
+        assert_eq!(FrameLayout::Amd64.frame_fps(&slots), vec![0x1020, 0x1030]);
     }
 
     /// arm64: a parked goroutine's `bp` is one word below its `sp` (the prologue stores the
@@ -544,15 +598,36 @@ mod tests {
         // Its caller's frame at sp 0x1020 (fp 0x1018): saved fp 0, LR 0xbbb (goexit).
         put(0x1018, 0);
         put(0x1020, 0xbbb);
+        // A stale copy of the second return address inside gopark's frame.
+        put(0x1010, 0xbbb);
+        let mut slots = Vec::new();
         assert_eq!(
-            walk_frame_pointers(&stack, base, 0x999, sp - 8),
+            walk_frame_pointers(&stack, base, 0x999, sp - 8, |s| slots.push(s)),
             vec![0x999, 0xaaa, 0xbbb]
         );
+        assert_eq!(slots, vec![0x1000, 0x1020]);
         // The same stack by pcsp deltas: 0x20 bytes per frame, LR at each frame's sp.
-        let pcs = walk_sp_deltas(layout, &stack, base, sp, 0x999, |pc| {
-            (pc != 0xbbb).then_some(0x20)
-        });
+        let mut by_deltas = Vec::new();
+        let pcs = walk_sp_deltas(
+            layout,
+            &stack,
+            base,
+            (sp, 0x999),
+            |pc| (pc != 0xbbb).then_some(0x20),
+            |s| by_deltas.push(s),
+        );
         assert_eq!(pcs, vec![0x999, 0xaaa, 0xbbb]);
+        assert_eq!(by_deltas, slots);
+        // gopark's frame ends where its caller's LR is; the caller's reaches the stack's top.
+        assert_eq!(layout.frame_fps(&slots), vec![0x1020, UNKNOWN_FP]);
+    }
+
+    #[test]
+    fn words_stay_inside_the_copy() {
+        assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x10), Some(1));
+        assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x11), None);
+        assert_eq!(stack_word(&[1, 0, 0, 0, 0, 0, 0, 0], 0x10, 0x8), None);
+        assert_eq!(stack_word(&[], 0x10, u64::MAX), None);
     }
 
     #[test]

@@ -81,36 +81,6 @@ const FUNCDATA_LOCALS_POINTER_MAPS: u32 = 1;
 /// Larger stack maps than this many words are malformed.
 const MAX_STACK_MAP_BITS: i32 = 1 << 20;
 
-/// Which stack words of a frame hold live pointers at one pc (what the GC scans): the runtime's
-/// `getStackMap`. Bit i of `locals` is the word at `varp - 8 * locals_words + 8 * i` (`varp`:
-/// the saved frame pointer's slot, just below the return address); bit i of `args` the word at
-/// `fp + 8 * i` (`fp`: just above the return address).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StackLiveness {
-    pub locals_words: u32,
-    pub locals: Vec<u8>,
-    pub args_words: u32,
-    pub args: Vec<u8>,
-}
-
-impl StackLiveness {
-    fn bit(bits: &[u8], i: u64) -> bool {
-        usize::try_from(i / 8)
-            .ok()
-            .and_then(|b| bits.get(b))
-            .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
-    }
-
-    /// Whether the local word `i` (counted from the bottom of the locals area) is live.
-    pub fn local_live(&self, i: u64) -> bool {
-        i < u64::from(self.locals_words) && Self::bit(&self.locals, i)
-    }
-
-    pub fn arg_live(&self, i: u64) -> bool {
-        i < u64::from(self.args_words) && Self::bit(&self.args, i)
-    }
-}
-
 /// `abi.FUNCDATA_StackObjects` (unchanged since Go 1.12) and `abi.ArgsSizeUnknown`.
 const FUNCDATA_STACK_OBJECTS: u32 = 2;
 const ARGS_SIZE_UNKNOWN: i32 = i32::MIN;
@@ -127,7 +97,11 @@ pub struct StackBits {
 
 impl StackBits {
     pub fn live(&self, i: u64) -> bool {
-        i < u64::from(self.words) && StackLiveness::bit(&self.bits, i)
+        i < u64::from(self.words)
+            && usize::try_from(i / 8)
+                .ok()
+                .and_then(|b| self.bits.get(b))
+                .is_some_and(|byte| byte & (1 << (i % 8)) != 0)
     }
 }
 
@@ -954,30 +928,6 @@ impl Pclntab {
             .checked_add(bytes.checked_mul(usize::try_from(index).ok()?)?)?;
         let data = self.gofunc.get(start..start.checked_add(bytes)?)?;
         Some((nbit as u32, data.to_vec()))
-    }
-
-    /// The frame's live pointer words at `pc` (a link-time address inside the function: a
-    /// return address minus one). None when the function has no usable maps.
-    pub fn stack_liveness(&self, pc: u64) -> Option<StackLiveness> {
-        let f = self.raw_func(self.index_at(pc)?)?;
-        let index = match self.pcdata_value(&f, PCDATA_STACK_MAP_INDEX, pc) {
-            -1 => 0,
-            i => i,
-        };
-        let (locals_words, locals) = match self.funcdata(&f, FUNCDATA_LOCALS_POINTER_MAPS) {
-            Some(off) => self.stack_map(off, index)?,
-            None => (0, Vec::new()),
-        };
-        let (args_words, args) = match self.funcdata(&f, FUNCDATA_ARGS_POINTER_MAPS) {
-            Some(off) => self.stack_map(off, index).unwrap_or((0, Vec::new())),
-            None => (0, Vec::new()),
-        };
-        Some(StackLiveness {
-            locals_words,
-            locals,
-            args_words,
-            args,
-        })
     }
 
     /// What the GC needs to scan the frame of the function at `pc` precisely, as the runtime's

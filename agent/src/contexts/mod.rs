@@ -27,6 +27,7 @@ use gobinary::rtype::TypeReader;
 use serde::Serialize;
 
 use crate::frame_layout::FrameLayout;
+use crate::gcframes::{FrameCache, FrameWalker};
 use crate::goroutines::RawG;
 use crate::stack::{SourceFrame, Symbolizer, Unwound};
 use chain::{Decoder, Iface, Link, Own};
@@ -173,7 +174,8 @@ pub struct ContextAnalyzer {
     runtime_itabs: itabs::RuntimeItabs,
     /// The table could not be read: said once on stderr.
     itab_problem_said: bool,
-    stack_maps: liveness::StackMapCache,
+    /// Frame sizes and stack maps by pc, for the liveness of stack words.
+    frames: FrameCache,
     /// During a one-off dump only: context chains decoded, by the context value. Goroutines
     /// of one request or one leak share their contexts, and a dump is a racy snapshot anyway
     /// (a context cancelled while the dump runs may show either way), so each chain is read
@@ -198,7 +200,7 @@ impl ContextAnalyzer {
                     .map_err(|e| format!("cannot locate it: {e}")),
             ),
             itab_problem_said: false,
-            stack_maps: liveness::StackMapCache::default(),
+            frames: FrameCache::default(),
             dump_chains: None,
         })
     }
@@ -333,16 +335,13 @@ impl ContextAnalyzer {
         };
         let nwords = stack.len() / 8;
         // Candidate (itab, data) pairs first: most stacks hold none, and then their frames
-        // and stack maps need not be looked at.
-        let mut seen = HashSet::new();
+        // and stack maps need not be looked at. Every copy of a pair is one: a dead copy lower
+        // on the stack must not hide a live one above it.
         let mut candidates = Vec::new();
         for i in 0..nwords.saturating_sub(1) {
             let (itab, data) = (word(i), word(i + 1));
             // A context never has a nil data word (even Background points at zerobase).
-            if data == 0
-                || self.decoder.context_type(types, itab).is_none()
-                || !seen.insert((itab, data))
-            {
+            if data == 0 || self.decoder.context_type(types, itab).is_none() {
                 continue;
             }
             candidates.push((i, itab, data));
@@ -351,17 +350,26 @@ impl ContextAnalyzer {
             return Vec::new();
         }
         let layout = sym.layout();
-        let fps = layout.frame_fps(&u.return_slots());
-        let live = liveness::FrameLiveness::new(&mut self.stack_maps, sym, &u.pcs, &fps);
+        let (pclntab, bias) = sym.pclntab();
+        let fps = layout.frame_fps(&u.return_slots(pclntab, bias));
+        // Liveness from the GC's own walk (pcsp frame sizes), whatever walk found `u.pcs`.
+        let live = liveness::FrameLiveness::new(
+            &FrameWalker::new(pclntab, bias),
+            &mut self.frames,
+            (u.pcs.first().copied().unwrap_or(0), u.sp()),
+            u.base,
+            stack,
+        );
         let func_of = |pc: u64| {
             sym.func_name(pc.wrapping_sub(1))
                 .unwrap_or_else(|| "?".to_string())
         };
+        let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, itab, data) in candidates {
-            let addr = u.sp + 8 * i as u64;
+            let addr = u.base + 8 * i as u64;
             // Stack maps mark only an interface's data word (its itab is never in the heap).
-            if live.is_live(addr + 8) == Some(false) {
+            if live.is_live(addr + 8) == Some(false) || !seen.insert((itab, data)) {
                 continue;
             }
             let frame = frame_of(addr, layout, &u.pcs, &fps, sym, &func_of);
