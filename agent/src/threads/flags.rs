@@ -19,6 +19,9 @@ pub struct Wait {
     pub exact: bool,
 }
 
+/// Walks of a thread's stack tried before one that read a still stack (see `stack`).
+const STACK_TRIES: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct Flagged {
     pub wait: Wait,
@@ -138,26 +141,45 @@ impl Flags {
 
     fn stack(&mut self, tid: u32, st: &SyscallState) -> (Vec<StackFrame>, StackEnd) {
         self.space.begin_batch();
-        let mut unwound = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, st.sp, st.pc);
-        // The thread runs on while its stack is read: a walk may have read a stack that had
-        // already changed (it woke and waited again, elsewhere or at the same place), which
-        // either fails or, worse, ends early at a plausible-looking frame. Walk again when the
-        // walk failed or the thread is no longer where /proc said when the walk began.
-        for _ in 0..2 {
-            let Some(now) = procfs::syscall_state(self.pid, tid) else {
-                break;
+        // The thread runs on while its stack is read: a walk may read a stack that is changing
+        // (it woke, ran, waited again), which either fails or, worse, ends early at a
+        // plausible-looking frame. A walk is kept when the thread did not run while it was read
+        // (its context switch count stood still) and still waits where /proc said; otherwise
+        // the stack is walked again from where it waits now.
+        let mut at = (st.nr, st.sp, st.pc);
+        let mut unwound = None;
+        for attempt in 0..STACK_TRIES {
+            let before = procfs::sched_state(self.pid, tid).map(|s| s.nr_switches);
+            let walk = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, at.1, at.2);
+            let after = procfs::sched_state(self.pid, tid).map(|s| s.nr_switches);
+            let now = procfs::syscall_state(self.pid, tid).map(|n| (n.nr, n.sp, n.pc));
+            // Without the scheduler's counts (/proc/.../sched), a complete walk is trusted.
+            let quiet = match (before, after) {
+                (Some(b), Some(a)) => b == a,
+                _ => !matches!(walk.end, StackEnd::Cut(_)),
             };
-            let moved = (now.nr, now.sp, now.pc) != (st.nr, st.sp, st.pc);
-            if !moved && !matches!(unwound.end, StackEnd::Cut(_)) {
+            let still = quiet && now == Some(at);
+            unwound = Some(walk);
+            if still {
                 break;
             }
-            let again = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, now.sp, now.pc);
-            let settled = again == unwound;
-            unwound = again;
-            if settled {
-                break;
+            match now {
+                Some(now) => at = now,
+                // Running now: its wait ended. Give it a moment to wait again.
+                None if attempt + 1 < STACK_TRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    match procfs::syscall_state(self.pid, tid) {
+                        Some(n) => at = (n.nr, n.sp, n.pc),
+                        None => break,
+                    }
+                }
+                None => break,
             }
         }
+        let unwound = unwound.unwrap_or_else(|| unwind::Unwound {
+            pcs: vec![st.pc],
+            end: StackEnd::Cut("no walk".into()),
+        });
         (
             symbols::symbolize(&mut self.space, &unwound.pcs),
             unwound.end,
