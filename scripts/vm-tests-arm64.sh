@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # arm64: the goroutine integration tests (agent_once, agent_stream), the threads tests
 # (agent_threads: the C deadlock, idle runtime threads, a cgo call blocked in C), context
-# diagnosis (agent_contexts), leak verdicts
-# (agent_leaks' fixture truth, agent_leaks_stream), groups (agent_groups' --once tests), the
-# target's faults and refusals (agent_faults, agent_failures) and agent_probes' checks run
+# diagnosis (agent_contexts), leak verdicts (agent_leaks' fixture truth, agent_leaks_stream),
+# groups (agent_groups), the target's faults and refusals (agent_faults, agent_failures) and
+# agent_probes' checks run
 # inside Debian's arm64 kernel under QEMU (TCG), against
 # an aarch64 ctxprobe and aarch64 test binaries cross-built here with Debian's
 # rustc-web, on fixtures built here with GOARCH=arm64 (the guest is a busybox initramfs with
@@ -24,13 +24,10 @@ scripts/setup.sh --vm --all-go
 export CARGO_TERM_COLOR=never
 export CTXPROBE_TEST_GO=${CTXPROBE_TEST_GO:-1.21,1.27}
 export CTXPROBE_TEST_BUILD=${CTXPROBE_TEST_BUILD:-default,stripped}
-# agent_groups' streaming tests are left out: their timelines (short bursts, a stalled stdout's
-# +-1 s) are not stretched for emulation yet. agent_probes' cancel storm: see
-# scripts/vm-tests.sh.
+# agent_probes' cancel storm is left out: see scripts/vm-tests.sh.
 default_tests="agent_once agent_stream"
 default_tests+=" agent_threads:deadlocked_c_threads,idle_runtime_threads,cgo_call_blocked_in_c"
-default_tests+=" agent_leaks:leak_verdicts_match_fixture_truth agent_leaks_stream"
-default_tests+=" agent_groups:once_grouped_matches_debug1,once_per_goroutine_grouped_by_harness"
+default_tests+=" agent_leaks:leak_verdicts_match_fixture_truth agent_leaks_stream agent_groups"
 default_tests+=" agent_contexts agent_faults agent_failures"
 default_tests+=" agent_probes:park_probe_keeps_firing,lost_breakpoint_is_restored"
 read -r -a specs <<<"${VM_TESTS:-$default_tests}"

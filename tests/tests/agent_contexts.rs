@@ -10,6 +10,7 @@ use ctxprobe_tests::compare::goid;
 use ctxprobe_tests::contract::check_record;
 use ctxprobe_tests::fixture::Fixture;
 use ctxprobe_tests::probe::{args, run_ctxprobe, RunningProbe};
+use ctxprobe_tests::scaled;
 use ctxprobe_tests::scenario::{check_all_records, ensure_success, preconditions};
 use ctxprobe_tests::serial::bpf_serial;
 use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
@@ -125,6 +126,12 @@ fn check_cell(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
     Ok(())
 }
 
+/// How long a streaming test waits for one of ctxprobe's records: stretched under emulation,
+/// where its scans come further apart.
+fn record_wait() -> Duration {
+    scaled(Duration::from_secs(30))
+}
+
 /// Streaming: a context held through an itab the runtime built after ctxprobe attached is
 /// found (the runtime's itab table is read again at each snapshot).
 #[test]
@@ -160,9 +167,9 @@ fn check_late_itab(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
             "--every-goroutine",
         ],
     ))?;
-    probe.wait_record("attach", Duration::from_secs(30))?;
+    probe.wait_record("attach", record_wait())?;
     // Let a few snapshots (and their diagnoses) go by before the itab exists.
-    probe.wait_for("a blocked record", Duration::from_secs(30), |v| {
+    probe.wait_for("a blocked record", record_wait(), |v| {
         v["type"] == "blocked"
     })?;
     fixture.process.send_line("late")?;
@@ -173,11 +180,9 @@ fn check_late_itab(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
         })?;
     let case = line.json.unwrap_or_default()["late"].clone();
     let worker = case["goid"].as_u64().context("no late goid")?;
-    let rec = probe.wait_for(
-        "the late goroutine's blocked record",
-        Duration::from_secs(30),
-        |v| v["type"] == "blocked" && goid(v) == Some(worker),
-    )?;
+    let rec = probe.wait_for("the late goroutine's blocked record", record_wait(), |v| {
+        v["type"] == "blocked" && goid(v) == Some(worker)
+    })?;
     let r = rec.json.unwrap_or_default();
     check_record(&r, pid)?;
     compare(&case, &r).with_context(|| format!("record {r}"))?;
@@ -269,7 +274,7 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
             "--every-goroutine",
         ],
     ))?;
-    probe.wait_record("attach", Duration::from_secs(30))?;
+    probe.wait_record("attach", record_wait())?;
     let before_cancel = Instant::now();
     fixture.process.send_line("cancel")?;
     let line = fixture
@@ -279,11 +284,9 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
         })?;
     let truth = line.json.unwrap_or_default()["cancelled_later"].clone();
     let worker = truth["case"]["goid"].as_u64().context("no worker goid")?;
-    let rec = probe.wait_for(
-        "the worker's blocked record",
-        Duration::from_secs(30),
-        |v| v["type"] == "blocked" && goid(v) == Some(worker),
-    )?;
+    let rec = probe.wait_for("the worker's blocked record", record_wait(), |v| {
+        v["type"] == "blocked" && goid(v) == Some(worker)
+    })?;
     let (rec_at, r) = (rec.at, rec.json.unwrap_or_default());
     check_record(&r, pid)?;
     compare(&truth["case"], &r).with_context(|| format!("record {r}"))?;
@@ -308,7 +311,8 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
         );
     }
     // The cancel happened between the request and the fixture's answer; the record was
-    // written before the harness read it.
+    // written before the harness read it (up to 0.5 s before: its way through ctxprobe's
+    // output and the harness's reader, slower under emulation).
     let ago = Duration::from_nanos(
         c["cancelled_ago_ns"]
             .as_u64()
@@ -317,7 +321,7 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
     let most = rec_at.duration_since(before_cancel) + Duration::from_millis(50);
     let least = rec_at
         .duration_since(line.at)
-        .saturating_sub(Duration::from_millis(500));
+        .saturating_sub(scaled(Duration::from_millis(500)));
     ensure!(
         ago >= least && ago <= most,
         "cancelled_ago_ns {ago:?} outside [{least:?}, {most:?}]"
@@ -331,7 +335,7 @@ fn check_cancel_site(tc: &Toolchain, mode: &BuildMode) -> Result<()> {
         let name = case["name"].as_str().unwrap_or("?");
         // Parked long before the attach: reported within the first snapshots, usually before
         // the worker; records come in no fixed order, so look through all of them.
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + scaled(Duration::from_secs(20));
         let r = loop {
             let found = probe
                 .process

@@ -2,6 +2,10 @@
 //! runtime's own `debug=1` dump and with the fixture's truth; leak suspects (growing sites are,
 //! stable pools, warm-up plateaus and drained bursts are not); the per-group rate limit of
 //! `blocked`; `--max-groups`; and a stdout nobody reads. Needs root and a built ctxprobe.
+//!
+//! Under emulation ([`time_scale`] 3) the timelines that are about the machine's speed are
+//! stretched: the fixture's bursts and growth, ctxprobe's `--duration`s, the waits, and the
+//! tolerances of checks about how fast something happens. What is checked stays the same.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -17,10 +21,25 @@ use ctxprobe_tests::probe::{args, ctxprobe_bin, run_ctxprobe, RunningProbe};
 use ctxprobe_tests::scenario::{check_all_records, ensure_success, for_each_cell};
 use ctxprobe_tests::serial::bpf_serial;
 use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
+use ctxprobe_tests::{scaled, time_scale};
 use serde_json::Value;
 
 fn with(base: &[&'static str], extra: &[&'static str]) -> Vec<&'static str> {
     base.iter().chain(extra).copied().collect()
+}
+
+/// `d` stretched by the time scale, as a duration argument (ctxprobe's and the fixture's).
+fn scaled_arg(d: Duration) -> String {
+    format!("{}ms", scaled(d).as_millis())
+}
+
+/// A rate per second slowed by the time scale, as a fixture argument.
+fn scaled_rate(per_sec: f64) -> String {
+    (per_sec / f64::from(time_scale())).to_string()
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn key(stack: &[Site]) -> Vec<String> {
@@ -83,13 +102,19 @@ fn once_grouped_matches_debug1() {
 /// also checks the fields only ctxprobe's own `group` records have.
 fn compare_groups(g: &Groups, groups: &[&Value], stacks: &[StackCount], full: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    // The runtime's view: every stack it prints (except the goroutine writing the dump).
+    // The runtime's view: every stack it prints, except the goroutine writing the dump and the
+    // signal goroutine while it delivers the signal that asked for it (ctxprobe saw it parked
+    // before the signal came: under emulation the dump catches it on its way).
     let mut ours: HashMap<Vec<String>, u64> = HashMap::new();
     for r in groups {
         *ours.entry(key(&as_debug1_stack(r))).or_default() += r["goroutines"].as_u64().unwrap_or(0);
     }
     for s in stacks {
-        if s.frames.iter().any(|f| f.func == "main.dump") {
+        if s
+            .frames
+            .iter()
+            .any(|f| f.func == "main.dump" || f.func == "os/signal.process")
+        {
             continue;
         }
         let got = ours
@@ -197,11 +222,26 @@ fn once_per_goroutine_grouped_by_harness_matches_debug1() {
 const STREAM_THRESHOLD: Duration = Duration::from_secs(2);
 const STREAM_SUMMARY: Duration = Duration::from_secs(2);
 
+/// `--duration` of the leak-suspect test. Not simply stretched: most of it is the suspect
+/// rule's own clock (30 s of history in 10-s buckets, fixed in ctxprobe whatever the machine),
+/// and only the rest (attach, the first scans, the scans' spacing) is the machine's speed.
+fn suspects_duration() -> Duration {
+    Duration::from_secs(40) + scaled(Duration::from_secs(10))
+}
+
 /// Streaming on a process with growing leaks, a stable pool, a warm-up, a burst that drains and
 /// busy goroutines: each leak site is a suspect, nothing else is; counts follow the fixture's.
 #[test]
 fn streaming_groups_and_leak_suspects() {
     for_each_cell(|tc, mode| {
+        // The leak rate and the warm-up stay on ctxprobe's fixed clock (see suspects_duration):
+        // a warm-up stretched over three 10-s buckets would rightly look like a leak. The
+        // burst, whose members are past the threshold only while it is held, is stretched so
+        // that slower scans still see it.
+        let (burst_at, burst_hold) = (
+            scaled_arg(Duration::from_secs(2)),
+            scaled_arg(Duration::from_secs(4)),
+        );
         let mut g = Groups::start(
             tc,
             mode,
@@ -217,15 +257,16 @@ fn streaming_groups_and_leak_suspects() {
                 "-burst",
                 "40",
                 "-burst-at",
-                "2s",
+                &burst_at,
                 "-burst-hold",
-                "4s",
+                &burst_hold,
                 "-busy-pairs",
                 "2",
                 "-report-every",
                 "500ms",
             ],
         )?;
+        let duration = format!("{}ms", suspects_duration().as_millis());
         let mut probe = RunningProbe::spawn(&args(
             g.pid(),
             &[
@@ -234,11 +275,11 @@ fn streaming_groups_and_leak_suspects() {
                 "--summary-interval",
                 "2s",
                 "--duration",
-                "50s",
+                &duration,
             ],
         ))?;
-        let attach = probe.wait_record("attach", Duration::from_secs(20))?;
-        let out = probe.finish(Duration::from_secs(90))?;
+        let attach = probe.wait_record("attach", scaled(Duration::from_secs(20)))?;
+        let out = probe.finish(suspects_duration() + scaled(Duration::from_secs(40)))?;
         ensure_success(&out)?;
         let counts = g.counts();
         let mut problems = Vec::new();
@@ -258,7 +299,8 @@ fn streaming_groups_and_leak_suspects() {
         let mut first_group: HashMap<String, Instant> = HashMap::new();
         let mut suspects: HashSet<String> = HashSet::new();
         let mut group_ids: HashMap<String, HashSet<u64>> = HashMap::new();
-        let window = STREAM_SUMMARY + Duration::from_secs(3);
+        // A record's count is its group's at the last snapshot, which slower scans leave older.
+        let window = STREAM_SUMMARY + scaled(Duration::from_secs(3));
         for (at, r) in lines.iter().filter(|(_, r)| r["type"] == "group") {
             if let Err(e) = check_group_record(r) {
                 problems.push(format!("{e:#}"));
@@ -308,7 +350,7 @@ fn streaming_groups_and_leak_suspects() {
                 None => problems.push(format!("leak site {site}: no group record")),
                 Some(t) => {
                     let after = t.saturating_duration_since(attach.at);
-                    if after > STREAM_THRESHOLD + Duration::from_secs(10) {
+                    if after > STREAM_THRESHOLD + scaled(Duration::from_secs(10)) {
                         problems.push(format!(
                             "leak site {site}: first group record {after:?} after attach"
                         ));
@@ -390,36 +432,50 @@ fn streaming_groups_and_leak_suspects() {
     });
 }
 
-/// A static population plus a burst that drains, for the rate-limit tests.
-const STATIC: &[&str] = &[
-    "-leak-initial",
-    "20",
-    "-leak-rate",
-    "0",
-    "-idle",
-    "10",
-    "-warm",
-    "10",
-    "-warm-over",
-    "0",
-    "-burst",
-    "10",
-    "-burst-at",
-    "2500ms",
-    "-burst-hold",
-    "3s",
-    "-busy-pairs",
-    "1",
-    "-report-every",
-    "0",
-];
+/// A static population plus a burst that drains, for the rate-limit tests. The burst's members
+/// are past the threshold only while it is held: stretched, so that slower scans still see it.
+fn static_args() -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-leak-initial",
+        "20",
+        "-leak-rate",
+        "0",
+        "-idle",
+        "10",
+        "-warm",
+        "10",
+        "-warm-over",
+        "0",
+        "-burst",
+        "10",
+        "-busy-pairs",
+        "1",
+        "-report-every",
+        "0",
+    ]
+    .map(String::from)
+    .into();
+    a.extend([
+        "-burst-at".into(),
+        scaled_arg(Duration::from_millis(2500)),
+        "-burst-hold".into(),
+        scaled_arg(Duration::from_secs(3)),
+    ]);
+    a
+}
+
+/// `--duration` of the rate-limit tests: past the burst's release, stretched with it.
+fn static_duration() -> String {
+    scaled_arg(Duration::from_secs(10))
+}
 
 /// `--samples-per-group 1 --max-groups 2`: at most one `blocked` per group, `unblocked` only for
 /// those, at most two `group` records per summary interval and the rest counted.
 #[test]
 fn samples_per_group_and_max_groups() {
     for_each_cell(|tc, mode| {
-        let g = Groups::start(tc, mode, STATIC)?;
+        let g = Groups::start(tc, mode, &as_strs(&static_args()))?;
+        let duration = static_duration();
         let mut probe = RunningProbe::spawn(&args(
             g.pid(),
             &[
@@ -428,15 +484,15 @@ fn samples_per_group_and_max_groups() {
                 "--summary-interval",
                 "1s",
                 "--duration",
-                "10s",
+                &duration,
                 "--samples-per-group",
                 "1",
                 "--max-groups",
                 "2",
             ],
         ))?;
-        probe.wait_record("attach", Duration::from_secs(20))?;
-        let out = probe.finish(Duration::from_secs(40))?;
+        probe.wait_record("attach", scaled(Duration::from_secs(20)))?;
+        let out = probe.finish(scaled(Duration::from_secs(40)))?;
         ensure_success(&out)?;
         let records = out.records()?;
         let mut problems = Vec::new();
@@ -509,7 +565,8 @@ fn samples_per_group_and_max_groups() {
 #[test]
 fn every_goroutine_restores_per_goroutine_records() {
     for_each_cell(|tc, mode| {
-        let g = Groups::start(tc, mode, STATIC)?;
+        let g = Groups::start(tc, mode, &as_strs(&static_args()))?;
+        let duration = static_duration();
         let mut probe = RunningProbe::spawn(&args(
             g.pid(),
             &[
@@ -518,12 +575,12 @@ fn every_goroutine_restores_per_goroutine_records() {
                 "--summary-interval",
                 "1s",
                 "--duration",
-                "10s",
+                &duration,
                 "--every-goroutine",
             ],
         ))?;
-        probe.wait_record("attach", Duration::from_secs(20))?;
-        let out = probe.finish(Duration::from_secs(40))?;
+        probe.wait_record("attach", scaled(Duration::from_secs(20)))?;
+        let out = probe.finish(scaled(Duration::from_secs(40)))?;
         ensure_success(&out)?;
         let records = out.records()?;
         let mut problems = Vec::new();
@@ -661,47 +718,54 @@ fn newest_cell(f: impl Fn(&Toolchain, &BuildMode) -> Result<()>) {
     }
 }
 
-const LOADED: &[&str] = &[
-    "-leak-initial",
-    "3000",
-    "-leak-rate",
-    "100",
-    "-idle",
-    "1000",
-    "-busy-pairs",
-    "8",
-    "-burst",
-    "0",
-    "-warm-over",
-    "0",
-    "-report-every",
-    "0",
-];
+/// A large population growing fast and busy goroutines. The growth is slowed with the stretched
+/// timeline, so the population at each point of the test is the same.
+fn loaded_args() -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-leak-initial",
+        "3000",
+        "-idle",
+        "1000",
+        "-busy-pairs",
+        "8",
+        "-burst",
+        "0",
+        "-warm-over",
+        "0",
+        "-report-every",
+        "0",
+    ]
+    .map(String::from)
+    .into();
+    a.extend(["-leak-rate".into(), scaled_rate(100.0)]);
+    a
+}
 
-/// stdout stops being read for 20 s under load: `--duration` still ends on time, records are
-/// dropped and counted, the probe budget still works; SIGTERM exits at once even with stdout
-/// still blocked.
+/// stdout stops being read for 20 s (stretched under emulation) under load: `--duration` still
+/// ends on time, records are dropped and counted, the probe budget still works; SIGTERM exits
+/// at once even with stdout still blocked.
 #[test]
 fn stalled_stdout_never_stalls_the_loop() {
     newest_cell(|tc, mode| {
-        let g = Groups::start(tc, mode, LOADED)?;
-        let duration = 25.0;
+        let g = Groups::start(tc, mode, &as_strs(&loaded_args()))?;
+        let duration = scaled(Duration::from_secs(25));
+        let summary_interval = scaled(Duration::from_secs(1));
         let mut p = Stalled::spawn(&args(
             g.pid(),
             &[
                 "--threshold",
                 "1s",
                 "--summary-interval",
-                "1s",
+                &format!("{}ms", summary_interval.as_millis()),
                 "--duration",
-                "25s",
+                &format!("{}ms", duration.as_millis()),
                 // One record per goroutine keeps the output heavy enough to fill the queue.
                 "--every-goroutine",
             ],
         ))?;
-        std::thread::sleep(Duration::from_secs(20));
+        std::thread::sleep(scaled(Duration::from_secs(20)));
         let reader = p.drain();
-        let (status, exit_wall) = p.wait_exit(Duration::from_secs(40))?;
+        let (status, exit_wall) = p.wait_exit(scaled(Duration::from_secs(40)))?;
         let records = reader
             .join()
             .map_err(|_| anyhow::anyhow!("reader panicked"))?;
@@ -714,10 +778,14 @@ fn stalled_stdout_never_stalls_the_loop() {
             .find(|r| r["type"] == "attach")
             .with_context(|| format!("no attach record (ctxprobe exited with {status})"))?;
         let attach_wall = unix_time(attach["time"].as_str().unwrap_or(""))?;
-        let late = exit_wall - (attach_wall + duration);
-        if !(-1.0..=1.0).contains(&late) {
+        let late = exit_wall - (attach_wall + duration.as_secs_f64());
+        // Early is wrong on any machine. Late by as much as the loop takes to notice the
+        // deadline and detach (the scan step under way, the probes' detach: CPU work that
+        // emulation makes several times slower), then at most 0.5 s for the output.
+        let most_late = scaled(Duration::from_secs(1)).as_secs_f64();
+        if !(-1.0..=most_late).contains(&late) {
             problems.push(format!(
-                "exit {late:+.2}s from attach + --duration (want ±1 s)"
+                "exit {late:+.2}s from attach + --duration (want -1 s to +{most_late} s)"
             ));
         }
         let dropped = records
@@ -733,6 +801,9 @@ fn stalled_stdout_never_stalls_the_loop() {
         let summaries: Vec<&Value> = records.iter().filter(|r| r["type"] == "summary").collect();
         // A loop that waited for stdout makes up for the summaries it missed in a bunch once
         // the pipe flows; one that never waits stamps each on time (and drops what does not fit).
+        // A summary can still come late by one loop step (the next one is on time): half the
+        // interval allows for that, and the interval is stretched with the steps under
+        // emulation.
         let stamps: Vec<f64> = summaries
             .iter()
             .filter_map(|s| unix_time(s["time"].as_str()?).ok())
@@ -741,10 +812,11 @@ fn stalled_stdout_never_stalls_the_loop() {
             .windows(2)
             .map(|w| w[1] - w[0])
             .fold(f64::INFINITY, f64::min);
-        if min_gap < 0.5 {
+        let min_apart = summary_interval.as_secs_f64() / 2.0;
+        if min_gap < min_apart {
             problems.push(format!(
-                "summaries {min_gap:.3}s apart with --summary-interval 1s: the loop fell behind \
-                 while stdout was blocked"
+                "summaries {min_gap:.3}s apart with --summary-interval {summary_interval:?}: the \
+                 loop fell behind while stdout was blocked"
             ));
         }
         let budget_acted = summaries.iter().any(|s| {
@@ -768,25 +840,28 @@ fn stalled_stdout_never_stalls_the_loop() {
             records.len()
         );
 
-        // SIGTERM while stdout is still blocked.
+        // SIGTERM while stdout is still blocked (the queue full by then).
         let mut p = Stalled::spawn(&args(
             g.pid(),
             &[
                 "--threshold",
                 "1s",
                 "--summary-interval",
-                "1s",
+                &format!("{}ms", summary_interval.as_millis()),
                 "--duration",
-                "60s",
+                &scaled_arg(Duration::from_secs(60)),
                 "--every-goroutine",
             ],
         ))?;
-        std::thread::sleep(Duration::from_secs(8));
+        std::thread::sleep(scaled(Duration::from_secs(8)));
         // SAFETY: kill has no memory preconditions; the pid is our own child's.
         unsafe { libc::kill(p.child.id() as i32, libc::SIGTERM) };
         let sent = Instant::now();
-        match p.wait_exit(Duration::from_secs(10)) {
-            Ok(_) if sent.elapsed() <= Duration::from_secs(1) => {}
+        // "At once": the loop's current step and the probes' detach (CPU work that emulation
+        // makes several times slower), then at most 0.5 s for the output.
+        let at_once = scaled(Duration::from_secs(1));
+        match p.wait_exit(scaled(Duration::from_secs(10))) {
+            Ok(_) if sent.elapsed() <= at_once => {}
             Ok(_) => problems.push(format!(
                 "SIGTERM with stdout blocked: exit after {:?}",
                 sent.elapsed()

@@ -17,14 +17,18 @@ use anyhow::{bail, ensure, Context, Result};
 use ctxprobe_tests::compare::goid;
 use ctxprobe_tests::fixture::Fixture;
 use ctxprobe_tests::probe::{args, run_ctxprobe, RunningProbe};
+use ctxprobe_tests::scaled;
 use ctxprobe_tests::scenario::{
     check_all_records, ensure_clean_refusal, ensure_success, preconditions,
 };
 use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
 use serde_json::Value;
 
-/// Generous under load: analyses run every 2 s, and each verdict needs one or two of them.
-const VERDICT_TIMEOUT: Duration = Duration::from_secs(40);
+/// Generous under load: analyses run every 2 s, and each verdict needs one or two of them;
+/// stretched under emulation, where each analysis costs more and the budget spaces them out.
+fn verdict_timeout() -> Duration {
+    scaled(Duration::from_secs(40))
+}
 
 fn stream_args(pid: u32, extra: &[&str]) -> Vec<String> {
     let mut a = vec![
@@ -83,10 +87,11 @@ fn wait_verdicts(
     what: &str,
     mut pred: impl FnMut(&Verdicts) -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + VERDICT_TIMEOUT;
+    let timeout = verdict_timeout();
+    let deadline = Instant::now() + timeout;
     while !pred(verdicts) {
         let left = deadline.saturating_duration_since(Instant::now());
-        ensure!(!left.is_zero(), "no {what} within {VERDICT_TIMEOUT:?}");
+        ensure!(!left.is_zero(), "no {what} within {timeout:?}");
         let line = probe.wait_for(what, left, |r| {
             matches!(r["type"].as_str(), Some("blocked" | "group"))
         })?;
@@ -151,7 +156,7 @@ fn check_stream(fixture: &mut Fixture) -> Result<()> {
         );
         probe.wait_for(
             "a summary counting the leaked cases",
-            VERDICT_TIMEOUT,
+            verdict_timeout(),
             |r| r["type"] == "summary" && r["leaked"] == truth_leaked,
         )?;
 
@@ -175,9 +180,11 @@ fn check_stream(fixture: &mut Fixture) -> Result<()> {
             "the later leaks' verdicts",
             |v| v.by_goid.get(&droppable) == Some(&true) && v.by_goid.get(&new_leak) == Some(&true),
         )?;
-        probe.wait_for("a summary counting the later leaks", VERDICT_TIMEOUT, |r| {
-            r["type"] == "summary" && r["leaked"] == truth_leaked + 2
-        })?;
+        probe.wait_for(
+            "a summary counting the later leaks",
+            verdict_timeout(),
+            |r| r["type"] == "summary" && r["leaked"] == truth_leaked + 2,
+        )?;
         Ok(())
     })();
     probe.process.signal(libc::SIGTERM)?;
@@ -228,9 +235,14 @@ fn streaming_text_says_leaked() {
     let tc = Toolchain::find(LATEST_GO).expect("toolchain");
     let mode = BuildMode::named("default").expect("build mode");
     let fixture = Fixture::build_and_start("leaks", &tc, &mode, &[]).expect("fixture");
+    // The first analysis and the records after it must fit in the duration: stretched.
+    let duration = format!("{}ms", scaled(Duration::from_secs(8)).as_millis());
     let out = run_ctxprobe(
-        &stream_args(fixture.pid(), &["--format", "text", "--duration", "8s"]),
-        Duration::from_secs(40),
+        &stream_args(
+            fixture.pid(),
+            &["--format", "text", "--duration", &duration],
+        ),
+        scaled(Duration::from_secs(40)),
     )
     .expect("ctxprobe");
     ensure_success(&out).expect("exit 0");

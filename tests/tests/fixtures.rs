@@ -201,7 +201,8 @@ fn prebuild_matrix_fixtures() {
             .unwrap_or_else(|e| panic!("{fixture}: {e:#}"));
     }
     // Context diagnosis and leak verdicts against their fixtures' truth (agent_contexts,
-    // agent_leaks), in the cells those tests name themselves.
+    // agent_leaks), in the cells those tests name themselves; and the groups fixture's truth
+    // against its own dumps (agent_groups), on every release's default build.
     let latest = ctxprobe_tests::toolchain::LATEST_GO;
     let mut cells = vec![(latest, "stripped-pie")];
     for v in ["1.19", "1.21", latest] {
@@ -217,7 +218,8 @@ fn prebuild_matrix_fixtures() {
         tc.record_version()
             .unwrap_or_else(|e| panic!("Go {v}: {e:#}"));
         let mode = ctxprobe_tests::toolchain::BuildMode::named(m).expect("build mode");
-        for fixture in ["contexts", "leaks"] {
+        let groups = (m == "default").then_some("groups");
+        for fixture in ["contexts", "leaks"].into_iter().chain(groups) {
             ctxprobe_tests::gobuild::build_fixture(fixture, &tc, &mode)
                 .unwrap_or_else(|e| panic!("{fixture} for Go {v} {m}: {e:#}"));
         }
