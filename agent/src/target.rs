@@ -29,8 +29,9 @@ pub struct TargetProcess {
 }
 
 /// How long a main thread that is a zombie while other threads live is looked at before the
-/// process is taken to run on without it (an exec by another thread takes far less).
-const MAIN_THREAD_SETTLE_NS: i64 = 300_000_000;
+/// process is taken to run on without it (an exec by another thread ends the program's other
+/// threads first, which under emulation can take hundreds of milliseconds).
+const MAIN_THREAD_SETTLE_NS: i64 = 2_000_000_000;
 
 /// The program image a process runs: the executable file (device, inode) and where its initial
 /// stack was placed (randomised at every `exec`, so an exec of the same file shows too).

@@ -331,14 +331,21 @@ impl<'s, 'a> Watch<'s, 'a> {
                         match step {
                             Ok(Step::More) => continue,
                             Ok(Step::Done) => {}
-                            // Reads fail in an exec too (the old image is torn down).
-                            Ok(Step::Gone) if target.state() == TargetState::Execed => {
+                            // Reads fail in an exec too (the old image is torn down): what
+                            // the target is now decides, and a read that failed while it
+                            // exec'd says nothing (the stream ends as an exec).
+                            Ok(Step::Gone) | Err(_)
+                                if target.state() == TargetState::Execed =>
+                            {
                                 return Ok(End::TargetExec);
                             }
-                            Ok(Step::Gone) => {
+                            Ok(Step::Gone) if target.state() == TargetState::Exited => {
                                 self.poll_threads(target, out)?;
                                 return Ok(End::TargetExited);
                             }
+                            // Gone but not exited: still changing (an exec under way); the
+                            // next look at the target tells.
+                            Ok(Step::Gone) => {}
                             // A racy read of a live process can fail now and then: say so
                             // (once per kind of failure) and try again at the next scan.
                             Err(e) => {

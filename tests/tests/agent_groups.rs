@@ -110,8 +110,7 @@ fn compare_groups(g: &Groups, groups: &[&Value], stacks: &[StackCount], full: bo
         *ours.entry(key(&as_debug1_stack(r))).or_default() += r["goroutines"].as_u64().unwrap_or(0);
     }
     for s in stacks {
-        if s
-            .frames
+        if s.frames
             .iter()
             .any(|f| f.func == "main.dump" || f.func == "os/signal.process")
         {
