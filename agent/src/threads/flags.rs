@@ -152,7 +152,13 @@ impl Flags {
             let before = procfs::sched_state(self.pid, tid).map(|s| s.nr_switches);
             let walk = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, at.1, at.2);
             let after = procfs::sched_state(self.pid, tid).map(|s| s.nr_switches);
-            let now = procfs::syscall_state(self.pid, tid).map(|n| (n.nr, n.sp, n.pc));
+            let now = procfs::syscall_state(self.pid, tid);
+            // The same wait: the same syscall on the same first two arguments (a futex's
+            // address and operation: a wake on the same futex is not the wait).
+            let same_wait = now
+                .as_ref()
+                .map(|n| (n.nr, n.args[0], n.args[1]) == (st.nr, st.args[0], st.args[1]));
+            let now = now.map(|n| (n.nr, n.sp, n.pc));
             // Without the scheduler's counts (/proc/.../sched), a complete walk is trusted.
             let quiet = match (before, after) {
                 (Some(b), Some(a)) => b == a,
@@ -163,14 +169,21 @@ impl Flags {
             if still {
                 break;
             }
+            // Walked again only while the thread is in the same wait: a thread now in another
+            // (or running on) has ended the wait being reported, and its new stack is not that
+            // wait's.
             match now {
-                Some(now) => at = now,
-                // Running now: its wait ended. Give it a moment to wait again.
+                Some(now) if same_wait == Some(true) => at = now,
+                Some(_) => break,
                 None if attempt + 1 < STACK_TRIES => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                     match procfs::syscall_state(self.pid, tid) {
-                        Some(n) => at = (n.nr, n.sp, n.pc),
-                        None => break,
+                        Some(n)
+                            if (n.nr, n.args[0], n.args[1]) == (st.nr, st.args[0], st.args[1]) =>
+                        {
+                            at = (n.nr, n.sp, n.pc);
+                        }
+                        _ => break,
                     }
                 }
                 None => break,
