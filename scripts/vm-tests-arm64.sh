@@ -14,6 +14,7 @@
 #   VM_TESTS (default: the tests above; NAME or NAME:FILTER,FILTER) narrow or widen the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/vm-test-specs.sh
 kernel=${1:-6.1}
 
 if [[ $(id -u) != 0 ]]; then
@@ -33,34 +34,14 @@ default_tests+=" agent_threads:deadlocked_c_threads,cgo_call_blocked_in_c"
 default_tests+=" agent_leaks:leak_verdicts_match_fixture_truth agent_leaks_stream agent_groups"
 default_tests+=" agent_contexts agent_faults agent_failures"
 default_tests+=" agent_probes:park_probe_keeps_firing,lost_breakpoint_is_restored"
-read -r -a specs <<<"${VM_TESTS:-$default_tests}"
-tests=() filters=()
-for spec in "${specs[@]}"; do
-  tests+=("${spec%%:*}")
-  if [[ $spec == *:* ]]; then filters+=("${spec#*:}"); else filters+=(""); fi
-done
+parse_specs "${VM_TESTS:-$default_tests}"
 target=aarch64-unknown-linux-gnu
 # Debian's Rust has the aarch64 standard library; the rustup toolchain does not.
 cross=(env RUSTC=/usr/bin/rustc /usr/bin/cargo)
 
 "${cross[@]}" build --release --locked --target "$target" -p ctxprobe
-test_args=()
-for t in "${tests[@]}"; do test_args+=(--test "$t"); done
-mapfile -t bins < <("${cross[@]}" test --release --locked --target "$target" -p ctxprobe-tests \
-  --no-run "${test_args[@]}" --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
-((${#bins[@]} == ${#tests[@]})) || { echo "vm-tests-arm64.sh: found test binaries: ${bins[*]}" >&2; exit 1; }
-# Each test's libtest filters, by test binary (cargo lists binaries in its own order).
-bin_filters() {
-  local bin=$1 i
-  for i in "${!tests[@]}"; do
-    if [[ $(basename "$bin") == "${tests[$i]}"-* ]]; then echo "${filters[$i]//,/ }"; return; fi
-  done
-}
+find_test_binaries "${cross[@]}" test --release --locked --target "$target" -p ctxprobe-tests \
+  --no-run "${test_args[@]}"
 # The fixtures, for arm64, where the tests will look for them.
 CTXPROBE_TEST_GOARCH=arm64 cargo test --release --locked -p ctxprobe-tests --test fixtures -- \
   --ignored --exact prebuild_matrix_fixtures

@@ -10,6 +10,7 @@
 #   VM_TESTS (default: the tests above; NAME or NAME:FILTER,FILTER) narrows or widens the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/vm-test-specs.sh
 kernel=${1:-6.1}
 
 if [[ $(id -u) != 0 ]]; then
@@ -27,30 +28,8 @@ cargo build --release --locked -p ctxprobe
 default_tests="agent_once agent_stream agent_threads agent_faults"
 default_tests+=" agent_failures:refuses_,root_without_cap,watches_only,main_thread_exits"
 default_tests+=" agent_probes:park_probe_keeps_firing,lost_breakpoint_is_restored"
-read -r -a specs <<<"${VM_TESTS:-$default_tests}"
-tests=() filters=()
-for spec in "${specs[@]}"; do
-  tests+=("${spec%%:*}")
-  if [[ $spec == *:* ]]; then filters+=("${spec#*:}"); else filters+=(""); fi
-done
-test_args=()
-for t in "${tests[@]}"; do test_args+=(--test "$t"); done
-# The test executables, from cargo's JSON messages.
-mapfile -t bins < <(cargo test --release --locked -p ctxprobe-tests --no-run "${test_args[@]}" \
-  --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
-((${#bins[@]} == ${#tests[@]})) || { echo "vm-tests.sh: found test binaries: ${bins[*]}" >&2; exit 1; }
-# Each test's libtest filters, by test binary (cargo lists binaries in its own order).
-bin_filters() {
-  local bin=$1 i
-  for i in "${!tests[@]}"; do
-    if [[ $(basename "$bin") == "${tests[$i]}"-* ]]; then echo "${filters[$i]//,/ }"; return; fi
-  done
-}
+parse_specs "${VM_TESTS:-$default_tests}"
+find_test_binaries cargo test --release --locked -p ctxprobe-tests --no-run "${test_args[@]}"
 
 gocache=$(readlink -f .tools)/gocache
 mkdir -p "$gocache"
