@@ -139,6 +139,17 @@ impl TargetProcess {
     /// The state as /proc shows it now; None while the main thread is a zombie (or its exe
     /// link is gone) and another thread lives (see [`TargetProcess::state`]).
     fn look(&self) -> Option<TargetState> {
+        match self.look_once() {
+            // The thread in exec may have taken the pid between our reads of the main thread
+            // and of the task list (then the list shows it under the pid, and no other thread):
+            // a process that exited still looks exited a moment later, one that exec'd shows
+            // its new image.
+            Some(TargetState::Exited) => self.look_once(),
+            state => state,
+        }
+    }
+
+    fn look_once(&self) -> Option<TargetState> {
         let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
             return Some(TargetState::Exited);
         };
