@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # arm64: the goroutine integration tests (agent_once, agent_stream), the threads tests
-# (agent_threads: the C deadlock, a cgo call blocked in C), context
+# (agent_threads: the C deadlock, a cgo call blocked in C, idle runtime threads), context
 # diagnosis (agent_contexts), leak verdicts (agent_leaks' fixture truth, agent_leaks_stream),
 # groups (agent_groups), the target's faults and refusals (agent_faults, agent_failures) and
 # agent_probes' checks run
@@ -25,12 +25,9 @@ scripts/setup.sh --vm --all-go
 export CARGO_TERM_COLOR=never
 export CTXPROBE_TEST_GO=${CTXPROBE_TEST_GO:-1.21,1.27}
 export CTXPROBE_TEST_BUILD=${CTXPROBE_TEST_BUILD:-default,stripped}
-# agent_probes' cancel storm is left out: see scripts/vm-tests.sh. agent_threads' idle runtime
-# threads too (VM_TESTS=agent_threads:idle_runtime_threads runs it): under TCG an idle thread
-# woke while its stack was read in 3 of the last 4 runs (once after the consistency fixes, when
-# the walk honestly said it was cut, which that test does not accept; README).
+# agent_probes' cancel storm is left out: see scripts/vm-tests.sh.
 default_tests="agent_once agent_stream"
-default_tests+=" agent_threads:deadlocked_c_threads,cgo_call_blocked_in_c"
+default_tests+=" agent_threads:deadlocked_c_threads,cgo_call_blocked_in_c,idle_runtime_threads"
 default_tests+=" agent_leaks:leak_verdicts_match_fixture_truth agent_leaks_stream agent_groups"
 default_tests+=" agent_contexts agent_faults agent_failures"
 default_tests+=" agent_probes:park_probe_keeps_firing,lost_breakpoint_is_restored"

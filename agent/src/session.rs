@@ -493,8 +493,14 @@ impl<'a> Session<'a> {
                 park.counted = true;
                 continue;
             }
+            let unwound = stack::unwind_with_stack(self.mem, &self.bin.pclntab, self.bias, g);
+            if let Ok(u) = &unwound {
+                if park.restart_if_stack_moved(u.fingerprint(), g, now) {
+                    continue;
+                }
+            }
             let blocked = park.blocked(now, target_now);
-            let report = self.describe(g, Some(blocked));
+            let report = self.describe_unwound(g, Some(blocked), unwound);
             // The goroutine may have woken while we read its stack: then the stack is not
             // this park's and the next scan will tell.
             let still = match (self.reader.reread(g.addr), self.tracker.get(pos)) {
@@ -586,6 +592,7 @@ impl<'a> Session<'a> {
             else {
                 continue;
             };
+            let print = unwound.fingerprint();
             let key = StreamKey {
                 status: g.status,
                 wait_reason: g.wait_reason,
@@ -607,6 +614,7 @@ impl<'a> Session<'a> {
             self.groups.joined(id);
             if let Some(p) = self.tracker.get_mut(pos) {
                 p.group = Some(id);
+                p.stack_print = print;
             }
         }
     }

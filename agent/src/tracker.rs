@@ -1,7 +1,9 @@
 //! Which goroutines have stayed parked, since when, and which have crossed the threshold.
 //!
 //! Works from successive snapshots of the goroutine list: a goroutine seen waiting in two
-//! snapshots with the same `trackingSeq` (and the same saved SP/PC) did not run in between.
+//! snapshots with the same `trackingSeq` (and the same saved SP/PC and GC stamp) did not run in
+//! between; its stack's bytes, the same when it is reported as when it was grouped, say so
+//! again (`trackingSeq` has 8 bits and wraps).
 //! Where the park probe saw the park, its timestamp makes the duration exact.
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +48,10 @@ pub struct Park {
     /// Reported as blocked, and the context verdict the report had.
     pub flagged: bool,
     pub verdict: Option<Verdict>,
+    /// A hash of its stack's bytes when it was grouped (0: not read yet). A goroutine that
+    /// ran in between has other bytes there (a loop's counter, the value it received, a
+    /// `time.Now`) even when `trackingSeq` came round to the same value.
+    pub stack_print: u64,
     /// Decided not to report (a runtime-internal goroutine): not looked at again.
     pub ignored: bool,
     /// Its group, once a second snapshot saw the park (see `groups::stream`).
@@ -83,6 +89,7 @@ impl Park {
             exact_park_ns: None,
             waitsince: g.waitsince,
             paused_ns: 0,
+            stack_print: 0,
             flagged: false,
             verdict: None,
             ignored: false,
@@ -104,6 +111,28 @@ impl Park {
             && g.wait_reason == self.wait_reason
             && g.sched_sp == self.sched_sp
             && g.sched_pc == self.sched_pc
+            // The runtime clears the GC stamp whenever the goroutine runs.
+            && (self.waitsince == 0 || g.waitsince == self.waitsince)
+    }
+
+    /// Its stack, read again before it is reported, hashes to `print`: if that is not what
+    /// it was when grouped, the goroutine ran in between (and came back to the same place
+    /// with `trackingSeq` wrapped round), so this park begins again now: it has to be seen
+    /// for long enough once more. Returns whether it began again.
+    pub fn restart_if_stack_moved(&mut self, print: u64, g: &RawG, now: i64) -> bool {
+        if self.stack_print == 0 || print == self.stack_print {
+            return false;
+        }
+        // It parked again after it was grouped, so after it was first seen.
+        self.not_before_ns = Some(self.first_seen_ns);
+        self.first_seen_ns = now;
+        self.last_seen_ns = now;
+        self.sightings = 1;
+        self.exact_park_ns = None;
+        self.waitsince = g.waitsince;
+        self.paused_ns = 0;
+        self.stack_print = print;
+        true
     }
 
     /// Its end matters to someone: it was reported, or it is counted in a group.
@@ -384,14 +413,42 @@ mod tests {
     }
 
     #[test]
+    fn a_goroutine_that_ran_round_to_the_same_tracking_seq_is_caught_by_its_stack_or_stamp() {
+        let mut t = ParkTracker::default();
+        t.observe(&[g(1, 7, 4, 3)], 100);
+        t.observe(&[g(1, 7, 4, 3)], 200);
+        let p = t.get_mut(0).unwrap();
+        p.stack_print = 0xaaaa;
+        // Same stack: the same park.
+        assert!(!p.restart_if_stack_moved(0xaaaa, &g(1, 7, 4, 3), 300));
+        assert_eq!((p.first_seen_ns, p.sightings), (100, 2));
+        // Other bytes: it ran; seen from now on, and not reported before seen enough again.
+        assert!(p.restart_if_stack_moved(0xbbbb, &g(1, 7, 4, 3), 300));
+        assert_eq!(
+            (p.first_seen_ns, p.sightings, p.not_before_ns),
+            (300, 1, Some(100))
+        );
+        assert!(!p.confirmed());
+        // A GC stamp that changed means it ran (the runtime clears it on every run).
+        let mut stamped = g(1, 7, 4, 3);
+        stamped.waitsince = 50;
+        let c = t.observe(&[stamped.clone()], 400);
+        assert!(c.new_parks.is_empty());
+        stamped.waitsince = 0;
+        let c = t.observe(&[stamped], 500);
+        assert_eq!(c.new_parks, vec![0]);
+    }
+
+    #[test]
     fn a_stopped_target_does_not_age_unreported_parks() {
         let mut t = ParkTracker::default();
         t.observe(&[g(1, 7, 4, 3), g(2, 8, 4, 3)], 1_000);
         t.flag(1, None);
-        t.get_mut(0).unwrap().waitsince = 500;
-        // Stopped for 10 µs, then seen again at 12 µs.
+        // Stopped for 10 µs, then seen again at 12 µs, with a GC stamp from 0.5 µs.
         t.exclude_pause(10_000);
-        t.observe(&[g(1, 7, 4, 3), g(2, 8, 4, 3)], 12_000);
+        let mut stamped = g(1, 7, 4, 3);
+        stamped.waitsince = 500;
+        t.observe(&[stamped, g(2, 8, 4, 3)], 12_000);
         let mut p1 = t.get(0).unwrap().clone();
         // The GC stamp's clock ran on through the stop: 11.5 µs less the 10 µs stopped.
         assert_eq!(p1.blocked(12_000, 12_000), (1_500, SinceSource::Runtime));

@@ -22,6 +22,9 @@ pub struct Wait {
 /// Walks of a thread's stack tried before one that read a still stack (see `stack`).
 const STACK_TRIES: usize = 4;
 
+/// The stack error of a wait whose thread ran while its stack was read, at every try.
+pub const MOVED_WHILE_READ: &str = "the thread ran while its stack was read";
+
 #[derive(Debug, Clone)]
 pub struct Flagged {
     pub wait: Wait,
@@ -148,6 +151,7 @@ impl Flags {
         // the stack is walked again from where it waits now.
         let mut at = (st.nr, st.sp, st.pc);
         let mut unwound = None;
+        let mut read_still = false;
         for attempt in 0..STACK_TRIES {
             let before = procfs::sched_state(self.pid, tid).map(|s| s.nr_switches);
             let walk = unwind::unwind(&mut self.space, &self.mem, self.arch.arch, at.1, at.2);
@@ -167,6 +171,7 @@ impl Flags {
             let still = quiet && now == Some(at);
             unwound = Some(walk);
             if still {
+                read_still = true;
                 break;
             }
             // Walked again only while the thread is in the same wait: a thread now in another
@@ -189,10 +194,19 @@ impl Flags {
                 None => break,
             }
         }
-        let unwound = unwound.unwrap_or_else(|| unwind::Unwound {
-            pcs: vec![st.pc],
-            end: StackEnd::Cut("no walk".into()),
-        });
+        // Frames walked from a stack that changed under the walk may be anything past the
+        // first (which /proc gave): only that one is kept, and the record says why.
+        let unwound = match unwound {
+            Some(u) if read_still => u,
+            Some(_) => unwind::Unwound {
+                pcs: vec![st.pc],
+                end: StackEnd::Cut(MOVED_WHILE_READ.into()),
+            },
+            None => unwind::Unwound {
+                pcs: vec![st.pc],
+                end: StackEnd::Cut("no walk".into()),
+            },
+        };
         (
             symbols::symbolize(&mut self.space, &unwound.pcs),
             unwound.end,
