@@ -37,6 +37,7 @@ use gobinary::gobinary::OpenOptions;
 use gobinary::GoBinary;
 
 use crate::cli::Args;
+use crate::probes::hitcost::HitCostMeter;
 use crate::probes::{HitCosts, Mode, ProbeController, ProbeSites, ProbedInsn};
 use crate::procmem::ProcessMemory;
 use crate::report::{Event, Reporter};
@@ -310,9 +311,12 @@ fn start_probes(
         wake: wake.as_ref().and_then(insn),
         cancel: cancel.as_ref().and_then(|c| insn(&c.0)),
     };
+    let mut meter = HitCostMeter::new(bin.elf.arch(), bin.layout.g_goid, bin.layout.g_tracking_seq);
+    let park_cost = meter.cost(park.emulated);
     let costs = HitCosts {
-        park_ns: park.hit_cost_ns,
-        cancel_trap_ns: cancel.as_ref().map_or(0.0, |c| c.0.hit_cost_ns),
+        park_ns: park_cost.ns,
+        park_measured: park_cost.measured,
+        cancel_trap_ns: cancel.as_ref().map_or(0.0, |c| meter.cost(c.0.emulated).ns),
     };
     ProbeController::start(&cfg, sites, mode, budget, costs, monotonic_ns())
         .context("cannot attach the eBPF probes (use --mode poll to run without BPF)")
@@ -341,32 +345,14 @@ fn cancel_site(bin: &GoBinary) -> Option<(ProbeSite, u64)> {
     }
 }
 
-/// Where a uprobe on a Go function goes, and what each hit will cost the target.
+/// Where a uprobe on a Go function goes.
 struct ProbeSite {
     /// Link-time address of the probed instruction.
     addr: u64,
     file_offset: u64,
-    hit_cost_ns: f64,
+    /// The kernel emulates the instruction (else it single-steps it: a hit costs more).
+    emulated: bool,
 }
-
-/// What one park-probe hit costs the target, by where the probe sits. amd64: measured with
-/// `cargo xtask bench` (~0.9 µs where the kernel emulates `push rbp`, ~10 µs single-stepped,
-/// which Go 1.19's prologue gets). arm64: the probe is on the stack check's `BLS`, which the
-/// kernel simulates. Only an emulated arm64 (QEMU TCG, which inflates every trap) was
-/// available: there a simulated hit cost ~15 µs and a single-stepped one ~75 µs, against ~6 µs
-/// for a whole ping-pong round trip (two parks). 2 µs (about twice amd64's) is charged until
-/// arm64 hardware measures it: erring high only detaches the probe sooner.
-fn hit_cost_ns(arch: gobinary::elf::Arch, emulated: bool) -> f64 {
-    match (arch, emulated) {
-        (gobinary::elf::Arch::Aarch64, true) => ARM64_SIMULATED_HIT_NS,
-        (gobinary::elf::Arch::Aarch64, false) => ARM64_STEPPED_HIT_NS,
-        (_, true) => 900.0,
-        (_, false) => 10_000.0,
-    }
-}
-
-const ARM64_SIMULATED_HIT_NS: f64 = 2_000.0;
-const ARM64_STEPPED_HIT_NS: f64 = 10_000.0;
 
 /// Where a uprobe on `func` is cheap and sees the function's entry registers
 /// ([`gobinary::prologue::probe_site`]).
@@ -384,7 +370,7 @@ fn probe_site(bin: &GoBinary, func: &str) -> Result<ProbeSite> {
     Ok(ProbeSite {
         addr: site.addr,
         file_offset,
-        hit_cost_ns: hit_cost_ns(bin.elf.arch(), site.emulated),
+        emulated: site.emulated,
     })
 }
 

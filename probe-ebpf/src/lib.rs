@@ -7,6 +7,7 @@
 //! last park per goroutine in an LRU map and send an event only for goroutines userspace watches.
 
 pub mod abi;
+pub mod calibrate;
 mod error;
 pub mod futex;
 mod loader;

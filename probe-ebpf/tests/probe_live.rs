@@ -60,6 +60,25 @@ fn park_and_wake_records_go127() {
     }
 }
 
+/// The self-measurement of a hit's cost runs at both kinds of site (its value is printed:
+/// timings are the benchmark's business).
+#[test]
+fn hit_cost_is_measured_at_both_kinds_of_site() {
+    use probe_ebpf::calibrate::{measure_park_hit, SiteKind};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: live eBPF tests need root");
+        return;
+    }
+    for kind in [SiteKind::Emulated, SiteKind::Stepped] {
+        let ns = measure_park_hit(G_GOID_OFFSET, GO127.tracking_seq_offset, kind)
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        eprintln!("{kind:?} site: {ns:.0} ns per hit");
+        assert!(ns >= 100.0);
+    }
+}
+
 /// Reports the cost of the probes on a ping-pong loop (printed, not asserted).
 #[test]
 fn park_probe_cost_go127() {

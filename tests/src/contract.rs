@@ -186,6 +186,13 @@ fn check_probe_status(p: &Value) -> Result<()> {
     ] {
         u64_field(p, key)?;
     }
+    if u64_field(p, "park_hit_ns")? == 0 {
+        bail!("park_hit_ns is 0");
+    }
+    let source = str_field(p, "park_hit_cost")?;
+    if !["measured", "assumed"].contains(&source) {
+        bail!("park_hit_cost {source:?}");
+    }
     Ok(())
 }
 

@@ -85,6 +85,11 @@ fn park_probe_keeps_firing_under_sustained_load() {
             "park probe hits {hits:.0} for {parks:.0} parks of the fixture; last status {last}"
         );
         ensure!(parks > 0.0, "the fixture made no round trip");
+        // What the budget charges per hit was measured here, not assumed.
+        ensure!(
+            last["park_hit_cost"] == "measured",
+            "the hit cost was not measured: {last}"
+        );
         let ratio = hits / parks;
         ensure!(
             (0.8..=1.2).contains(&ratio),

@@ -14,6 +14,7 @@
 
 mod breakpoint;
 mod budget;
+pub mod hitcost;
 mod stall;
 
 use anyhow::{Context, Result};
@@ -60,10 +61,12 @@ pub struct ProbeSites {
     pub cancel: Option<ProbedInsn>,
 }
 
-/// What one hit of each probe costs the target, in ns (`cargo xtask bench` measures them).
+/// What one hit of each probe costs the target, in ns (see [`hitcost`]).
 #[derive(Debug, Clone, Copy)]
 pub struct HitCosts {
     pub park_ns: f64,
+    /// `park_ns` was measured on this machine (else assumed).
+    pub park_measured: bool,
     /// The trap alone at the cancel probe's site; the program's work is added per kind of hit.
     pub cancel_trap_ns: f64,
 }
@@ -453,6 +456,12 @@ impl ProbeController {
             map_update_errors: counters.update_errors,
             probe_read_errors: counters.read_errors,
             unwatched_wakeups: self.watch_failures,
+            park_hit_ns: self.costs.park_ns.round() as u64,
+            park_hit_cost: if self.costs.park_measured {
+                "measured"
+            } else {
+                "assumed"
+            },
         };
         self.interval_start_ns = now;
         for t in [&mut self.park, &mut self.cancel] {

@@ -86,6 +86,10 @@ pub struct ProbeStatus {
     /// watch map of 1,024 was full), so their `unblocked` time comes from snapshots;
     /// cumulative.
     pub unwatched_wakeups: u64,
+    /// What the budget charges per park-probe hit, and whether that was measured on this
+    /// machine when the probes started ("measured") or taken from ctxprobe's table ("assumed").
+    pub park_hit_ns: u64,
+    pub park_hit_cost: &'static str,
 }
 
 /// The goroutine half of a `summary`.

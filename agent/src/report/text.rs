@@ -504,6 +504,8 @@ mod tests {
             map_update_errors: 0,
             probe_read_errors: 0,
             unwatched_wakeups: 0,
+            park_hit_ns: 1000,
+            park_hit_cost: "measured",
         };
         assert_eq!(probe_line(&p), None);
         p.cancel_probe_attached = Some(false);
