@@ -17,6 +17,7 @@ mod groups;
 mod leaks;
 mod output_queue;
 mod probes;
+mod procmaps;
 mod procmem;
 mod report;
 mod scan_budget;

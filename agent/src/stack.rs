@@ -203,19 +203,13 @@ pub struct Unwound {
 
 impl Unwound {
     /// A hash of the stack's bytes (never 0): a goroutine parked all along has the same bytes
-    /// at every read; one that ran in between almost never does. Not cryptographic, and fast
-    /// (a million stacks are grouped at once).
+    /// at every read; one that ran in between almost never does. FxHash: fast (a million stacks
+    /// are grouped at once); only a target crafting its own stack bytes could collide it.
     pub fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut words = self.stack.chunks_exact(8);
-        for w in &mut words {
-            let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-            h = (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-        for &b in words.remainder() {
-            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-        h.max(1)
+        use std::hash::Hasher;
+        let mut h = crate::fxhash::FxHasher::default();
+        h.write(&self.stack);
+        h.finish().max(1)
     }
 }
 

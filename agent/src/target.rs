@@ -181,7 +181,7 @@ impl TargetProcess {
         if !elf.is_pie() {
             return Ok(0);
         }
-        let maps = fs::read_to_string(format!("/proc/{}/maps", self.pid))
+        let maps = crate::procmaps::mappings(self.pid)
             .with_context(|| format!("cannot read /proc/{}/maps", self.pid))?;
         let seg = elf
             .segments()
@@ -190,36 +190,17 @@ impl TargetProcess {
             .min_by_key(|s| s.vaddr)
             .context("the executable has no loadable segment")?;
         let want_off = seg.file_offset & !0xfff;
-        for line in maps.lines() {
-            let mut cols = line.split_whitespace();
-            let (Some(range), Some(_perms), Some(off), Some(_dev), Some(_inode), Some(path)) = (
-                cols.next(),
-                cols.next(),
-                cols.next(),
-                cols.next(),
-                cols.next(),
-                cols.next(),
-            ) else {
-                continue;
-            };
-            if path != self.exe_path {
-                continue;
-            }
-            let start = range
-                .split('-')
-                .next()
-                .and_then(|s| u64::from_str_radix(s, 16).ok());
-            let off = u64::from_str_radix(off, 16).ok();
-            if let (Some(start), Some(off)) = (start, off) {
-                if off == want_off {
-                    return Ok(start.wrapping_sub(seg.vaddr & !0xfff));
-                }
-            }
-        }
-        bail!(
-            "cannot find the executable's mapping in /proc/{}/maps",
-            self.pid
-        )
+        // A program upgraded in place runs on from its deleted file: /proc says "(deleted)".
+        let exe = self.exe_path.trim_end_matches(" (deleted)");
+        maps.iter()
+            .find(|m| m.path.as_deref() == Some(exe) && m.offset == want_off)
+            .map(|m| m.start.wrapping_sub(seg.vaddr & !0xfff))
+            .with_context(|| {
+                format!(
+                    "cannot find the executable's mapping in /proc/{}/maps",
+                    self.pid
+                )
+            })
     }
 
     /// The target's CLOCK_MONOTONIC now, in nanoseconds (Go's `nanotime`).

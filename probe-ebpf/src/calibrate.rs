@@ -31,9 +31,18 @@ const ROUNDS: usize = 5;
 /// Large enough for any `g` field offset the program reads.
 const FAKE_G_BYTES: usize = 4096;
 
+/// Where the instruction probed for `kind` is in this process (the caller finds its file and
+/// file offset in /proc/self/maps for [`measure_park_hit`]).
+pub fn site_address(kind: SiteKind) -> u64 {
+    sites::of(kind).1 as usize as u64
+}
+
 /// Nanoseconds one park-probe hit adds at a site of `kind`, with the program reading a `g`'s
-/// fields at these offsets.
+/// fields at these offsets. `exe_path` and `file_offset` locate [`site_address`] in the file
+/// mapped there.
 pub fn measure_park_hit(
+    exe_path: PathBuf,
+    file_offset: u64,
     g_goid_offset: u64,
     g_tracking_seq_offset: u64,
     kind: SiteKind,
@@ -43,8 +52,7 @@ pub fn measure_park_hit(
             "g field offsets {g_goid_offset}/{g_tracking_seq_offset} beyond the fake g"
         )));
     }
-    let (func, site) = sites::of(kind);
-    let (exe_path, file_offset) = file_offset_of(site as usize as u64)?;
+    let (func, _) = sites::of(kind);
     let cfg = ProbeConfig {
         pid: std::process::id(),
         exe_path,
@@ -88,41 +96,6 @@ pub fn measure_park_hit(
     }
     // Never free: a machine that noise made look faster with the probe still pays the trap.
     Ok((with - without).max(100.0))
-}
-
-/// The executable mapping `addr` and where `addr` is in that file.
-fn file_offset_of(addr: u64) -> Result<(PathBuf, u64), ProbeError> {
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| ProbeError::Config(format!("cannot read /proc/self/maps: {e}")))?;
-    for line in maps.lines() {
-        let mut cols = line.split_whitespace();
-        let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(_inode), Some(path)) = (
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-            cols.next(),
-        ) else {
-            continue;
-        };
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        if (start..end).contains(&addr) && path.starts_with('/') && cols.next().is_none() {
-            return Ok((PathBuf::from(path), addr - start + offset));
-        }
-    }
-    Err(ProbeError::Config(format!(
-        "ctxprobe's own code at {addr:#x} is not in a file it can probe (deleted or replaced?)"
-    )))
 }
 
 /// Functions whose probed instruction is of each kind. Each takes a fake `g` in the register

@@ -92,7 +92,7 @@ impl std::fmt::Debug for Probes {
 }
 
 impl Probes {
-    /// Creates the maps and verifies and loads both programs; attaches nothing.
+    /// Creates the maps and verifies and loads the programs that have a site; attaches nothing.
     pub fn load(cfg: &ProbeConfig) -> Result<Probes, ProbeError> {
         let pid = NonZeroU32::new(cfg.pid)
             .ok_or_else(|| ProbeError::Config("pid must not be 0".to_string()))?;
@@ -113,7 +113,14 @@ impl Probes {
             .map_max_entries(PARKS_MAP, cfg.max_parks)
             .load(crate::BPF_OBJECT)
             .map_err(load_error)?;
-        for name in [PARK_PROG, WAKE_PROG, CANCEL_PROG] {
+        // Only the programs that have a site are verified and loaded (verifying is most of
+        // the cost of starting, and adaptive mode probes the park alone).
+        let wanted = [
+            (PARK_PROG, true),
+            (WAKE_PROG, cfg.wake_file_offset.is_some()),
+            (CANCEL_PROG, cfg.cancel_file_offset.is_some()),
+        ];
+        for (name, _) in wanted.into_iter().filter(|(_, w)| *w) {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|e| program_load_error(name, e))?;

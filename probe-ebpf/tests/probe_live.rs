@@ -71,9 +71,31 @@ fn hit_cost_is_measured_at_both_kinds_of_site() {
         eprintln!("skipping: live eBPF tests need root");
         return;
     }
-    for kind in [SiteKind::Emulated, SiteKind::Stepped] {
-        let ns = measure_park_hit(G_GOID_OFFSET, GO127.tracking_seq_offset, kind)
-            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+    let exe = std::env::current_exe().expect("own executable");
+    let data = std::fs::read(&exe).expect("read own executable");
+    let elf = object::File::parse(&*data).expect("parse own executable");
+    for (kind, name) in [
+        (SiteKind::Emulated, "ctxprobe_calib_emulated_site"),
+        (SiteKind::Stepped, "ctxprobe_calib_stepped_site"),
+    ] {
+        // Where the site is in the file: its link-time address in the segment that holds it.
+        let sym = elf
+            .symbols()
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("{name} not in the test binary"));
+        let seg = elf
+            .segments()
+            .find(|s| (s.address()..s.address() + s.size()).contains(&sym.address()))
+            .expect("segment of the site");
+        let offset = sym.address() - seg.address() + seg.file_range().0;
+        let ns = measure_park_hit(
+            exe.clone(),
+            offset,
+            G_GOID_OFFSET,
+            GO127.tracking_seq_offset,
+            kind,
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         eprintln!("{kind:?} site: {ns:.0} ns per hit");
         assert!(ns >= 100.0);
     }

@@ -36,6 +36,16 @@ pub struct Leaky {
 impl Leaky {
     pub fn start(tc: &Toolchain, mode: &BuildMode, args: &[&str]) -> Result<Leaky> {
         let fixture = Fixture::build_and_start("leaky", tc, mode, args)?;
+        Leaky::from_fixture(fixture, tc)
+    }
+
+    /// The fixture built by `tc` at `bin` (a copy of its build, say).
+    pub fn start_binary(bin: &std::path::Path, tc: &Toolchain, args: &[&str]) -> Result<Leaky> {
+        let fixture = Fixture::start(bin, args, std::time::Duration::from_secs(60))?;
+        Leaky::from_fixture(fixture, tc)
+    }
+
+    fn from_fixture(fixture: Fixture, tc: &Toolchain) -> Result<Leaky> {
         let ready = &fixture.ready;
         let leaked = leaks(&ready["leaked"]).context("ready line: leaked")?;
         let busy = ids(&ready["busy"]).context("ready line: busy")?;

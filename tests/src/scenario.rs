@@ -31,6 +31,17 @@ pub fn for_each_cell(f: impl Fn(&Toolchain, &BuildMode) -> Result<()>) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Runs one check (not per matrix cell), serialised with other BPF tests; panics with its error.
+pub fn check(f: impl FnOnce() -> Result<()>) {
+    let r = preconditions().and_then(|()| {
+        let _serial = bpf_serial()?;
+        f()
+    });
+    if let Err(e) = r {
+        panic!("{e:#}");
+    }
+}
+
 /// Root and a built ctxprobe: missing either is a failure that says what to do.
 pub fn preconditions() -> Result<()> {
     // SAFETY: geteuid has no preconditions.

@@ -10,21 +10,8 @@ use ctxprobe_tests::cbuild::build_c_fixture;
 use ctxprobe_tests::leaky::Leaky;
 use ctxprobe_tests::probe::{args, ctxprobe_bin, run_ctxprobe, ProbeOutput, RunningProbe};
 use ctxprobe_tests::process::Process;
-use ctxprobe_tests::scenario::{
-    check_all_records, ensure_clean_refusal, ensure_success, preconditions,
-};
-use ctxprobe_tests::serial::bpf_serial;
+use ctxprobe_tests::scenario::{check, check_all_records, ensure_clean_refusal, ensure_success};
 use ctxprobe_tests::toolchain::{matrix, BuildMode};
-
-fn check(f: impl FnOnce() -> Result<()>) {
-    let r = preconditions().and_then(|()| {
-        let _serial = bpf_serial()?;
-        f()
-    });
-    if let Err(e) = r {
-        panic!("{e:#}");
-    }
-}
 
 /// A pid that no process has: above every live one, below pid_max.
 fn unused_pid() -> Result<u32> {

@@ -6,10 +6,66 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use ctxprobe_tests::compare::{by_goid, goid, mismatches};
+use ctxprobe_tests::gobuild::build_fixture;
 use ctxprobe_tests::leaky::Leaky;
 use ctxprobe_tests::probe::{args, run_ctxprobe};
-use ctxprobe_tests::scenario::{check_all_records, ensure_success, for_each_cell};
-use ctxprobe_tests::toolchain::version_at_least;
+use ctxprobe_tests::scenario::{check, check_all_records, ensure_success, for_each_cell};
+use ctxprobe_tests::toolchain::{version_at_least, BuildMode, Toolchain, LATEST_GO};
+
+/// A program upgraded in place runs on from a deleted file (/proc says "/path (deleted)"): a
+/// PIE one is read all the same, `--once` and streaming (whose probes attach through
+/// /proc/PID/exe).
+#[test]
+fn a_program_whose_executable_was_deleted_is_read() {
+    check(|| {
+        let tc = Toolchain::find(LATEST_GO)?;
+        let built = build_fixture("leaky", &tc, &BuildMode::named("stripped-pie")?)?;
+        let copy = std::env::temp_dir().join(format!("ctxprobe-deleted-{}", std::process::id()));
+        std::fs::copy(&built, &copy)?;
+        let started = Leaky::start_binary(&copy, &tc, &["-grow-every", "0"]);
+        std::fs::remove_file(&copy)?;
+        let mut leaky = started?;
+        let out = run_ctxprobe(&args(leaky.pid(), &["--once"]), Duration::from_secs(60))?;
+        let dump = leaky.fixture.dump()?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, leaky.pid())?;
+        ensure!(
+            records[0]["exe"]
+                .as_str()
+                .is_some_and(|e| e.ends_with(" (deleted)")),
+            "attach record: {}",
+            records[0]
+        );
+        let recs: HashMap<u64, &serde_json::Value> = records
+            .iter()
+            .filter(|r| r["type"] == "goroutine")
+            .filter_map(|r| Some((goid(r)?, r)))
+            .collect();
+        let dump_gs = by_goid(&dump.goroutines);
+        let mut problems = Vec::new();
+        for l in &leaky.leaked {
+            match (recs.get(&l.goid), dump_gs.get(&l.goid)) {
+                (Some(r), Some(g)) => problems.extend(mismatches(r, g, true)),
+                (None, _) => problems.push(format!("goroutine {} not reported", l.goid)),
+                (_, None) => problems.push(format!("goroutine {} not in the dump", l.goid)),
+            }
+        }
+        ensure!(problems.is_empty(), "{}", problems.join("\n"));
+
+        let out = run_ctxprobe(
+            &args(leaky.pid(), &["--duration", "2s", "--threshold", "1s"]),
+            Duration::from_secs(60),
+        )?;
+        ensure_success(&out)?;
+        let records = check_all_records(&out, leaky.pid())?;
+        ensure!(
+            records.iter().any(|r| r["type"] == "group"),
+            "no group while streaming: {}",
+            out.describe()
+        );
+        Ok(())
+    });
+}
 
 #[test]
 fn once_matches_runtime_dump() {

@@ -15,27 +15,16 @@ use ctxprobe_tests::contract::check_record;
 use ctxprobe_tests::fixture::Fixture;
 use ctxprobe_tests::probe::{args, RunningProbe};
 use ctxprobe_tests::process::Line;
-use ctxprobe_tests::scenario::preconditions;
-use ctxprobe_tests::serial::bpf_serial;
+use ctxprobe_tests::scenario::check;
 use ctxprobe_tests::toolchain::{BuildMode, Toolchain, LATEST_GO};
 use serde_json::Value;
-
-fn run(f: impl FnOnce() -> Result<()>) {
-    let r = preconditions().and_then(|()| {
-        let _serial = bpf_serial()?;
-        f()
-    });
-    if let Err(e) = r {
-        panic!("{e:#}");
-    }
-}
 
 /// Precise mode on a GOMAXPROCS=1 ping-pong for 25 s (millions of park hits): every summary
 /// says the park probe is attached and counting, and its hits match the parks the fixture
 /// made (two per round trip) over the run.
 #[test]
 fn park_probe_keeps_firing_under_sustained_load() {
-    run(|| {
+    check(|| {
         let tc = Toolchain::find(LATEST_GO)?;
         let mut pp = Fixture::build_and_start(
             "pingpong",
@@ -114,7 +103,7 @@ fn round_trips_between(lines: &[Line], t0: Instant, t1: Instant) -> f64 {
 /// says so in an `error` record and counts it in `probes_restored`, and the probe counts again.
 #[test]
 fn lost_breakpoint_is_restored_and_reported() {
-    run(|| {
+    check(|| {
         let tc = Toolchain::find(LATEST_GO)?;
         let mut pp = Fixture::build_and_start(
             "pingpong",
@@ -229,7 +218,7 @@ fn breakpoint_in(pid: u32, exe: &Path, addr: u64) -> Result<bool> {
 /// meanwhile is reported with `cancel_attribution: "unavailable"` and null cancelled_* fields.
 #[test]
 fn cancel_storm_detaches_the_cancel_probe() {
-    run(|| {
+    check(|| {
         let tc = Toolchain::find(LATEST_GO)?;
         let mut fixture =
             Fixture::build_and_start("contexts", &tc, &BuildMode::default_build(), &[])?;

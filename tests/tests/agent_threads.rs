@@ -13,20 +13,9 @@ use ctxprobe_tests::gobuild::target_goarch;
 use ctxprobe_tests::leaky::Leaky;
 use ctxprobe_tests::probe::{args, run_ctxprobe};
 use ctxprobe_tests::process::Process;
-use ctxprobe_tests::scenario::{check_all_records, ensure_success, preconditions};
-use ctxprobe_tests::serial::bpf_serial;
+use ctxprobe_tests::scenario::{check, check_all_records, ensure_success};
 use ctxprobe_tests::toolchain::{matrix, BuildMode, Toolchain, LATEST_GO};
 use serde_json::Value;
-
-fn check(f: impl FnOnce() -> Result<()>) {
-    let r = preconditions().and_then(|()| {
-        let _serial = bpf_serial()?;
-        f()
-    });
-    if let Err(e) = r {
-        panic!("{e:#}");
-    }
-}
 
 fn addr(v: &Value) -> Option<u64> {
     u64::from_str_radix(v.as_str()?.strip_prefix("0x")?, 16).ok()
@@ -135,13 +124,17 @@ fn deadlocked_c_threads_are_reported_with_their_locks_and_stacks() {
 fn signalled_condvar_waiter_is_unblocked_by_its_signaller_in_precise_mode() {
     check(|| {
         let exe = build_c_fixture("condvar")?;
+        // Signalled after 2 s (stretched under emulation, where ctxprobe's start alone takes
+        // seconds: the wait must still be on when its stack is read).
+        let signal_after = ctxprobe_tests::scaled(Duration::from_secs(2));
         let mut cmd = Command::new(&exe);
-        cmd.arg("2000"); // signal after 2 s
+        cmd.arg(signal_after.as_millis().to_string());
         let mut p = Process::spawn("condvar", cmd)?;
         let truth = p.wait_json("truth", Duration::from_secs(10), |v| {
             v["waiter_tid"].is_u64()
         })?;
         let truth = truth.json.context("truth is JSON")?;
+        let duration = format!("{}ms", (signal_after * 2).as_millis());
         let out = run_ctxprobe(
             // Only the futex tracepoints (precise mode) see who woke a thread.
             &args(
@@ -150,12 +143,12 @@ fn signalled_condvar_waiter_is_unblocked_by_its_signaller_in_precise_mode() {
                     "--threshold",
                     "500ms",
                     "--duration",
-                    "4s",
+                    &duration,
                     "--mode",
                     "precise",
                 ],
             ),
-            Duration::from_secs(30),
+            Duration::from_secs(60),
         )?;
         ensure_success(&out)?;
         let records = check_all_records(&out, p.pid)?;
@@ -179,16 +172,20 @@ fn signalled_condvar_waiter_is_unblocked_by_its_signaller_in_precise_mode() {
 fn signalled_condvar_waiter_is_unblocked() {
     check(|| {
         let exe = build_c_fixture("condvar")?;
+        // Signalled after 2 s (stretched under emulation, where ctxprobe's start alone takes
+        // seconds: the wait must still be on when its stack is read).
+        let signal_after = ctxprobe_tests::scaled(Duration::from_secs(2));
         let mut cmd = Command::new(&exe);
-        cmd.arg("2000"); // signal after 2 s
+        cmd.arg(signal_after.as_millis().to_string());
         let mut p = Process::spawn("condvar", cmd)?;
         let truth = p.wait_json("truth", Duration::from_secs(10), |v| {
             v["waiter_tid"].is_u64()
         })?;
         let truth = truth.json.context("truth is JSON")?;
+        let duration = format!("{}ms", (signal_after * 2).as_millis());
         let out = run_ctxprobe(
-            &args(p.pid, &["--threshold", "500ms", "--duration", "4s"]),
-            Duration::from_secs(30),
+            &args(p.pid, &["--threshold", "500ms", "--duration", &duration]),
+            Duration::from_secs(60),
         )?;
         ensure_success(&out)?;
         let records = check_all_records(&out, p.pid)?;
@@ -212,9 +209,10 @@ fn signalled_condvar_waiter_is_unblocked() {
             "unblocked record: {un}"
         );
         let ns = un["blocked_ns"].as_u64().context("blocked_ns")?;
+        let wait = signal_after.as_nanos() as u64;
         ensure!(
-            (1_000_000_000..3_000_000_000).contains(&ns),
-            "blocked_ns {ns} for a 2 s wait"
+            (wait - 1_000_000_000..wait + 1_000_000_000).contains(&ns),
+            "blocked_ns {ns} for a {signal_after:?} wait"
         );
         Ok(())
     });

@@ -2,8 +2,12 @@
 //! uprobe's cost varies by CPU, kernel and hypervisor several-fold), else assumed from what
 //! `cargo xtask bench` measured on the machines at hand.
 
+use std::path::PathBuf;
+
 use gobinary::elf::Arch;
 use probe_ebpf::calibrate::{self, SiteKind};
+
+use crate::procmaps;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HitCost {
@@ -40,25 +44,44 @@ impl HitCostMeter {
         if let Some((_, c)) = self.known.iter().find(|(k, _)| *k == kind) {
             return *c;
         }
-        let cost =
-            match calibrate::measure_park_hit(self.g_goid_offset, self.g_tracking_seq_offset, kind)
-            {
-                Ok(ns) => HitCost { ns, measured: true },
-                Err(e) => {
-                    let ns = assumed_ns(self.arch, emulated);
-                    eprintln!(
+        let measured = own_code_location(calibrate::site_address(kind)).and_then(|(exe, off)| {
+            calibrate::measure_park_hit(
+                exe,
+                off,
+                self.g_goid_offset,
+                self.g_tracking_seq_offset,
+                kind,
+            )
+            .map_err(|e| e.to_string())
+        });
+        let cost = match measured {
+            Ok(ns) => HitCost { ns, measured: true },
+            Err(e) => {
+                let ns = assumed_ns(self.arch, emulated);
+                eprintln!(
                     "ctxprobe: cannot measure what a probe hit costs here ({e}); assuming {:.1} µs",
                     ns / 1000.0
                 );
-                    HitCost {
-                        ns,
-                        measured: false,
-                    }
+                HitCost {
+                    ns,
+                    measured: false,
                 }
-            };
+            }
+        };
         self.known.push((kind, cost));
         cost
     }
+}
+
+/// The file ctxprobe's own code at `addr` is mapped from, and where in it.
+fn own_code_location(addr: u64) -> Result<(PathBuf, u64), String> {
+    let maps = procmaps::mappings(std::process::id())
+        .map_err(|e| format!("cannot read /proc/self/maps: {e}"))?;
+    maps.iter()
+        .find(|m| (m.start..m.end).contains(&addr))
+        .and_then(|m| Some((PathBuf::from(m.path.as_ref()?), addr - m.start + m.offset)))
+        .filter(|(p, _)| p.exists())
+        .ok_or_else(|| format!("ctxprobe's own code at {addr:#x} is not in a file it can probe"))
 }
 
 /// amd64, measured with `cargo xtask bench`: ~0.9 µs where the kernel emulates `push rbp`, ~10 µs

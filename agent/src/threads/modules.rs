@@ -16,7 +16,7 @@ use gobinary::buildinfo::BuildInfo;
 use gobinary::elf::ElfFile;
 use gobinary::pclntab::{Func, Pclntab};
 
-use super::procfs::{self, Mapping};
+use crate::procmaps::{self, Mapping};
 
 /// How to recover one register of the caller, from the CFI row of a pc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,7 +391,7 @@ impl AddressSpace {
             return;
         }
         self.refreshed = true;
-        let Ok(maps) = procfs::mappings(self.pid) else {
+        let Ok(maps) = procmaps::mappings(self.pid) else {
             return;
         };
         let mut mapped = Vec::new();
