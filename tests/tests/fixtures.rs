@@ -180,6 +180,10 @@ fn prebuild_matrix_fixtures() {
     let cgo = ctxprobe_tests::toolchain::BuildMode::named("cgo").expect("cgo build mode");
     ctxprobe_tests::gobuild::build_fixture("cgoblock", &newest, &cgo)
         .unwrap_or_else(|e| panic!("cgoblock: {e:#}"));
+    // agent_once's deleted-executable test: the newest Go's stripped PIE build.
+    let pie = ctxprobe_tests::toolchain::BuildMode::named("stripped-pie").expect("PIE build mode");
+    ctxprobe_tests::gobuild::build_fixture("leaky", &newest, &pie)
+        .unwrap_or_else(|e| panic!("leaky (stripped PIE): {e:#}"));
     // The fault tests' fixtures (agent_faults: exec into the same fixture built by the other end
     // of the Go range, a target killed during --once) and the probe tests' (agent_probes).
     for (tc, mode) in &cells {
