@@ -74,6 +74,10 @@ impl Toolchain {
     /// Writes [`Toolchain::full_version`] where a VM with prebuilt fixtures reads it.
     pub fn record_version(&self) -> Result<()> {
         let file = self.recorded_version_file();
+        // A fresh checkout has no target/fixtures yet when a VM script runs first.
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         std::fs::write(&file, self.full_version()? + "\n")
             .with_context(|| format!("writing {}", file.display()))
     }
