@@ -81,12 +81,15 @@ fn own_code_location(addr: u64) -> Result<(PathBuf, u64), String> {
         .find(|m| (m.start..m.end).contains(&addr))
         .and_then(|m| Some((PathBuf::from(m.path.as_ref()?), addr - m.start + m.offset)))
         .filter(|(p, _)| p.exists())
-        .ok_or_else(|| format!("ctxprobe's own code at {addr:#x} is not in a file it can probe"))
+        .ok_or_else(|| {
+            format!("ctxprobe's own code at {addr:#x} is not in a file it can probe (was its binary replaced while it runs?)")
+        })
 }
 
 /// amd64, measured with `cargo xtask bench`: ~0.9 µs where the kernel emulates `push rbp`, ~10 µs
-/// single-stepped (Go 1.19's prologue). arm64 (the stack check's `BLS`, simulated): only QEMU
-/// TCG was at hand, which inflates every trap; 2 µs, about twice amd64's, errs high.
+/// single-stepped (Go 1.19's prologue). arm64 (the stack check's `BLS`, simulated): a guess
+/// for hardware, about twice amd64's; QEMU TCG, the only arm64 at hand, measures ~20 µs
+/// because it inflates every trap.
 fn assumed_ns(arch: Arch, emulated: bool) -> f64 {
     match (arch, emulated) {
         (Arch::Aarch64, true) => 2_000.0,
