@@ -263,7 +263,18 @@ fn deadlock_scenario(mode: Mode) {
     let fx = Fixture::start(&exe, &[]);
     let truth = fx.next_json();
     let mut m = monitor(fx.pid(), mode);
-    let events = poll_until(&mut m, Duration::from_secs(3), |ev| blocked(ev).len() >= 2);
+    // Wait for the two workers by tid: the main thread, parked in pthread_join, is flagged too
+    // and must not end the wait early.
+    let workers: Vec<u32> = truth["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| u64_of(&t["tid"]) as u32)
+        .collect();
+    let events = poll_until(&mut m, Duration::from_secs(3), |ev| {
+        let flagged = blocked(ev);
+        workers.iter().all(|tid| flagged.contains_key(tid))
+    });
     check_deadlock(&events, &truth);
     let top = m.top_contended(5);
     let waits_on: Vec<u64> = truth["threads"]
