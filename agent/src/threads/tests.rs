@@ -204,6 +204,22 @@ fn show(stack: &[StackFrame]) -> String {
         .join("\n  ")
 }
 
+/// The deadlock fixture's two workers. Wait for them by tid: the main thread, parked in
+/// pthread_join, is flagged too and must not end a wait for "two flagged" early.
+fn worker_tids(truth: &Value) -> Vec<u32> {
+    truth["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| u64_of(&t["tid"]) as u32)
+        .collect()
+}
+
+fn all_flagged(events: &[ThreadEvent], tids: &[u32]) -> bool {
+    let flagged = blocked(events);
+    tids.iter().all(|tid| flagged.contains_key(tid))
+}
+
 fn check_deadlock(events: &[ThreadEvent], truth: &Value) {
     let flagged = blocked(events);
     for t in truth["threads"].as_array().expect("threads") {
@@ -263,17 +279,9 @@ fn deadlock_scenario(mode: Mode) {
     let fx = Fixture::start(&exe, &[]);
     let truth = fx.next_json();
     let mut m = monitor(fx.pid(), mode);
-    // Wait for the two workers by tid: the main thread, parked in pthread_join, is flagged too
-    // and must not end the wait early.
-    let workers: Vec<u32> = truth["threads"]
-        .as_array()
-        .expect("threads")
-        .iter()
-        .map(|t| u64_of(&t["tid"]) as u32)
-        .collect();
+    let workers = worker_tids(&truth);
     let events = poll_until(&mut m, Duration::from_secs(3), |ev| {
-        let flagged = blocked(ev);
-        workers.iter().all(|tid| flagged.contains_key(tid))
+        all_flagged(ev, &workers)
     });
     check_deadlock(&events, &truth);
     let top = m.top_contended(5);
@@ -318,7 +326,8 @@ fn blocked_before_attach_scenario(mode: Mode) {
     let mut m = monitor(fx.pid(), mode);
     let mut events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && blocked(&events).len() < 2 {
+    let workers = worker_tids(&truth);
+    while Instant::now() < deadline && !all_flagged(&events, &workers) {
         std::thread::sleep(Duration::from_millis(250));
         let before = printed.elapsed().as_nanos() as u64;
         let new = m.poll().expect("poll");
