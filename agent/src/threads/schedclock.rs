@@ -97,12 +97,10 @@ fn pin(cpu: u32) -> bool {
 fn sample(cpu: u32) -> Option<i64> {
     let mut best: Option<(u64, i64)> = None;
     for _ in 0..TRIES {
-        // SAFETY: no preconditions. Yielding runs the scheduler's update_curr, which stamps our
-        // exec_start with the task clock of this CPU now; if other threads run first, it is
-        // stamped when we are picked again. Either way the stamp is just before the clock read
-        // that follows the yield. Reading the clock before the yield counted the other threads'
-        // turn: on a loaded CPU every try could fail (no calibration, so waits begun before
-        // attach were timed from attach; 10 of 400 calibrations with four spinners).
+        // SAFETY: no preconditions. Yielding stamps our exec_start with this CPU's task clock:
+        // at once, or when we are picked again if other threads run first. So the clock is read
+        // after the yield: read before, it would count their turn, and on a loaded CPU every
+        // try could fail.
         unsafe { libc::sched_yield() };
         let t0 = procfs::monotonic_ns();
         let exec_start = fs::read_to_string("/proc/thread-self/sched")
